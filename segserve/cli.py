@@ -1,0 +1,161 @@
+"""The `segserve` command line: run the service, manage keys and models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from segserve.config import Settings, get_settings
+from segserve.db import ApiKey, Role, init_db, session_scope
+from segserve.logging import setup_logging
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from segserve.up import run_up
+
+    return run_up(settings, concurrency=args.concurrency, queue=args.queue)
+
+
+def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import tasks  # noqa: F401  (registers the tasks and signal handlers)
+    from workers.celery_app import app, configure
+
+    configure(app, settings)
+    init_db(settings.resolved_database_url)
+    argv = [
+        "worker",
+        "--queues",
+        args.queue,
+        "--concurrency",
+        str(args.concurrency),
+        "--pool",
+        "prefork",
+        "--hostname",
+        f"{args.queue}-{os.getpid()}@%h",
+        "--loglevel",
+        settings.log_level,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from segserve.security import create_key, revoke_key
+
+    init_db(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        if args.keys_cmd == "create":
+            new = create_key(session, args.name, Role(args.role))
+            session.flush()
+            print(json.dumps({"id": new.id, "name": new.name, "role": new.role.value, "key": new.secret}))
+        elif args.keys_cmd == "list":
+            for key in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+                state = "revoked" if key.revoked_at else "active"
+                print(f"{key.id}\t{key.role}\t{state}\t{key.name}")
+        elif args.keys_cmd == "revoke" and not revoke_key(session, args.key_id):
+            print(f"no active key with id {args.key_id}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from models.catalog import Catalog, install_models
+
+    models_dir = settings.resolved_models_dir
+    if args.models_cmd == "install":
+        installed = install_models(Path(args.path), models_dir)
+        for path in installed:
+            print(f"installed {path}")
+        print(f"{len(installed)} file(s) installed into {models_dir}")
+    catalog = Catalog(models_dir)
+    failures = 0
+    for status in catalog.statuses():
+        mark = "ok" if status.available else f"UNAVAILABLE: {status.reason}"
+        print(f"{status.card.id}\t{status.card.version}\t{mark}")
+        failures += 0 if status.available else 1
+    return 1 if args.models_cmd == "verify" and failures else 0
+
+
+def _cmd_db(_args: argparse.Namespace, settings: Settings) -> int:
+    init_db(settings.resolved_database_url)
+    print("database ready")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up", help="run the API, a worker and (without SEGSERVE_REDIS_URL) an embedded broker"
+    )
+    up.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads models once)")
+    up.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    up.set_defaults(func=_cmd_up)
+
+    api = sub.add_parser("api", help="run the API only (uvicorn)")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.set_defaults(func=_cmd_worker)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=_cmd_keys)
+
+    models = sub.add_parser("models", help="manage model weights")
+    models_sub = models.add_subparsers(dest="models_cmd", required=True)
+    models_sub.add_parser("list", help="list catalog models and whether their weights are present")
+    models_sub.add_parser(
+        "verify", help="check every weight file's sha256; exit 1 when any model is unavailable"
+    )
+    install = models_sub.add_parser(
+        "install", help="copy weight files from a folder into the models directory"
+    )
+    install.add_argument("path")
+    models.set_defaults(func=_cmd_models)
+
+    db = sub.add_parser("db", help="create the database tables")
+    db.set_defaults(func=_cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    return int(args.func(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Where a job's files live. Everything is under `<data_dir>/jobs/<job id>/`:
+
+    input/image/...        the uploaded scan file(s), as received
+    input/reference/...    the uploaded reference label volume, if any
+    result/labels.nii.gz   the label volume on the scan's grid
+    result/metrics.json    per-structure metrics, when a reference was given
+
+Uploads are first written to `<data_dir>/staging/<uuid>/` and moved into place with one rename once they
+have been validated, so a job directory is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+RESULT_LABELS = "result/labels.nii.gz"
+RESULT_METRICS = "result/metrics.json"
+
+
+class JobFiles:
+    """Paths of one job's files."""
+
+    def __init__(self, jobs_dir: Path, job_id: str) -> None:
+        self.root = jobs_dir / job_id
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / "input" / "image"
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.root / "input" / "reference"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / RESULT_LABELS
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / RESULT_METRICS
+
+    def image_paths(self, names: list[str]) -> list[Path]:
+        return [self.image_dir / n for n in names]
+
+    def reference_paths(self, names: list[str]) -> list[Path]:
+        return [self.reference_dir / n for n in names]
+
+    def remove_results(self) -> None:
+        shutil.rmtree(self.root / "result", ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def new_staging_dir(staging_dir: Path) -> Path:
+    path = staging_dir / uuid.uuid4().hex
+    path.mkdir(parents=True)
+    return path
+
+
+def clean_stale_staging(staging_dir: Path, older_than_s: float = 3600.0) -> int:
+    """Remove upload leftovers of requests that died mid-way; returns how many were removed."""
+    if not staging_dir.exists():
+        return 0
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for entry in staging_dir.iterdir():
+        if entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

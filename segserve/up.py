@@ -1,0 +1,139 @@
+"""`segserve up`: the API, one worker and (without SEGSERVE_REDIS_URL) an embedded broker, on one machine.
+
+Ctrl-C (SIGINT) or SIGTERM stops every process it started: the API and the worker first, the broker last.
+Children also get SIGTERM from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG), and a
+broker left by a SIGKILLed run is found by its pid file and stopped at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from segserve.broker import EmbeddedRedis
+from segserve.config import Settings
+from segserve.db import Role, init_db, session_scope
+from segserve.security import create_key, has_admin_key
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: ask the kernel for SIGTERM when the parent dies."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Shutdown(Exception):
+    pass
+
+
+def _raise_shutdown(signum: int, _frame: FrameType | None) -> None:
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def ensure_admin_key(settings: Settings) -> str | None:
+    """Create a first admin key when there is none; returns its secret (shown once) or None."""
+    init_db(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        if has_admin_key(session):
+            return None
+        return create_key(session, "first admin (segserve up)", Role.admin).secret
+
+
+def _stop(proc: subprocess.Popen[bytes], name: str, sig: int, timeout_s: float) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", name, timeout_s)
+        proc.kill()
+        proc.wait()
+
+
+def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = ensure_admin_key(settings)
+    if secret:
+        print(f"\nFirst admin API key (shown once, store it now):\n  {secret}\n", flush=True)
+
+    env = dict(os.environ)
+    env["SEGSERVE_DATA_DIR"] = str(data_dir)
+    broker: EmbeddedRedis | None = None
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    previous = {s: signal.signal(s, _raise_shutdown) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        if not settings.redis_url:
+            broker = EmbeddedRedis(data_dir / "broker")
+            broker.start(preexec=_die_with_parent)
+            env["SEGSERVE_REDIS_URL"] = broker.url
+            print(f"embedded broker: {broker.url}", flush=True)
+        worker_cmd = [
+            sys.executable,
+            "-m",
+            "segserve.cli",
+            "worker",
+            "--queue",
+            queue,
+            "--concurrency",
+            str(concurrency),
+        ]
+        api_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.main:create_app",
+            "--factory",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+            "--log-level",
+            settings.log_level.lower(),
+        ]
+        for name, cmd in (("worker", worker_cmd), ("api", api_cmd)):
+            children.append(
+                (name, subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent))
+            )
+        print(
+            f"segserve is up: http://{settings.host}:{settings.port}/docs  (Ctrl-C stops everything)",
+            flush=True,
+        )
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    log.error("%s exited with code %s; stopping everything", name, proc.returncode)
+                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr, flush=True)
+                    raise _Shutdown(name)
+            time.sleep(0.5)
+    except _Shutdown as why:
+        code = 0 if str(why) in ("SIGINT", "SIGTERM") else 1
+    finally:
+        # Ignore further signals while we stop children in order.
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        for name, proc in children:
+            if name == "api":
+                _stop(proc, name, signal.SIGTERM, 15)
+        for name, proc in children:
+            if name == "worker":
+                # Warm shutdown lets a running job finish; after 20 s a cold one hands it back to the queue.
+                _stop(proc, name, signal.SIGTERM, 20)
+        if broker is not None:
+            broker.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        print("segserve stopped", flush=True)
+    return code

@@ -1,0 +1,282 @@
+"""/v1/jobs: submit scans, follow jobs, fetch results and metrics, cancel and delete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
+
+from models.catalog import Catalog
+from segserve import jobs as job_states
+from segserve.config import Settings
+from segserve.db import ApiKey, Job, JobStatus, new_session
+from segserve.imaging.errors import ImageError
+from segserve.imaging.readers import check_same_grid, read_image, read_labels
+from segserve.storage import JobFiles, new_staging_dir
+from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
+from service.problems import Problem
+from service.schemas import JobList, JobPublic
+from service.uploads import ParsedUpload, receive_form
+from workers.celery_app import app as celery_app
+from workers.celery_app import send_run_job
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_FORM_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "image"],
+                    "properties": {
+                        "model": {"type": "string", "description": "A model id from GET /v1/models."},
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One .nii/.nii.gz/.mgz/.nrrd file, a .zip of one DICOM series, "
+                            "or several parts each holding one DICOM file of one series.",
+                        },
+                        "reference": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "Optional reference label volume on the image's grid.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@dataclass(frozen=True)
+class _Validated:
+    input_format: str
+    shape: list[int]
+    spacing_mm: list[float]
+
+
+def _validate_volumes(staging: Path, form: ParsedUpload) -> _Validated:
+    """Read the scan (and reference) fully: a truncated or wrong file is refused now, not in the worker."""
+    image = read_image([staging / "image" / n for n in form.files["image"]])
+    if form.files["reference"]:
+        reference = read_labels([staging / "reference" / n for n in form.files["reference"]])
+        check_same_grid(image, reference)
+    return _Validated(
+        input_format=image.source_format,
+        shape=list(image.shape),
+        spacing_mm=[round(s, 6) for s in image.spacing_mm],
+    )
+
+
+def _check_model(catalog: Catalog, model_id: str) -> str:
+    """The model's version, or a 422 naming what is wrong."""
+    if model_id not in catalog.ids():
+        known = ", ".join(sorted(catalog.ids()))
+        raise Problem(422, f"unknown model '{model_id}'; known models: {known}", code="unknown_model")
+    status = catalog.status(model_id)
+    if not status.available:
+        raise Problem(422, f"model '{model_id}' is unavailable: {status.reason}", code="model_unavailable")
+    return status.card.version
+
+
+def _store_job(
+    settings: Settings,
+    staging: Path,
+    form: ParsedUpload,
+    model_id: str,
+    version: str,
+    info: _Validated,
+    key: ApiKey,
+) -> Job:
+    """Move the upload into place and commit the row. On any failure nothing is left behind."""
+    job_id = uuid.uuid4().hex
+    files = JobFiles(settings.jobs_dir, job_id)
+    files.root.mkdir(parents=True)
+    try:
+        os.rename(staging, files.root / "input")
+        with new_session(settings.resolved_database_url) as session:
+            job = Job(
+                id=job_id,
+                status=JobStatus.queued.value,
+                model_id=model_id,
+                model_version=version,
+                queue=settings.default_queue,
+                input_format=info.input_format,
+                input_files=form.files["image"],
+                reference_files=form.files["reference"],
+                image_shape=info.shape,
+                image_spacing_mm=info.spacing_mm,
+                submitted_by=key.id,
+            )
+            session.add(job)
+            session.commit()
+            session.refresh(job)
+            return job
+    except BaseException:
+        files.remove()
+        raise
+
+
+def _publish(settings: Settings, job_id: str, queue: str) -> None:
+    try:
+        send_run_job(celery_app, job_id, queue)
+    except Exception:
+        # The row is committed: a worker's recovery pass publishes it again. Nothing accepted is lost.
+        log.warning("job %s: publishing failed; recovery will publish it", job_id, exc_info=True)
+        return
+    with new_session(settings.resolved_database_url) as session:
+        job_states.mark_enqueued(session, job_id)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    openapi_extra=_FORM_SCHEMA,
+    summary="Submit a scan for segmentation",
+    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}},
+)
+async def create_job(
+    request: Request, settings: SettingsDep, catalog: CatalogDep, key: CanCreateJobs
+) -> JSONResponse:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise Problem(
+            413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes", code="upload_too_large"
+        )
+    staging = new_staging_dir(settings.staging_dir)
+    try:
+        form = await receive_form(
+            request.headers.get("content-type", ""), request.stream(), staging, settings.max_upload_bytes
+        )
+        model_id = form.text.get("model", "")
+        if not model_id:
+            raise Problem(
+                422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
+            )
+        if not form.files["image"]:
+            raise Problem(422, "missing form field 'image' (the scan file or files)", code="missing_image")
+        version = await run_in_threadpool(_check_model, catalog, model_id)
+        try:
+            info = await run_in_threadpool(_validate_volumes, staging, form)
+        except ImageError as exc:
+            raise Problem(exc.status, str(exc), code=exc.code) from None
+        job = await run_in_threadpool(_store_job, settings, staging, form, model_id, version, info, key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    await run_in_threadpool(_publish, settings, job.id, job.queue)
+    log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
+    body = JobPublic.from_row(job).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _get_job(session: SessionDep, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise Problem(404, f"no job with id '{job_id}'", code="job_not_found")
+    return job
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    _key: CanReadJobs,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+        count = count.where(Job.status == status.value)
+    total = session.scalar(count) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    next_link = None
+    if offset + limit < total:
+        next_link = f"/v1/jobs?limit={limit}&offset={offset + limit}" + (
+            f"&status={status.value}" if status else ""
+        )
+    return JobList(
+        items=[JobPublic.from_row(r) for r in rows], total=total, limit=limit, offset=offset, next=next_link
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="A job's status and progress")
+def get_job(job_id: str, session: SessionDep, _key: CanReadJobs) -> JobPublic:
+    return JobPublic.from_row(_get_job(session, job_id))
+
+
+def _require_succeeded(job: Job) -> None:
+    if job.status == JobStatus.succeeded.value:
+        return
+    if job.status in (JobStatus.queued.value, JobStatus.running.value):
+        raise Problem(409, f"job is {job.status}; the result is not ready yet", code="job_not_finished")
+    reason = f": {job.error}" if job.error else ""
+    raise Problem(409, f"job {job.status}{reason}; it has no result", code="job_has_no_result")
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="The label volume (.nii.gz) on the scan's grid",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}, 409: {}},
+)
+def get_result(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> FileResponse:
+    job = _get_job(session, job_id)
+    _require_succeeded(job)
+    path = JobFiles(settings.jobs_dir, job.id).labels
+    if not path.exists():
+        raise Problem(404, "the result file is missing from storage", code="result_missing")
+    return FileResponse(path, media_type="application/gzip", filename=f"{job.id}_labels.nii.gz")
+
+
+@router.get("/{job_id}/metrics", summary="Per-structure metrics against the reference")
+def get_metrics(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> JSONResponse:
+    job = _get_job(session, job_id)
+    if not job.has_reference:
+        raise Problem(
+            404, "this job was submitted without a reference; it has no metrics", code="no_reference"
+        )
+    _require_succeeded(job)
+    path = JobFiles(settings.jobs_dir, job.id).metrics
+    if not path.exists():
+        raise Problem(404, "the metrics file is missing from storage", code="metrics_missing")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    payload["job_id"] = job.id
+    payload["model"] = {"id": job.model_id, "version": job.model_version}
+    return JSONResponse(payload)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Cancel a queued or running job, or delete a finished job and its files",
+    responses={202: {"model": JobPublic}},
+)
+def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanDeleteJobs) -> Response:
+    job = _get_job(session, job_id)
+    outcome = job_states.cancel(session, job_id)
+    if outcome is not None:
+        session.refresh(job)
+        if outcome is JobStatus.cancelled:
+            JobFiles(settings.jobs_dir, job_id).remove()
+        return JSONResponse(JobPublic.from_row(job).model_dump(mode="json"), status_code=202)
+    JobFiles(settings.jobs_dir, job_id).remove()
+    session.delete(job)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,46 @@
+"""Builds the FastAPI app. Run with `uvicorn service.main:create_app --factory` (or `segserve api`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from segserve.config import get_settings
+from segserve.db import init_db
+from segserve.logging import setup_logging
+from segserve.storage import clean_stale_staging
+from service import problems
+from service.api.router import api_router
+from workers.celery_app import app as celery_app
+from workers.celery_app import configure
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+    settings.staging_dir.mkdir(parents=True, exist_ok=True)
+    init_db(settings.resolved_database_url)
+    removed = clean_stale_staging(settings.staging_dir)
+    if removed:
+        log.info("removed %d stale upload(s) from staging", removed)
+    configure(celery_app, settings)
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="segserve",
+        version="0.1.0",
+        description="Segmentation of CT and MRI scans: submit a scan, get a label volume and metrics.",
+        lifespan=_lifespan,
+    )
+    problems.install(app)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,161 @@
+"""Streaming multipart/form-data intake: parts go straight to files in a staging directory, so memory
+stays flat whatever the upload size, and the size limit is enforced while bytes arrive (413 at once).
+
+Original file names are not kept (they may hold patient names); files are stored as `0000.<ext>` with the
+extension taken from the name, which the readers use only as a hint beside the content.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.problems import Problem
+
+FILE_FIELDS = ("image", "reference")
+TEXT_FIELDS = ("model",)
+_MAX_TEXT_BYTES = 4096
+_MAX_PARTS = 10_000
+_EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.zip|\.dcm|\.dicom|\.ima)$", re.IGNORECASE)
+
+
+@dataclass
+class ParsedUpload:
+    """What the form held: text fields, and for each file field the stored file names in order."""
+
+    root: Path
+    text: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list[str]] = field(default_factory=lambda: {f: [] for f in FILE_FIELDS})
+    total_bytes: int = 0
+
+
+def _stored_name(index: int, filename: str) -> str:
+    match = _EXT.search(filename)
+    return f"{index:04d}{match.group(1).lower() if match else ''}"
+
+
+class _Collector:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.result = ParsedUpload(root=root)
+        self._max_bytes = max_bytes
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._field: str | None = None
+        self._file: IO[bytes] | None = None
+        self._text = bytearray()
+        self._parts = 0
+        self.error: Problem | None = None
+
+    # python-multipart callbacks
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._field = None
+        self._text = bytearray()
+        self._parts += 1
+        if self._parts > _MAX_PARTS:
+            raise Problem(413, f"too many form parts (more than {_MAX_PARTS})", code="too_many_parts")
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        if name in FILE_FIELDS:
+            if filename is None:
+                raise Problem(422, f"form field '{name}' must be a file upload", code="field_not_a_file")
+            names = self.result.files[name]
+            stored = _stored_name(len(names), filename.decode("utf-8", "replace"))
+            directory = self.result.root / name
+            directory.mkdir(parents=True, exist_ok=True)
+            self._file = (directory / stored).open("wb")
+            names.append(stored)
+        elif name in TEXT_FIELDS:
+            if filename is not None:
+                raise Problem(422, f"form field '{name}' must be text, not a file", code="field_not_text")
+        else:
+            expected = ", ".join((*TEXT_FIELDS, *FILE_FIELDS))
+            raise Problem(422, f"unknown form field '{name}'; expected {expected}", code="unknown_field")
+        self._field = name
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        size = end - start
+        self.result.total_bytes += size
+        if self.result.total_bytes > self._max_bytes:
+            raise Problem(
+                413, f"upload exceeds the limit of {self._max_bytes} bytes", code="upload_too_large"
+            )
+        if self._file is not None:
+            self._file.write(data[start:end])
+        else:
+            self._text += data[start:end]
+            if len(self._text) > _MAX_TEXT_BYTES:
+                raise Problem(422, f"form field '{self._field}' is too long", code="field_too_long")
+
+    def on_part_end(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        elif self._field is not None:
+            if self._field in self.result.text:
+                raise Problem(422, f"form field '{self._field}' given twice", code="duplicate_field")
+            self.result.text[self._field] = self._text.decode("utf-8", "replace").strip()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+async def receive_form(
+    content_type: str, body: AsyncIterator[bytes], root: Path, max_bytes: int
+) -> ParsedUpload:
+    """Parse a multipart body into `root`. Raises Problem (415, 413, 422, 400) on bad input; the caller
+    removes `root` on failure."""
+    media_type, options = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        raise Problem(
+            415,
+            f"expected multipart/form-data, got {media_type.decode('latin-1') or 'no content type'}",
+            code="unsupported_media_type",
+        )
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise Problem(400, "multipart/form-data without a boundary", code="bad_multipart")
+    collector = _Collector(root, max_bytes)
+    callbacks = {
+        "on_part_begin": collector.on_part_begin,
+        "on_part_data": collector.on_part_data,
+        "on_part_end": collector.on_part_end,
+        "on_header_field": collector.on_header_field,
+        "on_header_value": collector.on_header_value,
+        "on_header_end": collector.on_header_end,
+        "on_headers_finished": collector.on_headers_finished,
+    }
+    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+    except Problem:
+        raise
+    except Exception as exc:  # the parser's own errors: a malformed body
+        raise Problem(400, f"malformed multipart body: {exc}", code="bad_multipart") from None
+    finally:
+        collector.close()
+    return collector.result

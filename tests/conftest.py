@@ -1,0 +1,78 @@
+"""Shared fixtures: real Redis, real PostgreSQL, and the real-process service stack."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.paths import WEIGHTS, require_shared
+from tests.support.stack import Stack, running_stack
+
+REDIS_URL = os.environ.get("SEGSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_URL = os.environ.get(
+    "SEGSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def redis_db(index: int) -> str:
+    """The URL of one Redis database index, emptied. Each stack gets its own index so that one stack's
+    worker never takes another stack's jobs."""
+    url = f"{REDIS_URL.rstrip('/')}/{index}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"no Redis answers at {REDIS_URL} ({exc}); .ci/run starts one")
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis (started by .ci/run when none answers), database 11, emptied."""
+    return redis_db(11)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"segserve_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        message = f"no PostgreSQL answers at {POSTGRES_URL} (set SEGSERVE_TEST_POSTGRES_URL): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    from segserve.db import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    """API (uvicorn) + one Celery worker over real Redis, SQLite job database, shared weights."""
+    require_shared()
+    tmp: Path = tmp_path_factory.mktemp("stack")
+    env = {
+        "SEGSERVE_REDIS_URL": redis_url,
+        "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+        "SEGSERVE_MAX_UPLOAD_BYTES": str(50 * 1024 * 1024),
+    }
+    with running_stack(tmp, env) as running:
+        yield running

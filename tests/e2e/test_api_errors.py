@@ -1,0 +1,162 @@
+"""Auth and bad input over real HTTP: every refusal is a problem document naming the problem, and no job
+row or file is left behind."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.stack import Stack
+from tests.support.volumes import SUBJECT_A, brain_crop
+
+pytestmark = pytest.mark.e2e
+MODEL = "brain-mri-structures"
+
+
+def _problem(resp, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+def _job_files(stack: Stack) -> list[Path]:
+    return sorted((stack.tmp / "data" / "jobs").glob("*"))
+
+
+def _staging(stack: Stack) -> list[Path]:
+    return sorted((stack.tmp / "data" / "staging").glob("*"))
+
+
+@pytest.fixture
+def no_leftovers(stack: Stack):  # type: ignore[no-untyped-def]
+    """Asserts that the test created no job and left nothing in storage."""
+    with stack.client() as c:
+        before = c.get("/v1/jobs").json()["total"]
+    files_before = _job_files(stack)
+    yield
+    with stack.client() as c:
+        assert c.get("/v1/jobs").json()["total"] == before
+    assert _job_files(stack) == files_before
+    assert _staging(stack) == []
+
+
+def test_healthz_needs_no_key(stack: Stack) -> None:
+    import httpx
+
+    assert httpx.get(f"{stack.base_url}/healthz").json() == {"status": "ok"}
+
+
+def test_missing_and_invalid_keys_get_401(stack: Stack) -> None:
+    import httpx
+
+    body = _problem(httpx.get(f"{stack.base_url}/v1/jobs"), 401)
+    assert "API key" in body["detail"]
+    _problem(httpx.get(f"{stack.base_url}/v1/models", headers={"X-API-Key": "ssk_nope_nope"}), 401)
+
+
+def test_x_api_key_header_works(stack: Stack) -> None:
+    import httpx
+
+    resp = httpx.get(f"{stack.base_url}/v1/models", headers={"X-API-Key": stack.admin_key})
+    assert resp.status_code == 200
+
+
+def test_wrong_role_gets_403(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
+    with stack.client() as admin:
+        reviewer = admin.post("/v1/keys", json={"name": "r", "role": "reviewer"}).json()["key"]
+    image, _ = brain_crop(tmp_path)
+    with stack.client(reviewer) as c:
+        assert c.get("/v1/jobs").status_code == 200
+        files = {"image": image.open("rb")}
+        body = _problem(c.post("/v1/jobs", data={"model": MODEL}, files=files), 403)
+        assert "reviewer" in body["detail"]
+        _problem(c.post("/v1/keys", json={"name": "x", "role": "admin"}), 403)
+
+
+def test_png_is_refused_by_name(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buf, format="PNG")
+    with stack.client() as c:
+        resp = c.post("/v1/jobs", data={"model": MODEL}, files={"image": ("scan.nii.gz", buf.getvalue())})
+    body = _problem(resp, 415)
+    assert "PNG" in body["detail"]
+
+
+def test_truncated_nifti_is_refused(stack: Stack, no_leftovers: None) -> None:
+    data = (SUBJECT_A / "ref18.nii.gz").read_bytes()
+    with stack.client() as c:
+        resp = c.post(
+            "/v1/jobs", data={"model": MODEL}, files={"image": ("t.nii.gz", data[: len(data) // 2])}
+        )
+    body = _problem(resp, 422)
+    assert "truncated" in body["detail"].lower() or "corrupt" in body["detail"].lower()
+
+
+def test_2d_image_is_refused(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
+    path = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((64, 64), np.int16), np.eye(4)), path)
+    with stack.client() as c:
+        body = _problem(c.post("/v1/jobs", data={"model": MODEL}, files={"image": path.open("rb")}), 422)
+    assert "2D" in body["detail"]
+
+
+def test_reference_on_another_grid_is_refused(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
+    image, _ = brain_crop(tmp_path, size=40)
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((30, 40, 40), np.uint8), np.eye(4)), other)
+    with stack.client() as c:
+        resp = c.post(
+            "/v1/jobs",
+            data={"model": MODEL},
+            files={"image": image.open("rb"), "reference": other.open("rb")},
+        )
+    body = _problem(resp, 422)
+    assert "30x40x40" in body["detail"] and "40x40x40" in body["detail"]
+
+
+def test_unknown_model_and_missing_fields(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
+    image, _ = brain_crop(tmp_path, size=32)
+    with stack.client() as c:
+        body = _problem(c.post("/v1/jobs", data={"model": "nope"}, files={"image": image.open("rb")}), 422)
+        assert "nope" in body["detail"] and MODEL in body["detail"]
+        _problem(c.post("/v1/jobs", files={"image": image.open("rb")}), 422)
+        _problem(c.post("/v1/jobs", data={"model": MODEL}, files={"other": image.open("rb")}), 422)
+        _problem(c.post("/v1/jobs", data={"model": MODEL}), 422)
+        _problem(c.post("/v1/jobs", json={"model": MODEL}), 415)
+
+
+def test_upload_over_the_limit_gets_413(stack: Stack, no_leftovers: None) -> None:
+    # The stack's limit is set low (SEGSERVE_MAX_UPLOAD_BYTES); stream more than that without a length.
+    limit = int(stack.env["SEGSERVE_MAX_UPLOAD_BYTES"])
+    chunk = gzip.compress(b"\0" * 1024)
+
+    def body():  # type: ignore[no-untyped-def]
+        boundary = b"XyZ"
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + MODEL.encode() + b"\r\n"
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="big.nii.gz"\r\n\r\n'
+        sent = 0
+        while sent <= limit + 1024 * 1024:
+            yield chunk * 64
+            sent += len(chunk) * 64
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    with stack.client() as c:
+        resp = c.post(
+            "/v1/jobs", content=body(), headers={"content-type": "multipart/form-data; boundary=XyZ"}
+        )
+    _problem(resp, 413)
+
+
+def test_unknown_job_is_404(stack: Stack) -> None:
+    with stack.client() as c:
+        body = _problem(c.get("/v1/jobs/doesnotexist"), 404)
+        assert "doesnotexist" in body["detail"]
+        _problem(c.get("/v1/jobs/doesnotexist/result"), 404)

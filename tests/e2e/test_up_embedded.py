@@ -1,0 +1,114 @@
+"""`segserve up` with no Redis and no PostgreSQL configured: embedded broker, SQLite, one worker. A job goes
+through, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.paths import REPO, WEIGHTS, require_shared
+from tests.support.stack import free_port, wait_for, wait_job
+from tests.support.volumes import brain_crop
+
+pytestmark = pytest.mark.e2e
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    require_shared()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    env.update(
+        {
+            "SEGSERVE_DATA_DIR": str(tmp_path / "data"),
+            "SEGSERVE_PORT": str(port),
+            "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "segserve.cli", "up"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        key = wait_for(
+            lambda: re.search(r"ssk_\S+", (tmp_path / "up.log").read_text()), 60, "the first admin key"
+        ).group(0)
+        headers = {"Authorization": f"Bearer {key}"}
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 120, "readiness")
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["checks"]["workers"]["count"] == 1
+
+        image, reference = brain_crop(tmp_path, size=40)
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
+            resp = c.post(
+                "/v1/jobs",
+                data={"model": "brain-mri-structures"},
+                files={"image": image.open("rb"), "reference": reference.open("rb")},
+            )
+            assert resp.status_code == 202, resp.text
+            done = wait_job(c, resp.json()["id"], timeout=180)
+            assert done["status"] == "succeeded", done
+            assert c.get(f"/v1/jobs/{done['id']}/metrics").json()["mean"]["dice"] is not None
+
+        started = _descendants(up.pid)
+        assert len(started) >= 3  # broker, api, worker (+ pool children)
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        time.sleep(0.5)
+        left = [pid for pid in started if _alive(pid)]
+        assert left == [], f"processes left behind: {left}"
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+        print((tmp_path / "up.log").read_text()[-5000:])
+    # a second start reuses the data dir and prints no new admin key
+    second = subprocess.Popen(
+        [sys.executable, "-m", "segserve.cli", "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 60, "second start")
+    finally:
+        second.send_signal(signal.SIGINT)
+        out = second.communicate(timeout=60)[0].decode()
+    assert "ssk_" not in out
+    assert second.returncode == 0

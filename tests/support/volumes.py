@@ -1,0 +1,28 @@
+"""Small real inputs cut from the shared scans, written to a test's tmp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tests.support.paths import DATA
+
+SUBJECT_A = DATA / "mri-brain" / "subject-a"
+
+
+def brain_crop(tmp: Path, size: int = 48) -> tuple[Path, Path]:
+    """A `size`³ block from the middle of subject-a's conformed T1 and its 18-class reference, with the
+    affine shifted so that it stays on the same physical positions. Returns (image, reference) paths."""
+    img = nib.load(SUBJECT_A / "norm.mgz")
+    ref = nib.load(SUBJECT_A / "ref18.nii.gz")
+    start = np.array([128 - size // 2] * 3)
+    sl = tuple(slice(int(s), int(s) + size) for s in start)
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, :3] @ start + img.affine[:3, 3]
+    image_path = tmp / "crop_t1.nii.gz"
+    ref_path = tmp / "crop_ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[sl].astype(np.uint8), affine), image_path)
+    nib.save(nib.Nifti1Image(np.asarray(ref.dataobj)[sl].astype(np.uint8), affine), ref_path)
+    return image_path, ref_path

@@ -1,0 +1,55 @@
+"""The Celery application. Configured from Settings by `configure()`; the service uses `send_run_job` to
+enqueue without importing the tasks (and so without importing torch)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from segserve.config import Settings
+
+RUN_JOB = "segserve.run_job"
+QUEUES = ("cpu", "gpu")
+
+app = Celery("segserve")
+
+
+def configure(celery_app: Celery, settings: Settings) -> Celery:
+    """Apply the settings. Long tasks: late acks, re-delivery when a worker dies, no prefetching."""
+    if not settings.redis_url:
+        raise RuntimeError(
+            "SEGSERVE_REDIS_URL is not set: start everything with `segserve up` (embedded broker) "
+            "or point SEGSERVE_REDIS_URL at a Redis server"
+        )
+    if settings.visibility_timeout_s <= settings.task_time_limit_s:
+        raise ValueError(
+            f"visibility_timeout_s ({settings.visibility_timeout_s}) must exceed task_time_limit_s "
+            f"({settings.task_time_limit_s}), or a long job would be delivered twice"
+        )
+    celery_app.conf.update(
+        broker_url=settings.redis_url,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="cpu",
+    )
+    return celery_app
+
+
+def send_run_job(celery_app: Celery, job_id: str, queue: str) -> None:
+    """Publish a job id to a queue. Only ids travel through the broker, never data."""
+    if queue not in QUEUES:
+        raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
+    celery_app.send_task(RUN_JOB, args=[job_id], queue=queue)

@@ -1,0 +1,185 @@
+"""What a worker does with one job id. Kept apart from Celery so that it reads as plain steps.
+
+The runner owns the job only while its lease is valid: a heartbeat thread renews the lease, so if this
+process dies another worker can claim the job once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from evaluation.overlap import overlap_report
+from models.catalog import Catalog, ModelUnavailable
+from segserve import jobs
+from segserve.config import Settings
+from segserve.db import Job, JobStatus, new_session, session_scope
+from segserve.imaging.errors import ImageError
+from segserve.imaging.readers import check_same_grid, read_image, read_labels
+from segserve.imaging.writers import write_labels_nifti
+from segserve.storage import JobFiles, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: str
+    status: str
+    detail: str = ""
+
+
+class _Lease:
+    """Renews the job's lease in the background and carries the latest progress to the database."""
+
+    def __init__(self, settings: Settings, job_id: str, worker: str) -> None:
+        self._settings = settings
+        self._job_id = job_id
+        self._worker = worker
+        self._progress: float | None = None
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def report(self, progress: float) -> None:
+        self._progress = progress
+        self.renew_now()
+
+    def renew_now(self) -> None:
+        with session_scope(self._settings.resolved_database_url) as session:
+            if not jobs.renew(session, self._job_id, self._worker, self._settings.lease_s, self._progress):
+                self.lost = True
+
+    def _run(self) -> None:
+        interval = max(1.0, self._settings.lease_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                self.renew_now()
+            except Exception:  # a database hiccup: try again next beat, the lease has slack
+                log.warning("job %s: lease renewal failed", self._job_id, exc_info=True)
+
+
+def _cancel_checker(settings: Settings, job_id: str) -> Callable[[], bool]:
+    """Returns a cheap `is_cancelled()`: reads the flag at most once a second."""
+    last = [0.0, False]
+
+    def is_cancelled() -> bool:
+        now = time.monotonic()
+        if now - float(last[0]) >= 1.0:
+            with session_scope(settings.resolved_database_url) as session:
+                job = session.get(Job, job_id)
+                last[1] = job is None or job.cancel_requested
+            last[0] = now
+        return bool(last[1])
+
+    return is_cancelled
+
+
+def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
+    """Run one job to a final status. Safe to call twice: the second call finds it claimed or finished."""
+    url = settings.resolved_database_url
+    with new_session(url) as session:
+        if not jobs.claim(session, job_id, worker, settings.lease_s):
+            job = session.get(Job, job_id)
+            if job is None:
+                return Outcome(job_id, "missing", "no such job (deleted)")
+            if job.status == JobStatus.running.value and job.cancel_requested:
+                jobs.cancel_abandoned_request(session, job_id)
+            log.info("job %s: not claimed, status %s", job_id, job.status)
+            return Outcome(job_id, job.status, "not claimed")
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+
+    files = JobFiles(settings.jobs_dir, job_id)
+    log.info("job %s: started on %s (attempt %d, model %s)", job_id, worker, job.attempts, job.model_id)
+    with _Lease(settings, job_id, worker) as lease:
+        status, error, code = JobStatus.succeeded, None, None
+        try:
+            _execute(settings, job, files, lease)
+        except _Stop as stop:
+            status, error, code = stop.status, stop.message, stop.code
+        if lease.lost:
+            log.warning("job %s: lease lost, another worker owns it now", job_id)
+            return Outcome(job_id, "lost")
+        if status is not JobStatus.succeeded:
+            files.remove_results()
+        with new_session(url) as session:
+            jobs.finish(session, job_id, worker, status, error=error, error_code=code)
+    log.info("job %s: %s", job_id, status.value)
+    return Outcome(job_id, status.value, error or "")
+
+
+class _Stop(Exception):
+    def __init__(self, status: JobStatus, message: str | None, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> None:
+    from models.predictor import Cancelled, get_predictor  # torch is imported in workers only
+
+    catalog = Catalog(settings.resolved_models_dir)
+    try:
+        status = catalog.status(job.model_id)
+        if not status.available:
+            raise ModelUnavailable(status.reason or "unavailable")
+        card = status.card
+        image = read_image(files.image_paths(job.input_files))
+        reference = read_labels(files.reference_paths(job.reference_files)) if job.reference_files else None
+        if reference is not None:
+            check_same_grid(image, reference)
+        lease.report(0.05)
+        predictor = get_predictor(card, settings.resolved_models_dir, settings.device)
+        labels = predictor.predict(
+            image,
+            on_progress=lambda f: lease.report(0.05 + 0.85 * f),
+            is_cancelled=_cancel_checker(settings, job.id),
+        )
+        write_labels_nifti(labels, image, files.labels)
+        lease.report(0.95)
+        if reference is not None:
+            voxel_mm3 = float(np.prod(image.spacing_mm))
+            report = overlap_report(labels, reference.array, card.labels, voxel_mm3)
+            write_json_atomic(files.metrics, report)
+    except Cancelled:
+        raise _Stop(JobStatus.cancelled, "cancelled at the client's request", "cancelled") from None
+    except ImageError as exc:
+        raise _Stop(JobStatus.failed, str(exc), exc.code) from None
+    except ModelUnavailable as exc:
+        raise _Stop(
+            JobStatus.failed, f"model {job.model_id} is unavailable: {exc}", "model_unavailable"
+        ) from None
+    except MemoryError:
+        raise _Stop(JobStatus.failed, "the worker ran out of memory on this scan", "out_of_memory") from None
+    except Exception as exc:
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        if isinstance(exc, SoftTimeLimitExceeded):
+            raise _Stop(
+                JobStatus.failed,
+                f"the job exceeded its time limit of {settings.task_soft_time_limit_s} s",
+                "time_limit",
+            ) from None
+        log.exception("job %s: internal error", job.id)
+        raise _Stop(
+            JobStatus.failed,
+            f"internal error in the worker ({type(exc).__name__}); the operators have the details in the "
+            "worker log",
+            "internal_error",
+        ) from None
