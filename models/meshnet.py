@@ -1,0 +1,95 @@
+"""MeshNet: a chain of dilated 3D convolutions, built from a parsed TF.js layers-model.
+
+The network is fully convolutional with stride 1, so any input size works and the output has the input's
+spatial shape. Each "step" is one Conv3d (plus instance normalisation for brainchop's
+``_gn`` layers) and the activation that follows it; :meth:`MeshNet.forward_steps`
+yields after every step so a caller can report progress and stop early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+
+import torch
+from torch import nn
+
+from models.tfjs import ActivationLayer, Conv3DLayer, TfjsModel
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    # TF.js "gelu" is the exact erf form (its tanh approximation is "gelu_new"), as is torch's default.
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+
+def _conv3d(layer: Conv3DLayer) -> nn.Conv3d:
+    # TF "same" padding with an odd kernel and stride 1 is symmetric: dilation * (k // 2) on each side.
+    (d0, d1, d2), (k0, k1, k2) = layer.dilation_rate, layer.kernel_size
+    padding = (d0 * (k0 // 2), d1 * (k1 // 2), d2 * (k2 // 2))
+    conv = nn.Conv3d(
+        layer.in_channels,
+        layer.filters,
+        kernel_size=layer.kernel_size,
+        dilation=layer.dilation_rate,
+        padding=padding,
+        bias=layer.bias is not None,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(layer.kernel))
+        if layer.bias is not None and conv.bias is not None:
+            conv.bias.copy_(torch.from_numpy(layer.bias))
+    return conv
+
+
+class MeshNet(nn.Module):
+    """Sequential MeshNet.
+
+    Input: float32 tensor (N, C_in, D, H, W). Output: logits (N, num_classes, D, H, W).
+    """
+
+    def __init__(self, steps: list[nn.Sequential], num_classes: int) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+        self.num_classes = num_classes
+
+    @classmethod
+    def from_tfjs(cls, model: TfjsModel) -> MeshNet:
+        """Build the network and copy the weights of ``model`` into it (in eval mode)."""
+        steps: list[nn.Sequential] = []
+        for layer in model.layers:
+            if isinstance(layer, Conv3DLayer):
+                step = nn.Sequential(_conv3d(layer))
+                if layer.instance_norm:
+                    # brainchop's instanceNorm: population variance, eps 1e-5, no learnt scale/shift.
+                    step.append(nn.InstanceNorm3d(layer.filters, eps=1e-5, affine=False))
+                steps.append(step)
+            elif isinstance(layer, ActivationLayer) and layer.activation != "linear":
+                if not steps:
+                    steps.append(nn.Sequential())
+                steps[-1].append(_ACTIVATIONS[layer.activation]())
+        net = cls(steps, model.num_classes)
+        net.eval()
+        return net
+
+    @property
+    def num_steps(self) -> int:
+        """Number of convolution steps (one progress tick each)."""
+        return len(self.steps)
+
+    def forward_steps(self, x: torch.Tensor) -> Generator[torch.Tensor, None, None]:
+        """Run the network one step at a time, yielding the activation after each step.
+
+        The last yielded tensor is the logits. The generator holds only the current activation, so
+        memory stays at about two activations; stop iterating to abandon the pass.
+        """
+        for step in self.steps:
+            x = step(x)
+            yield x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for out in self.forward_steps(x):
+            x = out
+        return x

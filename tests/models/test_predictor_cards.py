@@ -1,0 +1,34 @@
+"""Every listed card loads into a Predictor; the tissue card holds its measured figure (one forward pass)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.catalog import Catalog, builtin_cards
+from models.predictor import Predictor
+from segserve.imaging.volume import Volume
+
+
+@pytest.mark.parametrize("model_id", [card.id for card in builtin_cards()])
+def test_card_loads(shared_models_dir: Path, model_id: str) -> None:
+    card = Catalog(shared_models_dir).card(model_id)
+    predictor = Predictor.load(card, shared_models_dir)
+    assert predictor.network.num_classes == card.num_classes == len(card.colors)
+    assert predictor.axis_order == (0, 1, 2)
+
+
+def test_tissue_model_on_subject_a(shared_models_dir: Path, subject_a: tuple[Volume, np.ndarray]) -> None:
+    """5-95 % quantile scaling, clipped: white matter Dice 0.908 vs FreeSurfer (min-max gives 0.53)."""
+    card = Catalog(shared_models_dir).card("brain-mri-tissue")
+    volume, reference = subject_a
+    labels = Predictor.load(card, shared_models_dir).predict(volume)
+    # white: cerebral + cerebellar white matter; grey: cerebral + cerebellar cortex.
+    assert _dice(labels == 1, np.isin(reference, [1, 5])) >= 0.88
+    assert _dice(labels == 2, np.isin(reference, [2, 6])) >= 0.68
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
