@@ -45,3 +45,10 @@ class GridMismatch(ImageError):
     """A reference label volume whose grid (shape or affine) differs from the image's."""
 
     code = "grid_mismatch"
+
+
+class ArchiveTooLarge(ImageError):
+    """A zip upload past the caps on entry count or total uncompressed size (a possible zip bomb)."""
+
+    code = "archive_too_large"
+    status = 413

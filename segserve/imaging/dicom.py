@@ -1,0 +1,598 @@
+"""DICOM series reading with pydicom: grouping, geometry checks, slice sorting, rescaling, LPS -> RAS.
+
+Objects are read in two passes so that memory stays bounded: the first pass reads each object's header (pixel
+data dropped at once) to group, validate and sort; the second decodes the pixel data of the chosen slices,
+in slice order, straight into the output volume. Decoding of compressed transfer syntaxes goes through
+pydicom's pixel handlers (the pylibjpeg plugins: JPEG, JPEG-LS, JPEG 2000, RLE).
+
+Nothing identifying (patient name, ID, birth date, ...) is ever put in messages, logs or `Volume.meta`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from segserve.imaging._common import check_voxel_count, fmt_shape
+from segserve.imaging.errors import CorruptImage, ImageError, InvalidSeries, NotVolumetric
+from segserve.imaging.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Two slices whose positions along the normal differ by less than this (mm) are at the same position.
+DUPLICATE_TOL_MM = 1e-3
+#: A step larger than this multiple of the median step means slices are missing.
+GAP_FACTOR = 1.5
+#: Steps may differ from the median step by this fraction (and at least SPACING_ATOL_MM) before the spacing
+#: counts as non-uniform.
+SPACING_RTOL = 0.01
+SPACING_ATOL_MM = 1e-3
+#: Largest angle (degrees) between the slice-position step and the slice normal that is not a gantry tilt.
+TILT_TOL_DEG = 0.1
+#: Component-wise tolerance for ImageOrientationPatient values to count as the same orientation.
+ORIENTATION_ATOL = 1e-3
+#: Relative tolerance for PixelSpacing values to count as equal.
+PIXEL_SPACING_RTOL = 1e-3
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Objects that carry pixel data but are not image slices of a scan: they are skipped, like a DICOMDIR.
+_NON_IMAGE_MODALITIES = {
+    "SEG": "segmentation (SEG)",
+    "RTSTRUCT": "RT structure set",
+    "RTPLAN": "RT plan",
+    "RTDOSE": "RT dose",
+    "SR": "structured report (SR)",
+    "PR": "presentation state",
+    "KO": "key object selection",
+    "REG": "registration",
+}
+
+
+class DicomSource(Protocol):
+    """Where one DICOM object comes from: a file on disk or a zip member.
+
+    `label` names it for messages without its client-given name (e.g. "file 3 of 40", "zip entry 7");
+    `open()` returns a readable binary stream that the caller closes.
+    """
+
+    @property
+    def label(self) -> str: ...
+
+    def open(self) -> AbstractContextManager[IO[bytes]]: ...
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A DICOM file on disk."""
+
+    path: Path
+    label: str
+
+    def open(self) -> AbstractContextManager[IO[bytes]]:
+        return open(self.path, "rb")
+
+
+@dataclass
+class _Object:
+    """Pass-1 facts about one DICOM object (its header only; pixel data dropped)."""
+
+    source: DicomSource
+    ds: Dataset
+    n_frames: int
+
+
+@dataclass
+class _Plane:
+    """One 2D plane of the series: a single-frame object, or one frame of an enhanced multi-frame object."""
+
+    obj: int  # index into the series' objects
+    frame: int | None  # 0-based frame index for multi-frame objects
+    ipp: np.ndarray  # (3,) ImagePositionPatient, LPS mm
+    iop: np.ndarray  # (6,) ImageOrientationPatient: row cosine, column cosine
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
+    rows: int
+    cols: int
+    slope: float
+    intercept: float
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    order: list[int]  # plane indices in slice order (ascending along the normal)
+    affine_lps: np.ndarray  # (4, 4)
+    slice_step_mm: float
+
+
+def read_dicom_series(sources: Sequence[DicomSource]) -> Volume:
+    """Assemble the DICOM objects in `sources` (one series) into a 3D Volume.
+
+    Returns array shape (Columns, Rows, n_slices): I = column index, J = row index, K = slice in ascending
+    order along the slice normal cross(row cosine, column cosine). dtype int16 when every slice has
+    RescaleSlope 1 and an integral RescaleIntercept and the rescaled values fit, else float32 (values in the
+    modality's units, e.g. HU for CT). The affine maps (i, j, k) to RAS+ mm. DICOMDIRs and non-image objects
+    (no pixel data; SEG, SR, RT objects) are skipped.
+
+    Raises InvalidSeries (several series, mixed orientations or sizes, duplicate positions, missing slices,
+    non-uniform spacing, gantry tilt, no image slices), NotVolumetric (a single 2D slice), CorruptImage
+    (unreadable files, damaged pixel data), ImageError (colour images, unsupported multi-frame objects).
+    """
+    if not sources:
+        raise ImageError("no DICOM files were given", code="no_files")
+    objects, skipped = _read_headers(sources)
+    if not objects:
+        found = _describe_counts(skipped) or "nothing"
+        raise InvalidSeries(f"the upload holds no DICOM image slices (found {found})")
+    series = _pick_single_series(objects)
+    planes = _planes_of(series)
+    if len(planes) < 2:
+        first = series[0].ds
+        raise NotVolumetric(
+            f"the upload holds a single 2D slice ({int(first.Columns)}x{int(first.Rows)}); "
+            "segmentation needs a 3D volume: send all slices of the series"
+        )
+    geometry = _assemble_geometry(planes)
+    array = _load_pixels(series, planes, geometry.order)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ geometry.affine_lps
+    meta = _series_meta(series, planes, geometry, array, skipped)
+    log.debug("read DICOM series: %d slices, %s", len(planes), meta["transfer_syntax"])
+    return Volume(array=array, affine=affine, source_format="dicom", meta=meta, header=None)
+
+
+# ------------------------------------------------------------------------------------------ pass 1: headers
+
+
+def _read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Object], Counter[str]]:
+    objects: list[_Object] = []
+    skipped: Counter[str] = Counter()
+    for source in sources:
+        ds = _dcmread(source)
+        kind = _non_image_kind(ds, source.label)
+        if kind is not None:
+            skipped[kind] += 1
+            continue
+        for keyword in _PIXEL_KEYWORDS:
+            if keyword in ds:
+                delattr(ds, keyword)
+        n_frames = _int(ds.get("NumberOfFrames"), 1)
+        objects.append(_Object(source=source, ds=ds, n_frames=max(n_frames, 1)))
+    return objects, skipped
+
+
+def _dcmread(source: DicomSource, *, stop_before_pixels: bool = False) -> Dataset:
+    """Read one object; `force=True` only as a fallback for files without the preamble and "DICM"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odd VRs, empty character sets, ... are read as best pydicom can
+        try:
+            with source.open() as fh:
+                try:
+                    return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+                except InvalidDicomError:
+                    fh.seek(0)
+                    ds = pydicom.dcmread(fh, force=True, stop_before_pixels=stop_before_pixels)
+                    if "SOPClassUID" not in ds and "Modality" not in ds and "Rows" not in ds:
+                        raise CorruptImage(f"{source.label} is not a readable DICOM file") from None
+                    return ds
+        except ImageError:
+            raise
+        except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptImage(
+                f"{source.label} is not a readable DICOM file: it is truncated or damaged "
+                f"({type(exc).__name__})"
+            ) from exc
+
+
+def _non_image_kind(ds: Dataset, label: str) -> str | None:
+    """Why `ds` is not an image slice ("DICOMDIR", "segmentation (SEG)", ...), or None when it is one.
+
+    Raises CorruptImage for a data set that is empty, or that describes an image but has no pixel data:
+    pydicom reads a truncated file without complaint, and such a slice must not be skipped silently.
+    """
+    file_meta = getattr(ds, "file_meta", None) or Dataset()
+    sop_class = str(ds.get("SOPClassUID", "") or file_meta.get("MediaStorageSOPClassUID", ""))
+    if sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return "DICOMDIR"
+    modality = str(ds.get("Modality", "")).upper()
+    if modality in _NON_IMAGE_MODALITIES:
+        return _NON_IMAGE_MODALITIES[modality]
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        if len(ds) == 0 or "Rows" in ds or "ImagePositionPatient" in ds:
+            raise CorruptImage(f"{label} is truncated or damaged: it holds no (complete) pixel data")
+        return f"{modality or 'DICOM'} object without pixel data"
+    return None
+
+
+def _pick_single_series(objects: list[_Object]) -> list[_Object]:
+    groups: dict[str, list[_Object]] = {}
+    for obj in objects:
+        groups.setdefault(str(obj.ds.get("SeriesInstanceUID", "")), []).append(obj)
+    if len(groups) == 1:
+        return next(iter(groups.values()))
+    parts = []
+    for members in groups.values():
+        ds = members[0].ds
+        number = ds.get("SeriesNumber")
+        name = f"series {number}" if number not in (None, "") else "an unnumbered series"
+        modality = str(ds.get("Modality", "") or "unknown modality")
+        parts.append(f"{name} ({modality}, {len(members)} file{'s' if len(members) != 1 else ''})")
+    raise InvalidSeries(
+        f"the upload holds {len(groups)} DICOM series: {'; '.join(parts)}. Send one series at a time",
+        code="multiple_series",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+def _planes_of(series: list[_Object]) -> list[_Plane]:
+    multi = [o for o in series if o.n_frames > 1]
+    if multi and len(series) > 1:
+        raise ImageError(
+            f"the series mixes {len(multi)} multi-frame object(s) with {len(series) - len(multi)} other "
+            "object(s); a series made of several multi-frame objects is not supported yet",
+            code="unsupported_dicom",
+        )
+    for obj in series:
+        samples = _int(obj.ds.get("SamplesPerPixel"), 1)
+        if samples != 1:
+            raise ImageError(
+                f"colour DICOM images ({samples} samples per pixel, "
+                f"{obj.ds.get('PhotometricInterpretation', '?')}) are not supported; send a greyscale scan",
+                code="unsupported_dicom",
+            )
+    if multi:
+        return _enhanced_planes(multi[0])
+    return [_classic_plane(i, obj) for i, obj in enumerate(series)]
+
+
+def _classic_plane(index: int, obj: _Object) -> _Plane:
+    ds = obj.ds
+    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
+    if missing:
+        raise InvalidSeries(
+            f"{obj.source.label} lacks {', '.join(missing)}, so its slices cannot be placed in 3D "
+            f"(modality {ds.get('Modality', '?')}; projection images such as CR/DX are not volumes)",
+            code="missing_geometry",
+        )
+    return _Plane(
+        obj=index,
+        frame=None,
+        ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", obj.source.label),
+        iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", obj.source.label),
+        pixel_spacing=_spacing(ds.PixelSpacing, obj.source.label),
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        slope=_float(ds.get("RescaleSlope"), 1.0),
+        intercept=_float(ds.get("RescaleIntercept"), 0.0),
+    )
+
+
+def _enhanced_planes(obj: _Object) -> list[_Plane]:
+    """Planes of an enhanced multi-frame object (per-frame / shared functional groups)."""
+    ds = obj.ds
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != obj.n_frames:
+        raise ImageError(
+            f"multi-frame DICOM objects without per-frame positions ({obj.n_frames} frames, "
+            f"modality {ds.get('Modality', '?')}) are not supported yet; send the series as single-frame "
+            "files",
+            code="unsupported_dicom",
+        )
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else Dataset()
+    label = obj.source.label
+
+    def lookup(frame_groups: Dataset, sequence: str, keyword: str) -> Any:
+        for groups in (frame_groups, shared):
+            seq = groups.get(sequence)
+            if seq and keyword in seq[0]:
+                return seq[0].get(keyword)
+        return None
+
+    planes = []
+    for f, groups in enumerate(per_frame):
+        ipp = lookup(groups, "PlanePositionSequence", "ImagePositionPatient")
+        iop = lookup(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = lookup(groups, "PixelMeasuresSequence", "PixelSpacing")
+        if ipp is None or iop is None or spacing is None:
+            raise ImageError(
+                f"frame {f + 1} of the multi-frame object lacks its position, orientation or pixel spacing; "
+                "this multi-frame layout is not supported yet",
+                code="unsupported_dicom",
+            )
+        planes.append(
+            _Plane(
+                obj=0,
+                frame=f,
+                ipp=_floats(ipp, 3, "ImagePositionPatient", label),
+                iop=_floats(iop, 6, "ImageOrientationPatient", label),
+                pixel_spacing=_spacing(spacing, label),
+                rows=int(ds.Rows),
+                cols=int(ds.Columns),
+                slope=_float(lookup(groups, "PixelValueTransformationSequence", "RescaleSlope"), 1.0),
+                intercept=_float(lookup(groups, "PixelValueTransformationSequence", "RescaleIntercept"), 0.0),
+            )
+        )
+    return planes
+
+
+def _assemble_geometry(planes: list[_Plane]) -> _Geometry:
+    """Check that `planes` form one regular stack and build its LPS affine (see `read_dicom_series`)."""
+    sizes = sorted({(p.cols, p.rows) for p in planes})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{c}x{r}" for c, r in sizes)
+        raise InvalidSeries(f"the slices have different sizes ({listed}); they cannot form one volume")
+    iops = np.stack([p.iop for p in planes])
+    if np.max(np.abs(iops - iops[0])) > ORIENTATION_ATOL:
+        n_orient = len({tuple(np.round(v, 3)) for v in iops})
+        raise InvalidSeries(
+            f"the slices have {n_orient} different orientations (the series may mix a localizer or several "
+            "stacks); send a series of parallel slices",
+            code="mixed_orientation",
+        )
+    spacings = np.array([p.pixel_spacing for p in planes])
+    if not np.allclose(spacings, spacings[0], rtol=PIXEL_SPACING_RTOL, atol=1e-6):
+        raise InvalidSeries(
+            f"the slices have different pixel spacings (from {_fmt_pair(spacings.min(axis=0))} "
+            f"to {_fmt_pair(spacings.max(axis=0))} mm)"
+        )
+    row_cos, col_cos = iops[0][:3], iops[0][3:]
+    row_norm, col_norm = float(np.linalg.norm(row_cos)), float(np.linalg.norm(col_cos))
+    if not (0.99 < row_norm < 1.01 and 0.99 < col_norm < 1.01) or abs(float(row_cos @ col_cos)) > 1e-2:
+        raise InvalidSeries("ImageOrientationPatient does not hold two orthogonal unit vectors")
+    row_cos, col_cos = row_cos / row_norm, col_cos / col_norm
+    normal = np.cross(row_cos, col_cos)
+
+    positions = np.stack([p.ipp for p in planes])
+    along = positions @ normal
+    order = [int(i) for i in np.argsort(along, kind="stable")]
+    along_sorted = along[order]
+    steps = np.diff(along_sorted)
+
+    duplicates = int(np.sum(steps < DUPLICATE_TOL_MM))
+    if duplicates:
+        first = int(np.argmax(steps < DUPLICATE_TOL_MM))
+        raise InvalidSeries(
+            f"duplicate slice positions: {duplicates} of {len(planes)} slices repeat the position of another "
+            f"slice (e.g. {along_sorted[first]:.2f} mm along the slice normal); the series may hold several "
+            "echoes, phases or time points, or the same slice twice",
+            code="duplicate_slices",
+        )
+    median = float(np.median(steps))
+    gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
+    if gaps.size:
+        g = int(gaps[0])
+        missing = max(1, round(float(steps[g]) / median) - 1)
+        raise InvalidSeries(
+            f"slices are missing: a gap of {steps[g]:.2f} mm between slices {g + 1} and {g + 2} (of "
+            f"{len(planes)}, at {along_sorted[g]:.2f} and {along_sorted[g + 1]:.2f} mm along the normal) "
+            f"where the slice spacing is {median:.2f} mm: about {missing} "
+            f"slice{'s' if missing != 1 else ''} missing",
+            code="missing_slices",
+        )
+    tolerance = max(SPACING_RTOL * median, SPACING_ATOL_MM)
+    deviation = np.abs(steps - median)
+    if float(deviation.max()) > tolerance:
+        worst = int(np.argmax(deviation))
+        raise InvalidSeries(
+            f"the slice spacing is not uniform: steps range from {steps.min():.3f} to {steps.max():.3f} mm "
+            f"(e.g. {steps[worst]:.3f} mm between slices {worst + 1} and {worst + 2}, "
+            f"median {median:.3f} mm)",
+            code="non_uniform_spacing",
+        )
+
+    sorted_positions = positions[order]
+    total = sorted_positions[-1] - sorted_positions[0]
+    normal_part = float(total @ normal)
+    in_plane = float(np.linalg.norm(total - normal_part * normal))
+    tilt = math.degrees(math.atan2(in_plane, abs(normal_part)))
+    if tilt > TILT_TOL_DEG:
+        raise InvalidSeries(
+            f"the series has a gantry tilt of {tilt:.1f} degrees (the slice positions step at an angle to "
+            "the slice normal); resample it to an untilted grid (e.g. with dcm2niix) before uploading",
+            code="gantry_tilt",
+        )
+    step = total / (len(planes) - 1)
+    expected = sorted_positions[0] + np.arange(len(planes))[:, None] * step
+    off_line = float(np.max(np.linalg.norm(sorted_positions - expected, axis=1)))
+    if off_line > max(0.5 * float(spacings[0].min()), tolerance):
+        raise InvalidSeries(
+            f"the slice positions do not lie on a straight line (off by up to {off_line:.2f} mm)",
+            code="irregular_positions",
+        )
+
+    row_spacing, col_spacing = planes[0].pixel_spacing
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * col_spacing  # I: along a row = next column, spaced PixelSpacing[1]
+    affine[:3, 1] = col_cos * row_spacing  # J: down a column = next row, spaced PixelSpacing[0]
+    affine[:3, 2] = step
+    affine[:3, 3] = sorted_positions[0]
+    return _Geometry(order=order, affine_lps=affine, slice_step_mm=float(np.linalg.norm(step)))
+
+
+# ------------------------------------------------------------------------------------------ pass 2: pixels
+
+
+def _load_pixels(series: list[_Object], planes: list[_Plane], order: list[int]) -> np.ndarray:
+    """Decode the planes in slice order into a (Columns, Rows, K) array and apply the modality rescale."""
+    cols, rows, n = planes[0].cols, planes[0].rows, len(order)
+    check_voxel_count((cols, rows, n))
+    raw: np.ndarray | None = None
+
+    def put(k: int, pixels: np.ndarray) -> None:
+        nonlocal raw
+        if pixels.shape != (rows, cols):
+            raise CorruptImage(
+                f"decoded pixel data has shape {fmt_shape(pixels.shape)}, expected {rows}x{cols}"
+            )
+        if raw is None:
+            raw = np.empty((cols, rows, n), dtype=pixels.dtype, order="F")
+        elif not np.can_cast(pixels.dtype, raw.dtype, casting="safe"):
+            raw = raw.astype(np.result_type(raw.dtype, pixels.dtype), order="F")
+        raw[:, :, k] = pixels.T
+
+    if planes[0].frame is not None:  # one enhanced multi-frame object
+        frames = _decode(series[0])
+        if frames.ndim == 2:
+            frames = frames[None]
+        for k, p in enumerate(order):
+            frame = planes[p].frame
+            assert frame is not None
+            put(k, frames[frame])
+        del frames
+    else:
+        for k, p in enumerate(order):
+            put(k, _decode(series[planes[p].obj]))
+    assert raw is not None
+    slopes = np.array([planes[p].slope for p in order])
+    intercepts = np.array([planes[p].intercept for p in order])
+    return _rescale(raw, slopes, intercepts)
+
+
+def _decode(obj: _Object) -> np.ndarray:
+    ds = _dcmread(obj.source)
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", "unknown")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(ds.pixel_array)
+    except NotImplementedError as exc:
+        raise ImageError(
+            f"{obj.source.label}: the pixel data's transfer syntax {_syntax_name(syntax)} "
+            "cannot be decoded here",
+            code="unsupported_transfer_syntax",
+        ) from exc
+    except RuntimeError as exc:
+        if "plugin" in str(exc) or "dependencies" in str(exc):
+            raise ImageError(
+                f"{obj.source.label}: no decoder is available for transfer syntax {_syntax_name(syntax)}",
+                code="unsupported_transfer_syntax",
+            ) from exc
+        raise CorruptImage(f"{obj.source.label}: the pixel data is damaged and cannot be decoded") from exc
+    except (ValueError, EOFError, OSError, AttributeError, KeyError, TypeError) as exc:
+        raise CorruptImage(
+            f"{obj.source.label}: the pixel data is truncated or damaged ({type(exc).__name__})"
+        ) from exc
+
+
+def _rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Apply per-slice RescaleSlope/Intercept: int16 when exact and in range, else float32."""
+    integral = bool(np.all(slopes == 1.0) and np.all(intercepts == np.round(intercepts)))
+    if integral and np.issubdtype(raw.dtype, np.integer):
+        lows = raw.min(axis=(0, 1)).astype(np.float64) + intercepts
+        highs = raw.max(axis=(0, 1)).astype(np.float64) + intercepts
+        info = np.iinfo(np.int16)
+        if lows.min() >= info.min and highs.max() <= info.max:
+            if raw.dtype == np.int16 and not np.any(intercepts):
+                return raw
+            out = np.empty(raw.shape, dtype=np.int16, order="F")
+            for k, intercept in enumerate(intercepts):
+                out[:, :, k] = raw[:, :, k].astype(np.int32) + int(intercept)
+            return out
+    out_f = np.empty(raw.shape, dtype=np.float32, order="F")
+    for k, (slope, intercept) in enumerate(zip(slopes, intercepts, strict=True)):
+        out_f[:, :, k] = raw[:, :, k].astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return out_f
+
+
+# ---------------------------------------------------------------------------------------------------- meta
+
+
+def _series_meta(
+    series: list[_Object], planes: list[_Plane], geometry: _Geometry, array: np.ndarray, skipped: Counter[str]
+) -> dict[str, Any]:
+    ds = series[0].ds
+    syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    if planes[0].frame is not None:
+        sop_uids = [str(ds.get("SOPInstanceUID", ""))] * len(planes)
+        frame_numbers: list[int] | None = [int(planes[p].frame or 0) + 1 for p in geometry.order]
+    else:
+        sop_uids = [str(series[planes[p].obj].ds.get("SOPInstanceUID", "")) for p in geometry.order]
+        frame_numbers = None
+    number = ds.get("SeriesNumber")
+    meta: dict[str, Any] = {
+        "modality": str(ds.get("Modality", "")),
+        "series_number": int(number) if number not in (None, "") else None,
+        "n_slices": len(planes),
+        "transfer_syntax": syntax,
+        "transfer_syntax_name": _syntax_name(syntax),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
+        "sop_instance_uids": sop_uids,
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "spacing_mm": [planes[0].pixel_spacing[1], planes[0].pixel_spacing[0], geometry.slice_step_mm],
+        "image_orientation_patient": [float(x) for x in planes[0].iop],
+    }
+    if frame_numbers is not None:
+        meta["frame_numbers"] = frame_numbers
+        meta["sop_class_uid"] = str(ds.get("SOPClassUID", ""))
+    thickness = ds.get("SliceThickness")
+    if thickness not in (None, ""):
+        meta["slice_thickness_mm"] = float(thickness)
+    if skipped:
+        meta["skipped_objects"] = dict(skipped)
+    return meta
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _syntax_name(uid: Any) -> str:
+    try:
+        return f"{pydicom.uid.UID(str(uid)).name} ({uid})"
+    except Exception:
+        return str(uid)
+
+
+def _describe_counts(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _float(value: Any, default: float) -> float:
+    try:
+        result = float(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+    return result if math.isfinite(result) else default
+
+
+def _floats(value: Any, n: int, keyword: str, label: str) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSeries(f"{label} has an unreadable {keyword}") from exc
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise InvalidSeries(f"{label} has an invalid {keyword} (expected {n} numbers)")
+    return arr
+
+
+def _spacing(value: Any, label: str) -> tuple[float, float]:
+    arr = _floats(value, 2, "PixelSpacing", label)
+    if np.any(arr <= 0):
+        raise InvalidSeries(f"{label} has a non-positive PixelSpacing")
+    return float(arr[0]), float(arr[1])
+
+
+def _fmt_pair(values: np.ndarray) -> str:
+    return "x".join(f"{float(v):.4g}" for v in values)

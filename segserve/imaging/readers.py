@@ -1,0 +1,166 @@
+"""Public entry points for reading uploads: detect_format, read_image, read_labels, check_same_grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from segserve.imaging.archive import read_zip
+from segserve.imaging.detect import ACCEPTED_FORMATS, detect_format
+from segserve.imaging.dicom import FileSource, read_dicom_series
+from segserve.imaging.errors import GridMismatch, ImageError, UnsupportedFormat
+from segserve.imaging.nifti import read_nifti
+from segserve.imaging.nrrd import read_nrrd
+from segserve.imaging.volume import Volume
+
+__all__ = ["check_same_grid", "detect_format", "read_image", "read_labels"]
+
+_FORMAT_NAMES = {
+    "nifti": "a NIfTI volume",
+    "mgz": "an MGZ volume",
+    "nrrd": "an NRRD volume",
+    "zip": "a zip archive",
+}
+
+
+def read_image(paths: Sequence[Path]) -> Volume:
+    """Read one uploaded image into a 3D Volume (array (I, J, K), affine voxel -> RAS+ mm).
+
+    `paths` is either one file (NIfTI, MGZ, NRRD, a single multi-frame DICOM object, or a .zip holding one
+    DICOM series or one volume) or several files that are each one DICOM object of the same series. Raises
+    an ImageError subclass (UnsupportedFormat, CorruptImage, NotVolumetric, InvalidSeries, ...) for unusable
+    input.
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise ImageError("no file was uploaded", code="no_files")
+    if len(files) == 1:
+        fmt = detect_format(files[0])
+        if fmt == "zip":
+            return read_zip(files[0])
+        if fmt == "dicom":
+            return read_dicom_series([FileSource(files[0], "the file")])
+        return read_single_volume(files[0], fmt)
+    sources = []
+    for n, path in enumerate(files, start=1):
+        label = f"file {n} of {len(files)}"
+        try:
+            fmt = detect_format(path)
+        except UnsupportedFormat as exc:
+            raise UnsupportedFormat(f"{label}: {exc}") from exc
+        if fmt != "dicom":
+            raise UnsupportedFormat(
+                f"{label} is {_FORMAT_NAMES.get(fmt, fmt)}: several files are accepted only as the DICOM "
+                f"files of one series. Accepted formats: {ACCEPTED_FORMATS}."
+            )
+        sources.append(FileSource(path, label))
+    return read_dicom_series(sources)
+
+
+def read_labels(paths: Sequence[Path]) -> Volume:
+    """Read a reference label volume with the readers of `read_image`.
+
+    Values must be non-negative integers; float arrays holding integral values are accepted. The result's
+    array dtype is the smallest unsigned integer type that holds the labels (uint8, else uint16) and meta
+    gains "label_values" (the sorted label values present). Raises ImageError for negative, non-integral,
+    non-finite or too large (> 65535) values.
+    """
+    volume = read_image(paths)
+    labels = to_label_array(volume.array)
+    counts = np.bincount(labels.ravel(order="K"))
+    meta = dict(volume.meta)
+    meta["dtype"] = str(labels.dtype)
+    meta["label_values"] = [int(v) for v in np.nonzero(counts)[0]]
+    return replace(volume, array=labels, meta=meta)
+
+
+def to_label_array(array: np.ndarray) -> np.ndarray:
+    """Cast an (I, J, K) array of label values to uint8/uint16, or raise ImageError (see `read_labels`)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ImageError(f"label volumes must hold integers, not {array.dtype} values", code="invalid_labels")
+    if array.size == 0:
+        raise ImageError("the label volume is empty", code="invalid_labels")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ImageError("the label volume holds NaN or infinite values", code="invalid_labels")
+        fractional = array != np.round(array)
+        if np.any(fractional):
+            example = float(array[fractional].flat[0])
+            raise ImageError(
+                f"the label volume holds non-integral values (e.g. {example:g}); labels must be integers "
+                "(was an intensity image sent as the reference?)",
+                code="invalid_labels",
+            )
+    low, high = array.min(), array.max()
+    if low < 0:
+        raise ImageError(
+            f"the label volume holds negative values (minimum {low:g}); labels must be 0 or positive",
+            code="invalid_labels",
+        )
+    if high > np.iinfo(np.uint16).max:
+        raise ImageError(
+            f"the label volume holds values up to {high:g}; at most 65535 is supported",
+            code="invalid_labels",
+        )
+    target = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
+    return array.astype(target, copy=array.dtype != target)
+
+
+def check_same_grid(image: Volume, reference: Volume, *, atol_mm: float = 1e-3) -> None:
+    """Raise GridMismatch unless `reference` lies on exactly the grid of `image`.
+
+    Same shape is required, and the world positions (RAS mm) of the 8 corner voxels under the two affines
+    may differ by at most `atol_mm`. The message names both grids ("reference grid 128x128x64 at
+    1.00x1.00x2.00 mm does not match image grid 256x256x256 at 1.00x1.00x1.00 mm") and, for equal shapes,
+    how far apart the grids are in mm and how their orientation/origin differ.
+    """
+    ref_grid, img_grid = _describe_grid(reference), _describe_grid(image)
+    if reference.shape != image.shape:
+        raise GridMismatch(f"reference grid {ref_grid} does not match image grid {img_grid}")
+    corners = np.array(
+        [
+            [i, j, k, 1.0]
+            for i in (0, image.shape[0] - 1)
+            for j in (0, image.shape[1] - 1)
+            for k in (0, image.shape[2] - 1)
+        ]
+    ).T
+    distance = float(
+        np.max(np.linalg.norm((image.affine @ corners - reference.affine @ corners)[:3], axis=0))
+    )
+    if not distance <= atol_mm:  # also catches NaN
+        details = []
+        img_codes = "".join(nib.aff2axcodes(image.affine))
+        ref_codes = "".join(nib.aff2axcodes(reference.affine))
+        if img_codes != ref_codes:
+            details.append(f"orientation {ref_codes} vs {img_codes}")
+        origin_shift = float(np.linalg.norm(image.affine[:3, 3] - reference.affine[:3, 3]))
+        if origin_shift > atol_mm:
+            details.append(f"origins {origin_shift:.2f} mm apart")
+        extra = f" ({', '.join(details)})" if details else ""
+        raise GridMismatch(
+            f"reference grid {ref_grid} does not match image grid {img_grid}: the shapes agree but the "
+            f"affines differ, placing voxels up to {distance:.3g} mm apart{extra} (tolerance {atol_mm:g} mm)"
+        )
+
+
+def _describe_grid(volume: Volume) -> str:
+    spacing = "x".join(f"{s:.2f}" for s in volume.spacing_mm)
+    return f"{'x'.join(str(n) for n in volume.shape)} at {spacing} mm"
+
+
+def read_single_volume(path: Path, fmt: str) -> Volume:
+    """Read one NIfTI/MGZ/NRRD (or single DICOM) file whose format `fmt` detect_format already gave."""
+    if fmt in ("nifti", "mgz"):
+        return read_nifti(path, fmt)
+    if fmt == "nrrd":
+        return read_nrrd(path)
+    if fmt == "dicom":
+        return read_dicom_series([FileSource(path, "the file")])
+    raise UnsupportedFormat(f"a {fmt} file cannot be read here. Accepted formats: {ACCEPTED_FORMATS}.")
