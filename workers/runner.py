@@ -151,6 +151,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             on_progress=lambda f: lease.report(0.05 + 0.85 * f),
             is_cancelled=_cancel_checker(settings, job.id),
         )
+        files.labels.parent.mkdir(parents=True, exist_ok=True)
         write_labels_nifti(labels, image, files.labels)
         lease.report(0.95)
         if reference is not None:

@@ -48,6 +48,39 @@ def no_leftovers(stack: Stack):  # type: ignore[no-untyped-def]
     assert _staging(stack) == []
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_upload_streams_to_disk_without_growing_memory(stack: Stack, no_leftovers: None) -> None:
+    """A 40 MB upload must not raise the API's peak memory by anything like 40 MB (runs first in this
+    module, before any test reads a volume in the API process)."""
+    assert stack.api is not None
+    size = 40 * 1024 * 1024
+    before = _peak_rss_bytes(stack.api.pid)
+
+    def body():  # type: ignore[no-untyped-def]
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + MODEL.encode() + b"\r\n"
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="x.nrrd"\r\n\r\n'
+        block = bytes(range(256)) * 4096  # 1 MiB, not an image
+        for _ in range(size // len(block)):
+            yield block
+        yield b"\r\n--XyZ--\r\n"
+
+    with stack.client() as c:
+        resp = c.post(
+            "/v1/jobs", content=body(), headers={"content-type": "multipart/form-data; boundary=XyZ"}
+        )
+    _problem(resp, 415)
+    grown = _peak_rss_bytes(stack.api.pid) - before
+    assert grown < size / 4, (
+        f"peak memory grew by {grown / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB upload"
+    )
+
+
 def test_healthz_needs_no_key(stack: Stack) -> None:
     import httpx
 
@@ -129,7 +162,7 @@ def test_unknown_model_and_missing_fields(stack: Stack, tmp_path: Path, no_lefto
         assert "nope" in body["detail"] and MODEL in body["detail"]
         _problem(c.post("/v1/jobs", files={"image": image.open("rb")}), 422)
         _problem(c.post("/v1/jobs", data={"model": MODEL}, files={"other": image.open("rb")}), 422)
-        _problem(c.post("/v1/jobs", data={"model": MODEL}), 422)
+        _problem(c.post("/v1/jobs", data={"model": MODEL}), 415)  # a plain form is not multipart
         _problem(c.post("/v1/jobs", json={"model": MODEL}), 415)
 
 

@@ -35,7 +35,7 @@ def test_models_catalog_lists_the_brain_model(stack: Stack) -> None:
 
 
 def test_small_job_with_reference_end_to_end(stack: Stack, tmp_path: Path) -> None:
-    image, reference = brain_crop(tmp_path, size=48)
+    image, reference = brain_crop(tmp_path, size=64)  # big enough for the model to find structures
     with stack.client() as c:
         resp = c.post(
             "/v1/jobs",
