@@ -61,6 +61,46 @@ def _stop(proc: subprocess.Popen[bytes], name: str, sig: int, timeout_s: float) 
         proc.wait()
 
 
+class _Supervisor:
+    """Starts the children and restarts one that dies (a worker killed mid-job comes back and its
+    recovery pass picks the job up again). Gives up when a child keeps dying."""
+
+    max_restarts = 5
+    window_s = 60.0
+
+    def __init__(self, commands: dict[str, list[str]], env: dict[str, str]) -> None:
+        self.commands = commands
+        self.env = env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self._restarts: dict[str, list[float]] = {name: [] for name in commands}
+
+    def _spawn(self, name: str) -> None:
+        self.children[name] = subprocess.Popen(
+            self.commands[name], env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+
+    def start_all(self) -> None:
+        for name in self.commands:
+            self._spawn(name)
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for name, proc in list(self.children.items()):
+            if proc.poll() is None:
+                continue
+            recent = [t for t in self._restarts[name] if now - t < self.window_s]
+            if len(recent) >= self.max_restarts:
+                print(
+                    f"{name} keeps exiting (last code {proc.returncode}); stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise _Shutdown(name)
+            print(f"{name} exited with code {proc.returncode}; restarting it", file=sys.stderr, flush=True)
+            self._restarts[name] = [*recent, now]
+            self._spawn(name)
+
+
 def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +111,7 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
     env = dict(os.environ)
     env["SEGSERVE_DATA_DIR"] = str(data_dir)
     broker: EmbeddedRedis | None = None
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     previous = {s: signal.signal(s, _raise_shutdown) for s in (signal.SIGINT, signal.SIGTERM)}
     code = 0
     try:
@@ -80,43 +120,40 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
             broker.start(preexec=_die_with_parent)
             env["SEGSERVE_REDIS_URL"] = broker.url
             print(f"embedded broker: {broker.url}", flush=True)
-        worker_cmd = [
-            sys.executable,
-            "-m",
-            "segserve.cli",
-            "worker",
-            "--queue",
-            queue,
-            "--concurrency",
-            str(concurrency),
-        ]
-        api_cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "service.main:create_app",
-            "--factory",
-            "--host",
-            settings.host,
-            "--port",
-            str(settings.port),
-            "--log-level",
-            settings.log_level.lower(),
-        ]
-        for name, cmd in (("worker", worker_cmd), ("api", api_cmd)):
-            children.append(
-                (name, subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent))
-            )
+        commands = {
+            "worker": [
+                sys.executable,
+                "-m",
+                "segserve.cli",
+                "worker",
+                "--queue",
+                queue,
+                "--concurrency",
+                str(concurrency),
+            ],
+            "api": [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.main:create_app",
+                "--factory",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.port),
+                "--log-level",
+                settings.log_level.lower(),
+            ],
+        }
+        supervisor = _Supervisor(commands, env)
+        children = supervisor.children
+        supervisor.start_all()
         print(
             f"segserve is up: http://{settings.host}:{settings.port}/docs  (Ctrl-C stops everything)",
             flush=True,
         )
         while True:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    log.error("%s exited with code %s; stopping everything", name, proc.returncode)
-                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr, flush=True)
-                    raise _Shutdown(name)
+            supervisor.check()
             time.sleep(0.5)
     except _Shutdown as why:
         code = 0 if str(why) in ("SIGINT", "SIGTERM") else 1
@@ -124,13 +161,11 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
         # Ignore further signals while we stop children in order.
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
-        for name, proc in children:
-            if name == "api":
-                _stop(proc, name, signal.SIGTERM, 15)
-        for name, proc in children:
-            if name == "worker":
-                # Warm shutdown lets a running job finish; after 20 s a cold one hands it back to the queue.
-                _stop(proc, name, signal.SIGTERM, 20)
+        if "api" in children:
+            _stop(children["api"], "api", signal.SIGTERM, 15)
+        if "worker" in children:
+            # Warm shutdown lets a running job finish; after 20 s a cold one hands it back to the queue.
+            _stop(children["worker"], "worker", signal.SIGTERM, 20)
         if broker is not None:
             broker.stop()
         for s, handler in previous.items():

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.paths import REPO, WEIGHTS, require_shared
 from tests.support.stack import free_port, wait_for, wait_job
-from tests.support.volumes import brain_crop
+from tests.support.volumes import SUBJECT_A, brain_crop
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +39,24 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _children(pid: int) -> list[int]:
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _ppid(stat) == pid]
+
+
+def _ppid(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return -1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -56,6 +74,8 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             "SEGSERVE_DATA_DIR": str(tmp_path / "data"),
             "SEGSERVE_PORT": str(port),
             "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+            "SEGSERVE_LEASE_S": "8",
+            "SEGSERVE_RECOVERY_INTERVAL_S": "2",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -85,8 +105,21 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             assert done["status"] == "succeeded", done
             assert c.get(f"/v1/jobs/{done['id']}/metrics").json()["mean"]["dice"] is not None
 
+            # SIGKILL the worker in the middle of a job: `up` starts a new one, which takes the job over.
+            resp = c.post(
+                "/v1/jobs",
+                data={"model": "brain-mri-structures"},
+                files={"image": (SUBJECT_A / "norm.mgz").open("rb")},
+            )
+            job_id = resp.json()["id"]
+            wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 120, "the forward pass")
+            worker = next(pid for pid in _children(up.pid) if "segserve.cli worker" in _cmdline(pid))
+            os.kill(worker, signal.SIGKILL)
+            done = wait_job(c, job_id, timeout=300)
+            assert done["status"] == "succeeded" and done["attempts"] == 2, done
+
         started = _descendants(up.pid)
-        assert len(started) >= 3  # broker, api, worker (+ pool children)
+        assert len(started) >= 4  # broker, api, worker and its pool child
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
         time.sleep(0.5)
