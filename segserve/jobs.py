@@ -16,6 +16,17 @@ from sqlalchemy.orm import Session
 from segserve.db import Job, JobStatus, utcnow
 
 
+def _update_owned(session: Session, job_id: str, worker: str, values: dict[str, object]) -> bool:
+    """Apply `values` to a running job only while `worker` owns it. Commits."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running.value)
+        .values(**values)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def claim(session: Session, job_id: str, worker: str, lease_s: float) -> bool:
     """Take a queued job, or a running one whose worker stopped renewing its lease. Commits."""
     now = utcnow()
@@ -49,13 +60,7 @@ def renew(session: Session, job_id: str, worker: str, lease_s: float, progress: 
     values: dict[str, object] = {"lease_expires_at": now + timedelta(seconds=lease_s), "updated_at": now}
     if progress is not None:
         values["progress"] = max(0.0, min(1.0, progress))
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running.value)
-        .values(**values)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _update_owned(session, job_id, worker, values)
 
 
 def finish(
@@ -79,13 +84,7 @@ def finish(
     }
     if status is JobStatus.succeeded:
         values["progress"] = 1.0
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.worker == worker, Job.status == JobStatus.running.value)
-        .values(**values)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _update_owned(session, job_id, worker, values)
 
 
 def cancel(session: Session, job_id: str) -> JobStatus | None:
