@@ -96,6 +96,34 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if args.models_cmd == "verify" and failures else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from evaluation.dataset import DatasetError
+    from segserve.evaluate_cli import evaluate_dataset, evaluate_folders
+
+    try:
+        if args.dataset:
+            if not args.model:
+                print("--dataset needs --model", file=sys.stderr)
+                return 2
+            api = args.api or f"http://{settings.host}:{settings.port}"
+            key = args.key or os.environ.get("SEGSERVE_API_KEY", "")
+            if not key:
+                print("give --key or set SEGSERVE_API_KEY (a researcher or admin key)", file=sys.stderr)
+                return 2
+            return evaluate_dataset(
+                settings, Path(args.dataset), args.model, Path(args.out), args.label_map, api, key
+            )
+        if not (args.predictions and args.references):
+            print("give --predictions and --references, or --dataset and --model", file=sys.stderr)
+            return 2
+        return evaluate_folders(
+            Path(args.predictions), Path(args.references), Path(args.out), args.labels, args.tolerance_mm
+        )
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _cmd_db(_args: argparse.Namespace, settings: Settings) -> int:
     init_db(settings.resolved_database_url)
     print("database ready")
@@ -144,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("path")
     models.set_defaults(func=_cmd_models)
+
+    ev = sub.add_parser("evaluate", help="batch evaluation: folders here, or a dataset through a model")
+    ev.add_argument("--predictions", help="folder of predicted label volumes (<case>.nii.gz)")
+    ev.add_argument("--references", help="folder of reference label volumes (<case>.nii.gz)")
+    ev.add_argument(
+        "--labels", help="JSON file of label value -> name (default: dataset.json by the references)"
+    )
+    ev.add_argument("--dataset", help="nnU-Net v2 / Decathlon dataset folder under SEGSERVE_DATASETS_DIR")
+    ev.add_argument("--model", help="catalog model to run over the dataset")
+    ev.add_argument("--label-map", help='JSON {"model value": dataset value}, e.g. \'{"1": 1, "7": 2}\'')
+    ev.add_argument("--tolerance-mm", type=float, help="surface Dice tolerance in mm (folders mode)")
+    ev.add_argument("--api", help="service URL for --dataset (default http://SEGSERVE_HOST:SEGSERVE_PORT)")
+    ev.add_argument("--key", help="API key for --dataset (default $SEGSERVE_API_KEY)")
+    ev.add_argument("--out", required=True, help="folder for summary.json, cases.csv, report.html")
+    ev.set_defaults(func=_cmd_evaluate)
 
     db = sub.add_parser("db", help="create the database tables")
     db.set_defaults(func=_cmd_db)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         default=None, description="Broker URL (redis:// or redis+socket://). Unset: `up` embeds one."
     )
     models_dir: Path | None = Field(default=None, description="Weights directory; default <data_dir>/models.")
+    datasets_dir: Path | None = Field(
+        default=None, description="Folders that evaluations may read; default <data_dir>/datasets."
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, description="Largest accepted request body, bytes.")
     default_queue: str = Field(default="cpu", description="Queue that new jobs go to: cpu or gpu.")
     task_soft_time_limit_s: int = Field(default=3300, description="A job's soft time limit.")
@@ -63,6 +66,16 @@ class Settings(BaseSettings):
         if self.models_dir is not None:
             return self.models_dir.expanduser().resolve()
         return self.resolved_data_dir / "models"
+
+    @property
+    def resolved_datasets_dir(self) -> Path:
+        if self.datasets_dir is not None:
+            return self.datasets_dir.expanduser().resolve()
+        return self.resolved_data_dir / "datasets"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        return self.resolved_data_dir / "evaluations"
 
     @property
     def jobs_dir(self) -> Path:

@@ -10,10 +10,43 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from segserve.db import Job, JobStatus, utcnow
+
+
+def build_job(
+    job_id: str,
+    *,
+    model_id: str,
+    model_version: str,
+    queue: str,
+    input_format: str,
+    input_files: list[str],
+    reference_files: list[str],
+    image_shape: list[int],
+    image_spacing_mm: list[float],
+    submitted_by: str,
+    evaluation_id: str | None = None,
+    case_id: str | None = None,
+) -> Job:
+    """A new queued job row (not yet added to a session)."""
+    return Job(
+        id=job_id,
+        status=JobStatus.queued.value,
+        model_id=model_id,
+        model_version=model_version,
+        queue=queue,
+        input_format=input_format,
+        input_files=input_files,
+        reference_files=reference_files,
+        image_shape=image_shape,
+        image_spacing_mm=image_spacing_mm,
+        submitted_by=submitted_by,
+        evaluation_id=evaluation_id,
+        case_id=case_id,
+    )
 
 
 def _update_owned(session: Session, job_id: str, worker: str, values: dict[str, object]) -> bool:
@@ -141,3 +174,14 @@ def abandoned(session: Session, *, include_queued: bool, now: datetime | None = 
     if include_queued:
         conditions.append(Job.status == JobStatus.queued.value)
     return list(session.scalars(select(Job).where(or_(*conditions)).order_by(Job.created_at)))
+
+
+_FINAL = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value)
+
+
+def evaluation_case_counts(session: Session, evaluation_id: str) -> tuple[int, int]:
+    """(finished jobs, all jobs) of a dataset evaluation."""
+    in_evaluation = select(func.count()).select_from(Job).where(Job.evaluation_id == evaluation_id)
+    total = session.scalar(in_evaluation) or 0
+    done = session.scalar(in_evaluation.where(Job.status.in_(_FINAL))) or 0
+    return int(done), int(total)

@@ -24,6 +24,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "jobs:delete": frozenset({Role.submitter, Role.admin}),
     "models:read": frozenset({Role.submitter, Role.reviewer, Role.researcher, Role.admin}),
     "system:read": frozenset({Role.submitter, Role.reviewer, Role.researcher, Role.admin}),
+    "evaluations:create": frozenset({Role.researcher, Role.admin}),
+    "evaluations:read": frozenset({Role.researcher, Role.reviewer, Role.admin}),
     "keys:admin": frozenset({Role.admin}),
 }
 

@@ -9,6 +9,8 @@ from kombu import Queue
 from segserve.config import Settings
 
 RUN_JOB = "segserve.run_job"
+RUN_EVALUATION = "segserve.run_evaluation"
+FINISH_EVALUATION = "segserve.finish_evaluation"
 QUEUES = ("cpu", "gpu")
 
 app = Celery("segserve")
@@ -53,3 +55,10 @@ def send_run_job(celery_app: Celery, job_id: str, queue: str) -> None:
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
     celery_app.send_task(RUN_JOB, args=[job_id], queue=queue)
+
+
+def send_evaluation_task(celery_app: Celery, task: str, evaluation_id: str, queue: str = "cpu") -> None:
+    """Publish an evaluation step (RUN_EVALUATION or FINISH_EVALUATION) for an evaluation id."""
+    if task not in (RUN_EVALUATION, FINISH_EVALUATION):
+        raise ValueError(f"not an evaluation task: {task!r}")
+    celery_app.send_task(task, args=[evaluation_id], queue=queue)

@@ -14,6 +14,7 @@ from celery import Celery
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import new_session
+from workers import evaluations
 from workers.celery_app import send_run_job
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def requeue_abandoned(celery_app: Celery, settings: Settings, *, include_queued:
             jobs.mark_enqueued(session, job.id)
             count += 1
             log.info("job %s: published again (was %s)", job.id, job.status)
+        count += evaluations.recover(celery_app, session, include_queued=include_queued)
     return count
 
 

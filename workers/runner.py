@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from evaluation.overlap import overlap_report
+from evaluation.report import evaluate_case
 from models.catalog import Catalog, ModelUnavailable
 from segserve import jobs
 from segserve.config import Settings
@@ -155,8 +153,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         write_labels_nifti(labels, image, files.labels)
         lease.report(0.95)
         if reference is not None:
-            voxel_mm3 = float(np.prod(image.spacing_mm))
-            report = overlap_report(labels, reference.array, card.labels, voxel_mm3)
+            report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
             write_json_atomic(files.metrics, report)
     except Cancelled:
         raise _Stop(JobStatus.cancelled, "cancelled at the client's request", "cancelled") from None

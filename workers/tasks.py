@@ -11,8 +11,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from segserve.config import get_settings
-from segserve.db import init_db
-from workers.celery_app import RUN_JOB, app
+from segserve.db import Job, init_db, new_session
+from workers import evaluations
+from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
 from workers.recovery import RecoveryLoop
 from workers.runner import run_job
 
@@ -31,8 +32,37 @@ _recovery: RecoveryLoop | None = None
 )
 def run_job_task(self: Task, job_id: str) -> str:
     """Run one job. Only transient infrastructure errors are retried; job errors end on the job."""
+    settings = get_settings()
     worker = f"{self.request.hostname or socket.gethostname()}:{self.request.id}"
-    return run_job(get_settings(), job_id, worker).status
+    outcome = run_job(settings, job_id, worker)
+    with new_session(settings.resolved_database_url) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.evaluation_id is not None:
+            evaluations.maybe_finish(app, session, job.evaluation_id)
+    return outcome.status
+
+
+_TRANSIENT = (OperationalError, RedisConnectionError)
+
+
+@app.task(
+    name=RUN_EVALUATION, acks_late=True, reject_on_worker_lost=True, autoretry_for=_TRANSIENT, max_retries=5
+)
+def run_evaluation_task(evaluation_id: str) -> str:
+    """First step of a batch evaluation: evaluate folders, or create the dataset's case jobs."""
+    return evaluations.run_evaluation(app, get_settings(), evaluation_id)
+
+
+@app.task(
+    name=FINISH_EVALUATION,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=_TRANSIENT,
+    max_retries=5,
+)
+def finish_evaluation_task(evaluation_id: str) -> str:
+    """Last step of a dataset evaluation: metrics over the finished case jobs, and the outputs."""
+    return evaluations.finish_evaluation(get_settings(), evaluation_id)
 
 
 @worker_process_init.connect

@@ -99,6 +99,7 @@ class Stack:
         self.env.update(
             {
                 "SEGSERVE_DATA_DIR": str(tmp / "data"),
+                "SEGSERVE_DATASETS_DIR": str(tmp / "datasets"),
                 "SEGSERVE_PORT": str(self.port),
                 "SEGSERVE_LEASE_S": "8",
                 "SEGSERVE_RECOVERY_INTERVAL_S": "2",
@@ -114,13 +115,17 @@ class Stack:
         self.workers: list[Proc] = []
         self.admin_key = ""
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         out = subprocess.run(
-            segserve(*args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=120
+            segserve(*args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=300
         )
-        if out.returncode != 0:
+        if check and out.returncode != 0:
             raise RuntimeError(f"segserve {' '.join(args)} failed: {out.stderr[-2000:]}")
-        return out.stdout
+        return out
+
+    @property
+    def datasets(self) -> Path:
+        return self.tmp / "datasets"
 
     def start_api(self) -> None:
         self.api = Proc("api", segserve("api"), self.env, self.tmp)
@@ -142,9 +147,9 @@ class Stack:
 
     def start(self) -> Stack:
         (self.tmp / "data").mkdir(parents=True, exist_ok=True)
-        self.admin_key = json.loads(self.cli("keys", "create", "--name", "test admin", "--role", "admin"))[
-            "key"
-        ]
+        (self.tmp / "datasets").mkdir(parents=True, exist_ok=True)
+        created = self.cli("keys", "create", "--name", "test admin", "--role", "admin").stdout
+        self.admin_key = json.loads(created)["key"]
         self.start_api()
         self.start_worker()
         self.wait_ready()

@@ -9,13 +9,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from evaluation.report import to_csv
 from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
@@ -109,9 +110,8 @@ def _store_job(
     try:
         os.rename(staging, files.root / "input")
         with new_session(settings.resolved_database_url) as session:
-            job = Job(
-                id=job_id,
-                status=JobStatus.queued.value,
+            job = job_states.build_job(
+                job_id,
                 model_id=model_id,
                 model_version=version,
                 queue=settings.default_queue,
@@ -245,8 +245,18 @@ def get_result(job_id: str, session: SessionDep, settings: SettingsDep, _key: Ca
     return FileResponse(path, media_type="application/gzip", filename=f"{job.id}_labels.nii.gz")
 
 
-@router.get("/{job_id}/metrics", summary="Per-structure metrics against the reference")
-def get_metrics(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> JSONResponse:
+@router.get(
+    "/{job_id}/metrics",
+    summary="Per-structure metrics against the reference (JSON, or CSV with ?format=csv)",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _key: CanReadJobs,
+    format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
+) -> Response:
     job = _get_job(session, job_id)
     if not job.has_reference:
         raise Problem(
@@ -257,6 +267,12 @@ def get_metrics(job_id: str, session: SessionDep, settings: SettingsDep, _key: C
     if not path.exists():
         raise Problem(404, "the metrics file is missing from storage", code="metrics_missing")
     payload = json.loads(path.read_text(encoding="utf-8"))
+    if format == "csv":
+        return Response(
+            to_csv(payload),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job.id}_metrics.csv"'},
+        )
     payload["job_id"] = job.id
     payload["model"] = {"id": job.model_id, "version": job.model_version}
     return JSONResponse(payload)
