@@ -3,6 +3,7 @@ list, cancel, delete; and the reference figure on subject-a."""
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from pathlib import Path
@@ -62,7 +63,15 @@ def test_small_job_with_reference_end_to_end(stack: Stack, tmp_path: Path) -> No
         assert np.issubdtype(labels.dtype, np.integer) and labels.max() <= 17 and labels.max() > 0
 
         metrics = c.get(f"/v1/jobs/{job['id']}/metrics").json()
+        as_csv = c.get(f"/v1/jobs/{job['id']}/metrics", params={"format": "csv"})
+        assert c.get(f"/v1/jobs/{job['id']}/metrics", params={"format": "xml"}).status_code == 422
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    csv_rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert len(csv_rows) == 17 and {"dice", "hd95_mm", "nsd", "assd_mm"} <= set(csv_rows[0])
     rows = {r["label"]: r for r in metrics["structures"]}
+    for row in rows.values():
+        if row["empty"] is None:  # present in both: every distance is defined
+            assert row["hd95_mm"] is not None and row["hd_mm"] >= row["hd95_mm"] and 0 <= row["nsd"] <= 1
     assert set(rows) == set(range(1, 18))
     ref = np.asarray(nib.load(reference).dataobj)
     for value, row in rows.items():
