@@ -108,6 +108,9 @@ def test_dicom_series_as_parts_and_as_zip(stack: Stack, tmp_path: Path) -> None:
             assert c.get(f"/v1/jobs/{job['id']}/metrics").status_code == 404
     assert results[0].shape == (512, 512, 3)
     np.testing.assert_allclose(results[0].affine, results[1].affine)
+    # privacy: the series' patient name / ID never reach the logs (nor do the uploaded file names)
+    logs = "\n".join(p.log_path.read_text(errors="replace") for p in [stack.api, *stack.workers] if p)
+    assert "VS-SEG-001" not in logs and "1-001.dcm" not in logs
 
 
 def test_list_filter_paginate_and_delete(stack: Stack, tmp_path: Path) -> None:
