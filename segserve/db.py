@@ -169,6 +169,8 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 
 def init_db(url: str) -> None:
     """Create missing tables."""
+    import segserve.audit  # noqa: F401  (registers the audit table on Base)
+
     Base.metadata.create_all(get_engine(url))
 
 

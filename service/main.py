@@ -12,7 +12,7 @@ from segserve.config import get_settings
 from segserve.db import init_db
 from segserve.logging import setup_logging
 from segserve.storage import clean_stale_staging
-from service import problems
+from service import audit, problems
 from service.api.router import api_router
 from workers.celery_app import app as celery_app
 from workers.celery_app import configure
@@ -42,5 +42,6 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     problems.install(app)
+    audit.install(app)
     app.include_router(api_router)
     return app

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
@@ -181,10 +181,15 @@ def _create(settings: Settings, params: dict[str, Any], mode: str, key_id: str) 
 
 @router.post("", status_code=202, summary="Start a batch evaluation")
 async def create_evaluation(
-    body: EvaluationCreate, settings: SettingsDep, catalog: CatalogDep, key: CanCreateEvaluations
+    request: Request,
+    body: EvaluationCreate,
+    settings: SettingsDep,
+    catalog: CatalogDep,
+    key: CanCreateEvaluations,
 ) -> JSONResponse:
     params = await run_in_threadpool(_plan, settings, body, catalog)
     evaluation = await run_in_threadpool(_create, settings, params, body.mode, key.id)
+    request.state.created_resource = ("evaluation", evaluation.id)
     return JSONResponse(
         _public(settings, evaluation, None),
         status_code=202,

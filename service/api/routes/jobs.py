@@ -178,6 +178,7 @@ async def create_job(
         job = await run_in_threadpool(_store_job, settings, staging, form, model_id, version, info, key)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    request.state.created_resource = ("job", job.id)
     await run_in_threadpool(_publish, settings, job.id, job.queue)
     log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
     body = JobPublic.from_row(job).model_dump(mode="json")
