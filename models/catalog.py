@@ -160,32 +160,80 @@ def check_file(weight: WeightFile, models_dir: Path) -> str | None:
 
 
 def check_card(card: ModelCard, models_dir: Path) -> str | None:
-    """None when every file of ``card`` is present and intact, else the reasons joined by '; '."""
+    """None when every file of ``card`` is present and intact, else the reasons joined by '; '.
+
+    A card whose ``params["unavailable_reason"]`` is set (a bundle that could not be read) is never
+    available.
+    """
     problems = [r for r in (check_file(w, models_dir) for w in card.files) if r is not None]
+    if card.params.get("unavailable_reason"):
+        problems.insert(0, str(card.params["unavailable_reason"]))
     return "; ".join(problems) if problems else None
 
 
 class Catalog:
-    """The models this deployment knows about, checked against one models directory."""
+    """The models this deployment knows about, checked against one models directory.
 
-    def __init__(self, models_dir: Path, cards: Sequence[ModelCard] | None = None) -> None:
+    Without explicit ``cards`` it holds the built-in cards plus one card per MONAI bundle installed under
+    ``<models_dir>/bundles/`` (see :mod:`models.bundle_install`). Bundles are re-read when that folder or
+    a bundle's manifest changes (one stat each per call), so a long-lived catalog (the API's) sees a
+    bundle installed after it started. A bundle whose id clashes with a built-in card is ignored.
+    """
+
+    def __init__(
+        self, models_dir: Path, cards: Sequence[ModelCard] | None = None, *, bundles: bool | None = None
+    ) -> None:
         self.models_dir = Path(models_dir)
         chosen = builtin_cards() if cards is None else list(cards)
-        self._cards: dict[str, ModelCard] = {}
+        self._fixed: dict[str, ModelCard] = {}
         for card in chosen:
-            if card.id in self._cards:
+            if card.id in self._fixed:
                 raise ValueError(f"duplicate model card id {card.id!r}")
-            self._cards[card.id] = card
+            self._fixed[card.id] = card
+        self._bundles_enabled = cards is None if bundles is None else bundles
+        self._bundle_cards: dict[str, ModelCard] = {}
+        self._bundle_signature: tuple[object, ...] | None = None
+        self._lock = threading.Lock()
+
+    def _bundles_signature(self) -> tuple[object, ...]:
+        root = self.models_dir / "bundles"
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError:
+            return ()
+        signature: list[object] = [root.stat().st_mtime_ns]
+        for entry in entries:
+            for name in (".segserve-manifest.json", "configs/metadata.json", "configs/inference.json"):
+                try:
+                    st = os.stat(os.path.join(entry.path, name))
+                    signature.append((entry.name, name, st.st_size, st.st_mtime_ns))
+                except OSError:
+                    signature.append((entry.name, name))
+        return tuple(signature)
+
+    @property
+    def _cards(self) -> dict[str, ModelCard]:
+        if not self._bundles_enabled:
+            return self._fixed
+        signature = self._bundles_signature()
+        with self._lock:
+            if signature != self._bundle_signature:
+                from models.bundle_install import bundle_cards
+
+                found = {c.id: c for c in bundle_cards(self.models_dir) if c.id not in self._fixed}
+                self._bundle_cards, self._bundle_signature = found, signature
+            return {**self._fixed, **self._bundle_cards}
 
     def ids(self) -> list[str]:
         return list(self._cards)
 
     def card(self, model_id: str) -> ModelCard:
         """The card for ``model_id``; KeyError if there is none."""
+        cards = self._cards
         try:
-            return self._cards[model_id]
+            return cards[model_id]
         except KeyError:
-            raise KeyError(f"unknown model id {model_id!r}; known: {self.ids()}") from None
+            raise KeyError(f"unknown model id {model_id!r}; known: {list(cards)}") from None
 
     def status(self, model_id: str) -> ModelStatus:
         card = self.card(model_id)
@@ -219,7 +267,11 @@ def card_to_public(status: ModelStatus) -> dict[str, object]:
 
 
 def install_models(source_dir: Path, models_dir: Path, cards: Iterable[ModelCard] | None = None) -> list[str]:
-    """Copy the cards' files from ``source_dir`` into ``models_dir``, verifying sha256.
+    """Copy the cards' files from ``source_dir`` into ``models_dir``, verifying sha256; install bundles.
+
+    When ``source_dir`` is a MONAI bundle directory (it has ``configs/metadata.json``), it is installed
+    under ``models_dir/bundles/<folder name>/`` with a hash manifest (see
+    :func:`models.bundle_install.install_bundle`), and so is every bundle under ``source_dir/bundles/``.
 
     A file is taken from ``source_dir/<path>`` when that matches, otherwise from any file under
     ``source_dir`` with the right size and sha256. Files already intact in ``models_dir`` are left alone;
@@ -229,7 +281,13 @@ def install_models(source_dir: Path, models_dir: Path, cards: Iterable[ModelCard
     Returns:
         relative paths of the files copied.
     """
+    from models.bundle_install import find_bundles, install_bundle
+
     source_dir, models_dir = Path(source_dir), Path(models_dir)
+    bundles = find_bundles(source_dir)
+    if bundles and bundles[0] == source_dir:
+        return install_bundle(source_dir, models_dir)
+    installed_bundles = [path for bundle in bundles for path in install_bundle(bundle, models_dir)]
     wanted = [w for card in (builtin_cards() if cards is None else cards) for w in card.files]
     by_size: dict[int, list[Path]] = {}
     installed: list[str] = []
@@ -260,4 +318,4 @@ def install_models(source_dir: Path, models_dir: Path, cards: Iterable[ModelCard
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
         installed.append(weight.path)
-    return installed
+    return installed + installed_bundles

@@ -15,8 +15,10 @@ reference, order (2, 1, 0) gives 0.083. Cards carry it as ``params["axis_order"]
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -28,7 +30,10 @@ from models.preprocess import foreground_box, intensity_range, normalise, parse_
 from models.tfjs import TfjsFormatError, load_tfjs_model
 from segserve.imaging.volume import Volume
 
-__all__ = ["Cancelled", "ModelUnavailable", "Predictor", "get_predictor"]
+if TYPE_CHECKING:
+    from models.bundle_predictor import BundlePredictor
+
+__all__ = ["Cancelled", "ModelUnavailable", "Predictor", "get_predictor", "load_predictor"]
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -148,16 +153,52 @@ class Predictor:
             return labels.to("cpu").numpy().astype(dtype).transpose(inverse)
 
 
-_cache: dict[tuple[str, str, str, str], Predictor] = {}
+AnyPredictor = Union["Predictor", "BundlePredictor"]
+
+# Loaded models are kept per process and evicted least recently used once their weights together pass
+# this many bytes (the model just asked for is always kept). Set with set_model_cache_budget().
+MODEL_CACHE_BYTES = 4 << 30
+_cache: OrderedDict[tuple[str, str, str, str], tuple[AnyPredictor, int]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Predictor:
-    """A process-wide Predictor for (card id, version, models dir, device): loaded once, then reused."""
+def set_model_cache_budget(nbytes: int) -> None:
+    """Change the cache budget (bytes of weights kept loaded); evicts at the next load."""
+    global MODEL_CACHE_BYTES
+    if nbytes < 0:
+        raise ValueError(f"model cache budget must be >= 0 bytes, got {nbytes}")
+    MODEL_CACHE_BYTES = nbytes
+
+
+def _weight_bytes(network: torch.nn.Module) -> int:
+    tensors = [*network.parameters(), *network.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> AnyPredictor:
+    """A new predictor for ``card``: MeshNet cards get :class:`Predictor`, bundle cards
+    :class:`models.bundle_predictor.BundlePredictor` (by ``params["weights_format"]``)."""
+    if card.params.get("weights_format") == "monai-bundle":
+        from models.bundle_predictor import BundlePredictor
+
+        return BundlePredictor.load(card, models_dir, device)
+    return Predictor.load(card, models_dir, device)
+
+
+def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> AnyPredictor:
+    """A process-wide predictor for (card id, version, models dir, device): loaded once, then reused.
+
+    Least recently used models are dropped when the loaded weights pass ``MODEL_CACHE_BYTES``.
+    """
     key = (card.id, card.version, str(Path(models_dir).resolve()), device)
     with _cache_lock:
-        predictor = _cache.get(key)
-        if predictor is None:
-            predictor = Predictor.load(card, models_dir, device)
-            _cache[key] = predictor
+        entry = _cache.get(key)
+        if entry is not None and entry[0].card == card:
+            _cache.move_to_end(key)
+            return entry[0]
+        predictor = load_predictor(card, models_dir, device)
+        _cache[key] = (predictor, _weight_bytes(predictor.network))
+        _cache.move_to_end(key)
+        while len(_cache) > 1 and sum(size for _, size in _cache.values()) > MODEL_CACHE_BYTES:
+            _cache.popitem(last=False)
         return predictor

@@ -1,0 +1,213 @@
+"""Benchmark: the bare network forward pass against the same model through the whole service, in one run.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.inference                    # (a) and (b); about 4 minutes on 2 cores
+    .venv/bin/python -m bench.inference --with-brainchop   # also (c), if the brainchop package runs here
+
+Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LIA), model
+``brain-mri-structures`` (MeshNet, 18 classes), weights from ``../shared/models``.
+  (a) bare: the plain MeshNet ``forward`` on the same cropped, min-max normalised (1, 1, d, h, w) tensor the
+      Predictor builds (no service, no argmax, no resampling); one untimed warm-up pass first.
+  (b) service: ``segserve api`` + ``segserve worker`` subprocesses (tests.support.stack, an embedded Redis
+      broker, SQLite), POST norm.mgz, poll the job every 50 ms until ``succeeded``; the time is POST to
+      result ready. The worker is warmed by one prior job on the same scan, so model loading is not counted
+      (a worker keeps its models loaded between jobs).
+  (c) the ``brainchop`` PyPI package (tinygrad): not run by default: PROBES.md measured 24 min and 7.7 GB
+      for this scan after several workarounds (model list fetched at import, needs clang, no .mgz input).
+All sides use the same number of torch threads (``--threads``, default 2: the worker gets
+SEGSERVE_TORCH_THREADS). (a) and (b) alternate (``--repeats`` each, default 3) so that both see the same
+background load; the seconds shown are the best run of each side (the run least disturbed by other work on a
+shared machine), the ratio is given on best runs and on medians, and the load average before and after.
+The stack runs with the production lease (120 s) and recovery interval (30 s), not the tests' fast beats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import nibabel
+import numpy as np
+import torch
+
+from models.catalog import Catalog
+from models.conform import conform
+from models.predictor import Predictor
+from models.preprocess import foreground_box, intensity_range, normalise
+from segserve.broker import EmbeddedRedis
+from segserve.imaging.volume import Volume
+from tests.support.paths import DATA, WEIGHTS
+from tests.support.stack import Stack
+
+MODEL = "brain-mri-structures"
+SCAN = DATA / "mri-brain" / "subject-a" / "norm.mgz"
+
+
+def bare_input(predictor: Predictor, volume: Volume) -> torch.Tensor:
+    """The (1, 1, d, h, w) float32 tensor the Predictor feeds MeshNet for ``volume``."""
+    conformed = conform(volume)
+    box = foreground_box(conformed.array, predictor.crop_margin or 0)
+    assert box is not None, "the scan is empty"
+    low, high = intensity_range(conformed.array, predictor.normalisation)
+    crop = normalise(conformed.array[box], low, high, clip=predictor.clip)
+    return torch.from_numpy(np.ascontiguousarray(crop.transpose(predictor.axis_order)))[None, None]
+
+
+def bare_forward() -> tuple[Callable[[], float], tuple[int, ...]]:
+    """A function timing one bare forward pass (seconds), and the input tensor's shape."""
+    card = Catalog(WEIGHTS).card(MODEL)
+    predictor = Predictor.load(card, WEIGHTS)
+    img = nibabel.load(SCAN)
+    volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
+    x = bare_input(predictor, volume)
+
+    def run() -> float:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            predictor.network(x)
+            return time.perf_counter() - start
+
+    return run, tuple(x.shape)
+
+
+def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
+    """POST subject-a, poll every 0.1 s until succeeded.
+
+    Returns seconds from POST to result ready, and a breakdown: the POST itself, queue (accepted ->
+    claimed by the worker, from the job's timestamps) and run (claimed -> finished).
+    """
+    start = time.perf_counter()
+    with SCAN.open("rb") as fh:
+        response = client.post("/v1/jobs", data={"model": MODEL}, files={"image": ("norm.mgz", fh)})
+    posted = time.perf_counter() - start
+    if response.status_code != 202:
+        raise RuntimeError(f"POST /v1/jobs answered {response.status_code}: {response.text}")
+    job_id = response.json()["id"]
+    while True:
+        body = client.get(f"/v1/jobs/{job_id}").json()
+        if body["status"] == "succeeded":
+            total = time.perf_counter() - start
+            created, started, finished = (
+                datetime.fromisoformat(body[k]) for k in ("created_at", "started_at", "finished_at")
+            )
+            return total, {
+                "post": posted,
+                "queue": (started - created).total_seconds(),
+                "run": (finished - started).total_seconds(),
+            }
+        if body["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"job {job_id} ended {body['status']}: {body.get('error')}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def service_stack(threads: int) -> Iterator[httpx.Client]:
+    """A fresh api + worker stack (embedded broker, SQLite) and an admin client for it."""
+    tmp = Path(tempfile.mkdtemp(prefix="segserve-bench-"))
+    broker = EmbeddedRedis(tmp / "broker")
+    broker.start()
+    stack = Stack(
+        tmp,
+        {
+            "SEGSERVE_REDIS_URL": broker.url,
+            "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+            "SEGSERVE_TORCH_THREADS": str(threads),
+            "SEGSERVE_LOG_LEVEL": "WARNING",
+            # Production defaults, not the tests' fast lease and recovery beats (extra CPU while timing).
+            "SEGSERVE_LEASE_S": "120",
+            "SEGSERVE_RECOVERY_INTERVAL_S": "30",
+        },
+    )
+    try:
+        stack.start()
+        with stack.client(timeout=300) as client:
+            yield client
+    finally:
+        stack.stop()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def time_brainchop(model: str) -> tuple[float | None, str]:
+    """Seconds for the brainchop CLI on subject-a (converted to NIfTI), or None and why not."""
+    exe = shutil.which("brainchop")
+    if exe is None:
+        return None, "the brainchop package is not installed (pip install brainchop; see PROBES.md)"
+    with tempfile.TemporaryDirectory() as tmp:
+        nifti = Path(tmp) / "norm.nii.gz"
+        img = nibabel.load(SCAN)
+        nibabel.save(nibabel.Nifti1Image(np.asanyarray(img.dataobj), img.affine), nifti)  # type: ignore[attr-defined]
+        start = time.perf_counter()
+        done = subprocess.run(
+            [exe, str(nifti), "-m", model, "-o", str(Path(tmp) / "out.nii.gz")],
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        return None, f"brainchop exited {done.returncode}: {done.stderr.strip()[-300:]}"
+    return seconds, f"model {model}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, every side")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved")
+    parser.add_argument("--with-brainchop", action="store_true", help="also run (c), the brainchop package")
+    parser.add_argument("--brainchop-model", default="subcortical", help="brainchop model name for (c)")
+    args = parser.parse_args(argv)
+    if not SCAN.is_file() or not (WEIGHTS / "brainchop").is_dir():
+        print(f"subject-a or the weights are missing under {DATA.parent} (set SEGSERVE_SHARED_DIR)")
+        return 2
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    run_bare, shape = bare_forward()
+    bare: list[float] = []
+    runs: list[tuple[float, dict[str, float]]] = []
+    with service_stack(args.threads) as client:
+        run_bare()  # warm-up of (a)
+        _job_seconds(client)  # warm-up of (b): the worker loads the model once and keeps it
+        for _ in range(args.repeats):  # interleaved, so both sides see the same background load
+            bare.append(run_bare())
+            runs.append(_job_seconds(client))
+    service = [total for total, _ in runs]
+    a, b = min(bare), min(service)
+    print(f"model {MODEL} on subject-a, input tensor {shape}, {args.threads} torch threads")
+    print(f"{'side':<48} {'seconds':>8}")
+    print(f"{'(a) bare MeshNet forward':<48} {a:8.2f}   runs {[round(t, 2) for t in bare]}")
+    label_b = "(b) service: POST -> result ready (warm worker)"
+    print(f"{label_b:<48} {b:8.2f}   runs {[round(t, 2) for t in service]}")
+    for _, parts in runs:
+        print("    of which " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+    if args.with_brainchop:
+        c, why = time_brainchop(args.brainchop_model)
+        text = f"{c:8.2f}   ({why}; (c)/(a) = {c / a:.2f})" if c is not None else f"{'not run':>8}   ({why})"
+    else:
+        text = f"{'not run':>8}   (24 min and 7.7 GB in PROBES.md; pass --with-brainchop)"
+    print(f"{'(c) brainchop package (tinygrad)':<48} {text}")
+    print(
+        f"ratio (b)/(a) = {b / a:.3f} on the best runs (target <= 1.15); on medians: "
+        f"{statistics.median(service) / statistics.median(bare):.3f}"
+    )
+    load_after = os.getloadavg()
+    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
