@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Broker URL (redis:// or redis+socket://). Unset: `up` embeds one."
     )
+    broker_key_prefix: str = Field(
+        default="", description="Prefix for every broker key, so several deployments can share one Redis."
+    )
     models_dir: Path | None = Field(default=None, description="Weights directory; default <data_dir>/models.")
     datasets_dir: Path | None = Field(
         default=None, description="Folders that evaluations may read; default <data_dir>/datasets."

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +22,21 @@ POSTGRES_URL = os.environ.get(
 
 
 def redis_db(index: int) -> str:
-    """The URL of one Redis database index, emptied. Each stack gets its own index so that one stack's
-    worker never takes another stack's jobs."""
+    """The URL of one Redis database index. Each stack gets its own index so that one stack's worker never
+    takes another stack's jobs, and every key carries this test session's prefix (SEGSERVE_BROKER_KEY_PREFIX,
+    set below) so that test runs sharing the Redis do not see each other either."""
     url = f"{REDIS_URL.rstrip('/')}/{index}"
     client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError as exc:
         pytest.fail(f"no Redis answers at {REDIS_URL} ({exc}); .ci/run starts one")
-    client.flushdb()
     client.close()
     return url
+
+
+# One prefix per test session, inherited by every process the tests start (Stack copies os.environ).
+os.environ["SEGSERVE_BROKER_KEY_PREFIX"] = f"segserve-test-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture(scope="session")
@@ -66,12 +72,20 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
-    """API (uvicorn) + one Celery worker over real Redis, SQLite job database, shared weights."""
+    """API (uvicorn) + one Celery worker over real Redis, SQLite job database, and a models directory of
+    its own into which the shared weights are installed with `segserve models install`."""
     require_shared()
     tmp: Path = tmp_path_factory.mktemp("stack")
+    models_dir = tmp / "models"
+    subprocess.run(
+        [sys.executable, "-m", "segserve.cli", "models", "install", str(WEIGHTS)],
+        env={**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp / "data")},
+        check=True,
+        capture_output=True,
+    )
     env = {
         "SEGSERVE_REDIS_URL": redis_url,
-        "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+        "SEGSERVE_MODELS_DIR": str(models_dir),
         "SEGSERVE_MAX_UPLOAD_BYTES": str(50 * 1024 * 1024),
     }
     with running_stack(tmp, env) as running:

@@ -28,10 +28,13 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
             f"visibility_timeout_s ({settings.visibility_timeout_s}) must exceed task_time_limit_s "
             f"({settings.task_time_limit_s}), or a long job would be delivered twice"
         )
+    transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.broker_key_prefix:
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
     celery_app.conf.update(
         broker_url=settings.redis_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=transport_options,
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,

@@ -59,7 +59,11 @@ def test_queued_job_survives_broker_flush(tmp_path: Path) -> None:
                 "/v1/jobs", data={"model": MODEL}, files={"image": (SUBJECT_A / "norm.mgz").open("rb")}
             )
             job_id = resp.json()["id"]
-            redis.Redis.from_url(url).flushdb()  # the message is gone
+            client = redis.Redis.from_url(url)
+            prefix = stack.env["SEGSERVE_BROKER_KEY_PREFIX"]
+            lost = [key for key in client.scan_iter(f"{prefix}*") if b"unacked" not in key]
+            assert lost, "the queued message should be in the broker"
+            client.delete(*lost)  # the queue is gone (only this test session's keys)
             stack.start_worker()
             done = wait_job(c, job_id, timeout=300)
             assert done["status"] == "succeeded", (done, stack.diagnostics())

@@ -95,7 +95,8 @@ class Stack:
         self.tmp = tmp
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+        keep = ("SEGSERVE_BROKER_KEY_PREFIX",)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_") or k in keep}
         self.env.update(
             {
                 "SEGSERVE_DATA_DIR": str(tmp / "data"),
