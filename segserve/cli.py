@@ -79,11 +79,16 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from models.bundle import BundleError
     from models.catalog import Catalog, install_models
 
     models_dir = settings.resolved_models_dir
     if args.models_cmd == "install":
-        installed = install_models(Path(args.path), models_dir)
+        try:
+            installed = install_models(Path(args.path), models_dir)
+        except (BundleError, FileNotFoundError, NotADirectoryError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         for path in installed:
             print(f"installed {path}")
         print(f"{len(installed)} file(s) installed into {models_dir}")
