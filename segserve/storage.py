@@ -4,6 +4,7 @@
     input/reference/...    the uploaded reference label volume, if any
     result/labels.nii.gz   the label volume on the scan's grid
     result/metrics.json    per-structure metrics, when a reference was given
+    result/labels.seg.dcm  the label volume as a DICOM SEG, when the input was a DICOM series
 
 Uploads are first written to `<data_dir>/staging/<uuid>/` and moved into place with one rename once they
 have been validated, so a job directory is either complete or absent.
@@ -21,6 +22,7 @@ from typing import Any
 
 RESULT_LABELS = "result/labels.nii.gz"
 RESULT_METRICS = "result/metrics.json"
+RESULT_SEG = "result/labels.seg.dcm"
 
 
 class JobFiles:
@@ -44,6 +46,11 @@ class JobFiles:
     @property
     def metrics(self) -> Path:
         return self.root / RESULT_METRICS
+
+    @property
+    def seg(self) -> Path:
+        """The DICOM SEG of the result (DICOM inputs only; see segserve.dicom_seg)."""
+        return self.root / RESULT_SEG
 
     def image_paths(self, names: list[str]) -> list[Path]:
         return [self.image_dir / n for n in names]

@@ -151,6 +151,12 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         )
         files.labels.parent.mkdir(parents=True, exist_ok=True)
         write_labels_nifti(labels, image, files.labels)
+        if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job
+            from segserve.dicom_seg import try_export_job_seg
+
+            try_export_job_seg(
+                files.image_paths(job.input_files), files.labels, card, files.seg, job_id=job.id
+            )
         lease.report(0.95)
         if reference is not None:
             report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)

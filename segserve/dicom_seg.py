@@ -1,0 +1,496 @@
+"""DICOM SEG export of a job's label volume, for jobs whose input was a DICOM series.
+
+A SEG object (Segmentation Storage, BINARY segmentation type) is built with highdicom. It references the
+source series (Study / Series / SOP Instance UIDs and the Frame of Reference of the source slices), so PACS
+and viewers (3D Slicer, OHIF, dcmqi) overlay it on the scan it was computed from.
+
+Segments: one per structure PRESENT in the label volume (value > 0 with at least one voxel). Absent
+structures are left out: a SEG segment with no frame is legal but clutters every viewer's segment list.
+Segment numbers are therefore 1..N in increasing label value, NOT the model's label
+values; each segment carries the model's value in its SegmentDescription ("label 7 of model ...") and the
+structure name as SegmentLabel. A label volume with no structure at all cannot become a valid SEG (the
+Segment Sequence needs at least one item): `build_seg` raises `EmptySegmentation` and the export records
+that reason for the API (see `seg_result_path`).
+
+Codes: the segmented property type is a SNOMED CT concept from pydicom's code dictionary when the structure
+name maps to one with certainty (`_SCT_BY_NAME`, exact names only), with category Anatomical Structure;
+any other structure gets category Tissue and type Tissue, and its name only as the segment label.
+
+Orientation: segserve's DICOM volumes are (I, J, K) = (column, row, slice in ascending order along the
+normal); the frame for source slice k is `labels[:, :, k].T`, shape (Rows, Columns). Sources are single-frame
+images (any order on disk: they are matched to the reader's slice order by SOP Instance UID) or one enhanced
+multi-frame image (each slice goes to its source frame, `Volume.meta["frame_numbers"]`).
+
+Quirks handled: an empty SpecificCharacterSet (real scanners write it; highdicom refuses it) is dropped on a
+copy of each source; private tags are left in the sources and not copied into the SEG.
+
+For the API (`GET /v1/jobs/{id}/result?format=dicom-seg`): `seg_result_path(JobFiles(...).seg)` returns the
+file or raises `SegUnavailable` (`.code`, message in words).
+
+Nothing identifying is logged. The SEG itself carries the source's patient and study attributes, as DICOM
+requires.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import uuid
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sr.codedict import codes
+
+from segserve.imaging.detect import detect_format
+from segserve.imaging.readers import read_image
+from segserve.imaging.volume import Volume
+
+log = logging.getLogger(__name__)
+# highdicom logs each source's SOP Instance UID at INFO while building; UIDs are identifiers: keep them out.
+logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLogger("highdicom").level))
+
+MANUFACTURER = "segserve"
+#: Added to the source's SeriesNumber for the SEG's series number when none is given.
+SERIES_NUMBER_OFFSET = 1000
+
+#: Normalised structure name -> pydicom SCT keyword. Exact names only: a name that is not here gets the
+#: Tissue/Tissue fallback. Every keyword is checked against the code dictionary (tests do too).
+_SCT_BY_NAME: dict[str, str] = {
+    # brain (FreeSurfer-style names of the brain-structures model, and plain names)
+    "cerebralwhitematter": "CerebralWhiteMatter",
+    "cerebralcortex": "CerebralCortex",
+    "lateralventricle": "LateralVentricle",
+    "inferiorlateralventricle": "InferiorHornOfLateralVentricle",
+    "cerebellumwhitematter": "CerebellarWhiteMatter",
+    "cerebellarwhitematter": "CerebellarWhiteMatter",
+    "cerebellumcortex": "CerebellarCortex",
+    "cerebellarcortex": "CerebellarCortex",
+    "thalamus": "Thalamus",
+    "caudate": "CaudateNucleus",
+    "caudatenucleus": "CaudateNucleus",
+    "putamen": "Putamen",
+    "pallidum": "GlobusPallidus",
+    "globuspallidus": "GlobusPallidus",
+    "3rdventricle": "ThirdVentricle",
+    "thirdventricle": "ThirdVentricle",
+    "4thventricle": "FourthVentricle",
+    "fourthventricle": "FourthVentricle",
+    "brainstem": "BrainStem",
+    "hippocampus": "Hippocampus",
+    "amygdala": "Amygdala",
+    "accumbensarea": "NucleusAccumbens",
+    "nucleusaccumbens": "NucleusAccumbens",
+    "cerebellum": "Cerebellum",
+    "brain": "Brain",
+    "whitematter": "WhiteMatter",
+    "greymatter": "GrayMatter",
+    "graymatter": "GrayMatter",
+    # abdomen / chest
+    "liver": "Liver",
+    "spleen": "Spleen",
+    "kidney": "Kidney",
+    "pancreas": "Pancreas",
+    "stomach": "Stomach",
+    "gallbladder": "Gallbladder",
+    "heart": "Heart",
+    "lung": "Lung",
+}
+
+
+class ModelCardLike(Protocol):
+    """What `build_seg` needs of a model card (models.catalog.ModelCard fits)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def labels(self) -> Mapping[int, str]: ...
+
+    @property
+    def colors(self) -> Mapping[int, tuple[int, int, int]]: ...
+
+
+class SegExportError(Exception):
+    """A SEG cannot be made for this job; `code` is stable, the message names the reason in words."""
+
+    def __init__(self, message: str, code: str = "seg_export_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EmptySegmentation(SegExportError):
+    """The label volume holds no structure, and a SEG needs at least one segment."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the result holds no segmented structure (all voxels are background), and a DICOM SEG must "
+            "hold at least one segment",
+            code="empty_segmentation",
+        )
+
+
+class SegUnavailable(SegExportError):
+    """No SEG exists for a job (see `seg_result_path`)."""
+
+
+# ---------------------------------------------------------------------------------------------- codes
+
+
+def normalise_name(name: str) -> str:
+    """Lowercase alphanumerics only: "Brain-Stem" -> "brainstem", "3rd-Ventricle" -> "3rdventricle"."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def snomed_code_for(name: str) -> hd.sr.CodedConcept | None:
+    """The SNOMED CT concept of structure `name` when it maps with certainty, else None."""
+    keyword = _SCT_BY_NAME.get(normalise_name(name))
+    if keyword is None:
+        return None
+    code = getattr(codes.SCT, keyword)  # AttributeError if the dictionary lacks it: a bug, not a fallback
+    return hd.sr.CodedConcept(
+        value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning
+    )
+
+
+def _concept(keyword: str) -> hd.sr.CodedConcept:
+    code = getattr(codes.SCT, keyword)
+    return hd.sr.CodedConcept(
+        value=code.value, scheme_designator=code.scheme_designator, meaning=code.meaning
+    )
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def _software_version() -> str:
+    try:
+        return metadata.version("segserve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _prepare_source(ds: Dataset) -> Dataset:
+    """A copy of `ds` that highdicom accepts: an empty SpecificCharacterSet (default repertoire, written by
+    real scanners) is removed. The caller's dataset is never modified."""
+    out = copy.deepcopy(ds)
+    if "SpecificCharacterSet" in out:
+        raw = out.SpecificCharacterSet
+        values = [str(v).strip() for v in (raw if isinstance(raw, MultiValue | list) else [raw])]
+        if not any(values):
+            del out.SpecificCharacterSet
+        elif not values[0]:  # "\\ISO 2022 IR 100": an empty first value means the default repertoire
+            out.SpecificCharacterSet = ["ISO 2022 IR 6", *values[1:]]
+    return out
+
+
+def _frames_of(
+    labels: np.ndarray, sources: Sequence[Dataset], frame_numbers: Sequence[int] | None
+) -> np.ndarray:
+    """The SEG's (frames, Rows, Columns) array of `labels` (I, J, K), one frame per source frame.
+
+    Single-frame sources: frame k = labels[:, :, k].T. One enhanced multi-frame source: its frame
+    `frame_numbers[k]` (1-based) = labels[:, :, k].T. Raises SegExportError when the grid does not fit.
+    """
+    if labels.ndim != 3:
+        raise SegExportError(f"the label volume must be 3D (I, J, K), not {labels.ndim}D", code="bad_labels")
+    if not sources:
+        raise SegExportError("no source DICOM images were given", code="no_sources")
+    cols, rows, n = labels.shape
+    for ds in sources:
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise SegExportError(
+                f"the label volume's slices are {cols}x{rows} (columns x rows) but a source image is "
+                f"{int(ds.Columns)}x{int(ds.Rows)}",
+                code="grid_mismatch",
+            )
+    n_frames = [int(ds.get("NumberOfFrames", 1) or 1) for ds in sources]
+    stacked = np.transpose(labels, (2, 1, 0))  # (K, J, I) = (slices, rows, columns)
+    if len(sources) == 1 and n_frames[0] > 1:
+        numbers = list(frame_numbers) if frame_numbers is not None else []
+        if sorted(numbers) != list(range(1, n_frames[0] + 1)) or len(numbers) != n:
+            raise SegExportError(
+                f"the label volume has {n} slices; the multi-frame source has {n_frames[0]} frames, and the "
+                "slice -> frame numbers do not cover them one to one",
+                code="grid_mismatch",
+            )
+        frames = np.empty_like(stacked)
+        frames[np.asarray(numbers) - 1] = stacked
+        return frames
+    if max(n_frames) > 1:
+        raise SegExportError(
+            "DICOM SEG export of a series mixing multi-frame and other objects is not supported; send the "
+            "series as single-frame files to get a SEG",
+            code="unsupported_source",
+        )
+    if n != len(sources):
+        raise SegExportError(
+            f"the label volume has {n} slices but the series has {len(sources)} images", code="grid_mismatch"
+        )
+    return stacked
+
+
+def build_seg(
+    labels: np.ndarray,
+    source_datasets: Sequence[Dataset],
+    card: ModelCardLike,
+    *,
+    series_number: int | None = None,
+    frame_numbers: Sequence[int] | None = None,
+) -> hd.seg.Segmentation:
+    """Build a DICOM SEG (BINARY) of `labels` over the source series.
+
+    Args:
+        labels: integer label volume, shape (I, J, K) = (Columns, Rows, n_slices), on the grid of the DICOM
+            volume that `segserve.imaging` reads from `source_datasets` (K ascending along the normal).
+        source_datasets: the series' single-frame image datasets in the volume's slice order (index k is
+            slice K = k), or one enhanced multi-frame image. Pixel data is not needed. They are copied,
+            never modified.
+        card: the model card (id, version, labels {value: name}, colors {value: (r, g, b)}).
+        series_number: the SEG's SeriesNumber; default: the source's SeriesNumber + 1000 (or 1000).
+        frame_numbers: for one multi-frame source only: the 1-based source frame of each slice K
+            (`Volume.meta["frame_numbers"]`).
+
+    Returns:
+        the SEG (a pydicom Dataset subclass): one segment per structure present, numbered 1..N in
+        increasing label value; the frames of source slice k hold the segments of `labels[:, :, k].T`
+        (Rows, Columns). Empty frames are omitted.
+
+    Raises:
+        EmptySegmentation when no voxel is > 0; SegExportError for a grid that does not fit the sources,
+        or a series mixing multi-frame and single-frame objects.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SegExportError(f"labels must be integers, not {labels.dtype}", code="bad_labels")
+    if labels.size and int(labels.min()) < 0:
+        raise SegExportError("labels must not be negative", code="bad_labels")
+    frames = _frames_of(labels, source_datasets, frame_numbers)
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    if not present:
+        raise EmptySegmentation()
+
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint16 if len(present) > 255 else np.uint8)
+    for number, value in enumerate(present, start=1):
+        lut[value] = number
+    pixel_array = np.ascontiguousarray(lut[frames])  # (frames, rows, columns) of segment numbers
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=card.id[:64], version=card.version[:64], family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = []
+    for number, value in enumerate(present, start=1):
+        name = str(card.labels.get(value, f"label {value}")) or f"label {value}"
+        concept = snomed_code_for(name)
+        category = _concept("AnatomicalStructure") if concept is not None else _concept("Tissue")
+        rgb = card.colors.get(value)
+        desc = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name[:64],
+            segmented_property_category=category,
+            segmented_property_type=concept if concept is not None else _concept("Tissue"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=name[:64],
+            display_color=None if rgb is None else hd.color.CIELabColor.from_rgb(*(int(c) for c in rgb)),
+        )
+        desc.SegmentDescription = f"label {value} of model {card.id} {card.version}"[:64]
+        descriptions.append(desc)
+
+    sources = [_prepare_source(ds) for ds in source_datasets]
+    if series_number is None:
+        try:
+            series_number = int(sources[0].get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+        except (TypeError, ValueError):
+            series_number = SERIES_NUMBER_OFFSET
+        if series_number > 2**31 - 1:
+            series_number = SERIES_NUMBER_OFFSET
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # private tags, odd VRs in sources: pydicom/highdicom chatter
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MANUFACTURER,
+            software_versions=_software_version(),
+            device_serial_number="0",
+            content_label="SEGSERVE",
+            content_description=f"{card.id} {card.version}"[:64],
+            series_description=f"SEG {card.id}"[:64],
+        )
+    return seg
+
+
+# ------------------------------------------------------------------------------------ reading sources
+
+
+def _iter_dicom_headers(paths: Sequence[Path]) -> Iterator[Dataset]:
+    """Every readable DICOM object in `paths` (files, or the members of a .zip), without pixel data."""
+    for path in paths:
+        if detect_format(path) == "zip":
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir():
+                        ds = _try_read(archive.read(info))
+                        if ds is not None:
+                            yield ds
+        else:
+            ds = _try_read(path.read_bytes())
+            if ds is not None:
+                yield ds
+
+
+def _try_read(data: bytes) -> Dataset | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def read_dicom_volume_and_datasets(paths: Sequence[Path]) -> tuple[Volume, list[Dataset]]:
+    """Read a stored DICOM upload (several files, or one .zip) into (volume, datasets in slice order).
+
+    The volume comes from `segserve.imaging.readers.read_image` (its grouping, checks and slice sorting);
+    the datasets (headers only, no pixel data) are then matched to its `meta["sop_instance_uids"]`, so
+    `datasets[k]` is the source of slice K = k. For one enhanced multi-frame object, `datasets` is that one
+    object and `volume.meta["frame_numbers"]` gives each slice's frame. Raises ImageError from the reader,
+    and SegExportError when the input is not DICOM or an object cannot be found again.
+    """
+    volume = read_image(list(paths))
+    if volume.source_format != "dicom":
+        raise SegExportError("the input is not a DICOM series", code="not_dicom")
+    wanted: list[str] = list(dict.fromkeys(volume.meta["sop_instance_uids"]))  # one per multi-frame object
+    by_uid: dict[str, Dataset] = {}
+    want = set(wanted)
+    for ds in _iter_dicom_headers(paths):
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if uid in want:
+            by_uid.setdefault(uid, ds)
+    missing = [uid for uid in wanted if uid not in by_uid]
+    if missing:
+        raise SegExportError(
+            f"{len(missing)} of the series' {len(wanted)} images could not be read again", code="sources_lost"
+        )
+    return volume, [by_uid[uid] for uid in wanted]
+
+
+# ------------------------------------------------------------------------------------------ job export
+
+
+def _error_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".error.json")
+
+
+def export_job_seg(
+    job_files_image_paths: Sequence[Path], labels_path: Path, card: ModelCardLike, out_path: Path
+) -> Path:
+    """Write the SEG of a finished job to `out_path` atomically and return `out_path`.
+
+    Args:
+        job_files_image_paths: the job's stored image files (`JobFiles.image_paths(...)`): DICOM files of
+            one series, or one .zip of it.
+        labels_path: the job's result label volume (NIfTI, shape (I, J, K) on the DICOM volume's grid).
+        card: the model card.
+        out_path: where the SEG goes (`JobFiles.seg`).
+
+    Raises:
+        ImageError (re-reading the input), SegExportError / EmptySegmentation, OSError.
+    """
+    volume, datasets = read_dicom_volume_and_datasets(job_files_image_paths)
+    image = nib.load(str(labels_path))
+    labels = np.asarray(image.dataobj)  # type: ignore[attr-defined]
+    if labels.shape != volume.shape:
+        raise SegExportError(
+            f"the result's shape {labels.shape} is not the series' shape {volume.shape}", code="grid_mismatch"
+        )
+    affine = np.asarray(image.affine, dtype=np.float64)  # type: ignore[attr-defined]
+    if not np.allclose(affine, volume.affine, atol=1e-3):  # float32 in the NIfTI sform
+        raise SegExportError("the result's affine is not the series' affine", code="grid_mismatch")
+    seg = build_seg(labels, datasets, card, frame_numbers=volume.meta.get("frame_numbers"))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        seg.save_as(tmp, enforce_file_format=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _error_path(out_path).unlink(missing_ok=True)
+    return out_path
+
+
+def try_export_job_seg(
+    job_files_image_paths: Sequence[Path],
+    labels_path: Path,
+    card: ModelCardLike,
+    out_path: Path,
+    *,
+    job_id: str = "",
+) -> Path | None:
+    """`export_job_seg`, but never raising: on failure it logs (no patient data) and records the reason
+    next to `out_path` (`<out_path>.error.json`: {"code", "detail"}) for `seg_result_path`; returns None."""
+    try:
+        return export_job_seg(job_files_image_paths, labels_path, card, out_path)
+    except Exception as exc:
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        if isinstance(exc, SoftTimeLimitExceeded):  # the job's time is up: that is the job's failure
+            raise
+        code = getattr(exc, "code", None) or "seg_export_failed"
+        if isinstance(exc, SegExportError):
+            detail = str(exc)
+            log.warning("job %s: no DICOM SEG (%s): %s", job_id, code, detail)
+        else:
+            detail = f"the DICOM SEG could not be made ({type(exc).__name__})"
+            log.warning("job %s: DICOM SEG export failed (%s)", job_id, type(exc).__name__, exc_info=True)
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            _error_path(out_path).write_text(json.dumps({"code": code, "detail": detail}), encoding="utf-8")
+        except OSError:
+            log.warning("job %s: could not record why the SEG is missing", job_id)
+        return None
+
+
+def seg_result_path(seg_path: Path) -> Path:
+    """The job's SEG file (`JobFiles.seg`) if it exists, for the API's `?format=dicom-seg`.
+
+    Raises SegUnavailable with a stable `code` and a message in words: the recorded reason of a failed
+    export ("empty_segmentation": all background -> answer 422; others -> 422 too), or
+    "seg_not_available" when nothing was recorded (the job has not finished, or its input was not DICOM).
+    """
+    if seg_path.is_file():
+        return seg_path
+    try:
+        recorded = json.loads(_error_path(seg_path).read_text(encoding="utf-8"))
+        raise SegUnavailable(str(recorded["detail"]), code=str(recorded["code"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SegUnavailable(
+            "no DICOM SEG for this job: SEGs are made only for finished jobs whose input was a DICOM series",
+            code="seg_not_available",
+        ) from None

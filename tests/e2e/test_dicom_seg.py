@@ -1,0 +1,135 @@
+"""A DICOM job leaves a DICOM SEG of its result next to the NIfTI (`JobFiles.seg`), over the real stack.
+
+The model is a brain-MRI model, and the shared 3-slice series are too thin for it: on both it finds no
+structure (all background). So:
+- the real CT 3-slice series: the job still succeeds, no SEG file exists, and the recorded reason
+  ("empty_segmentation", which the API answers for `?format=dicom-seg`) says why (if a future model finds
+  something there, the SEG must equal the result instead);
+- a 64-slice series made from a 64^3 block of subject-a's real T1, written as DICOM slices on the headers of
+  the real CT (empty SpecificCharacterSet, private tags) and MR series (coronal slices whose normal runs
+  against the block's K axis, so the reader reverses them): the model finds structures, and the SEG must
+  read back with highdicom equal, voxel for voxel, to the NIfTI result.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import zipfile
+from pathlib import Path
+from typing import cast
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from segserve.dicom_seg import SegUnavailable, read_dicom_volume_and_datasets, seg_result_path
+from segserve.storage import JobFiles
+from tests.support.paths import DATA
+from tests.support.seg_compare import seg_to_labels
+from tests.support.stack import Stack, wait_job
+from tests.support.volumes import SUBJECT_A
+
+pytestmark = pytest.mark.e2e
+MODEL = "brain-mri-structures"
+
+
+def _run_job(stack: Stack, files: list[tuple[str, tuple[str, bytes]]]) -> tuple[str, dict[int, str]]:
+    with stack.client() as c:
+        resp = c.post("/v1/jobs", data={"model": MODEL}, files=files)
+        assert resp.status_code == 202, resp.text
+        done = wait_job(c, resp.json()["id"])
+        assert done["status"] == "succeeded", done
+        card = c.get(f"/v1/models/{MODEL}").json()
+    return str(done["id"]), {int(k): str(v) for k, v in card["labels"].items()}
+
+
+def _check_seg_equals_result(stack: Stack, job_id: str, slices: list[Path], names: dict[int, str]) -> int:
+    """Assert the job's SEG reads back equal to its NIfTI result; returns the number of segments."""
+    files = JobFiles(stack.tmp / "data" / "jobs", job_id)
+    result = cast(nib.Nifti1Image, nib.load(str(files.labels)))
+    labels = np.asarray(result.dataobj)
+    volume, datasets = read_dicom_volume_and_datasets(slices)
+    np.testing.assert_allclose(result.affine, volume.affine, atol=1e-3)  # the NIfTI is on the series' grid
+    present = sorted(int(v) for v in np.unique(labels) if v > 0)
+    if not present:
+        assert not files.seg.exists()
+        with pytest.raises(SegUnavailable) as info:
+            seg_result_path(files.seg)
+        assert info.value.code == "empty_segmentation" and "background" in str(info.value)
+        return 0
+    assert seg_result_path(files.seg) == files.seg
+    seg = hd.seg.segread(files.seg)
+    assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [names[v] for v in present]
+    back = seg_to_labels(seg, [str(ds.SOPInstanceUID) for ds in datasets], names)
+    np.testing.assert_array_equal(back, labels)
+    return len(present)
+
+
+def brain_block_as_dicom(template: Path, out_dir: Path, size: int = 64) -> list[Path]:
+    """Write the middle `size`^3 block of subject-a's T1 (LIA) as `size` DICOM slices on `template`'s header.
+
+    Slice k holds block[:, :, k].T (rows = J = inferior, columns = I = left), at the world position of voxel
+    (0, 0, k); row cosine = I's direction, column cosine = J's, both in LPS. Fresh UIDs; patient and private
+    attributes are kept from the template.
+    """
+    image = cast(nib.MGHImage, nib.load(str(SUBJECT_A / "norm.mgz")))
+    start = np.array([128 - size // 2] * 3)
+    block = np.asarray(image.dataobj)[tuple(slice(int(s), int(s) + size) for s in start)].astype(np.uint16)
+    affine = np.asarray(image.affine, dtype=np.float64).copy()
+    affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_cos, col_cos = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+    base = pydicom.dcmread(template)
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(size):
+        ds = copy.deepcopy(base)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.Rows, ds.Columns = size, size
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
+        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = np.ascontiguousarray(block[:, :, k].T).tobytes()
+        path = out_dir / f"{k:03d}.dcm"
+        ds.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def test_t1_block_on_mr_headers_as_zip_gets_a_seg_equal_to_the_result(stack: Stack, tmp_path: Path) -> None:
+    slices = brain_block_as_dicom(DATA / "dicom" / "mr-3slice" / "1-001.dcm", tmp_path / "mr")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for s in slices:
+            zf.write(s, f"series/{s.name}")
+    job_id, names = _run_job(stack, [("image", ("s.zip", archive.getvalue()))])
+    assert _check_seg_equals_result(stack, job_id, slices, names) > 0
+    logs = "\n".join(p.log_path.read_text(errors="replace") for p in [stack.api, *stack.workers] if p)
+    assert "VS-SEG-001" not in logs  # no patient ID in the logs, and no source UID (highdicom logs them)
+    assert str(pydicom.dcmread(slices[0], stop_before_pixels=True).SOPInstanceUID) not in logs
+
+
+def test_t1_block_on_ct_headers_as_parts_gets_a_seg_equal_to_the_result(stack: Stack, tmp_path: Path) -> None:
+    slices = brain_block_as_dicom(DATA / "dicom" / "ct-3slice" / "01.dcm", tmp_path / "ct")
+    assert pydicom.dcmread(slices[0]).SpecificCharacterSet == ""  # the scanner quirk travels along
+    job_id, names = _run_job(stack, [("image", (s.name, s.read_bytes())) for s in slices])
+    assert _check_seg_equals_result(stack, job_id, slices, names) > 0
+
+
+def test_real_ct_3slice_gets_a_seg_or_a_named_reason(stack: Stack) -> None:
+    slices = sorted((DATA / "dicom" / "ct-3slice").glob("0*.dcm"))  # empty SpecificCharacterSet
+    job_id, names = _run_job(stack, [("image", (s.name, s.read_bytes())) for s in reversed(slices)])
+    _check_seg_equals_result(stack, job_id, slices, names)
