@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: up test setup setup-test models lint clean
+.PHONY: up test setup setup-test viewer-deps models lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,28 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# The viewer's browser code (NiiVue, pinned in package.json / package-lock.json), served by the API from
+# node_modules; never committed.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# `up` serves the viewer when npm is there; without it the API runs and /viewer says what is missing.
+viewer-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory node_modules/.package-lock.json; \
+	 else echo "npm not found: the /viewer page needs 'npm ci' (NiiVue)"; fi
+
+setup-test: setup node_modules/.package-lock.json
+
 # Copy the pretrained weights into the models directory when a shared/models folder is next to us.
 models: setup
 	@if [ -d "$(SHARED)/models" ]; then $(BIN)/segserve models install "$(SHARED)/models"; \
 	 else echo "no $(SHARED)/models here: install weights with 'segserve models install PATH'"; fi
 
-up: models
+up: models viewer-deps
 	$(BIN)/segserve up
 
-test: setup
+test: setup-test
 	bash scripts/test.sh
 
 lint: setup

@@ -23,6 +23,19 @@ if ! redis_up; then
   redis_up || { echo "Redis did not start" >&2; exit 1; }
 fi
 
+# The viewer's browser test drives Debian's chromium (software WebGL) through chromedriver; it fails under CI
+# without them, so install them where we may (CI or root) and apt is there.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if { [ -n "${CI:-}" ] || [ "$(id -u)" = 0 ]; } && command -v apt-get >/dev/null; then
+    echo "no chromium: installing chromium and chromium-driver with apt"
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver
+  else
+    echo "no chromium: tests/e2e/test_viewer.py will skip (apt-get install -y chromium chromium-driver)"
+  fi
+fi
+
 echo "== ruff"; $BIN/ruff check .
 echo "== mypy"; $BIN/mypy
 echo "== pytest"

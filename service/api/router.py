@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import audit, evaluations, health, jobs, keys, models
+from service.api.routes import audit, evaluations, health, jobs, keys, models, reviews, viewer
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,3 +11,6 @@ api_router.include_router(models.router)
 api_router.include_router(keys.router)
 api_router.include_router(evaluations.router)
 api_router.include_router(audit.router)
+api_router.include_router(reviews.router)
+api_router.include_router(viewer.router)
+api_router.include_router(viewer.page_router)

@@ -237,13 +237,28 @@ def _require_succeeded(job: Job) -> None:
     response_class=FileResponse,
     responses={200: {"content": {"application/gzip": {}}}, 409: {}},
 )
-def get_result(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> FileResponse:
+def get_result(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _key: CanReadJobs,
+    version: Annotated[
+        int | None, Query(ge=0, description="A label version (GET .../labels/versions); 0 is the model's")
+    ] = None,
+) -> Response:
+    from service.api.routes.reviews import labels_path
+    from service.api.routes.viewer import volume_response
+
     job = _get_job(session, job_id)
     _require_succeeded(job)
-    path = JobFiles(settings.jobs_dir, job.id).labels
+    path = labels_path(settings, job.id, version or 0)
     if not path.exists():
+        if version:
+            raise Problem(404, f"job has no label version {version}", code="label_version_not_found")
         raise Problem(404, "the result file is missing from storage", code="result_missing")
-    return FileResponse(path, media_type="application/gzip", filename=f"{job.id}_labels.nii.gz")
+    suffix = f"_v{version}" if version else ""
+    return volume_response(request, path, f"{job.id}_labels{suffix}.nii.gz")
 
 
 @router.get(

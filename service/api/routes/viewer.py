@@ -1,0 +1,227 @@
+"""The review viewer: its page and static files under /viewer, the scan and reference volumes it displays
+(`GET /v1/jobs/{id}/image`, `/reference`) and its worklist (`GET /v1/worklist`).
+
+Volumes go out as stored (.nii.gz, gzip inside the file, no Content-Encoding) with a weak-free ETag from
+size and mtime and `Cache-Control: private`, so a reopened job costs one 304 per volume.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from segserve.config import Settings
+from segserve.db import Job, JobStatus, Review
+from segserve.imaging.detect import detect_format
+from segserve.imaging.errors import ImageError
+from segserve.imaging.readers import read_image, read_labels
+from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
+from segserve.storage import JobFiles
+from service.api.deps import CanReadJobs, SessionDep, SettingsDep
+from service.problems import Problem
+
+STATIC_DIR = Path(__file__).resolve().parents[2] / "viewer"
+REPO_DIR = Path(__file__).resolve().parents[3]
+NIIVUE_DIST = REPO_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
+VOLUME_MAX_AGE_S = 3600
+_STATIC_FILES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
+
+ReviewState = Literal["unreviewed", "accepted", "rejected"]
+
+page_router = APIRouter(tags=["viewer"], include_in_schema=False)
+router = APIRouter(prefix="/v1", tags=["viewer"])
+
+
+# --- the page and its static files (no key needed: the page asks for one) ---------------------------------
+
+
+@page_router.get("/viewer")
+def viewer_page() -> FileResponse:
+    return FileResponse(
+        STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@page_router.get("/viewer/static/{name}")
+def viewer_static(name: str) -> FileResponse:
+    if name not in _STATIC_FILES:
+        raise Problem(404, f"no viewer file '{name}'", code="not_found")
+    return FileResponse(
+        STATIC_DIR / name, media_type=_STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
+    )
+
+
+@page_router.get("/viewer/static/niivue/index.js")
+def niivue_module() -> FileResponse:
+    path = NIIVUE_DIST / "index.js"
+    if not path.exists():
+        raise Problem(
+            503, "NiiVue is not installed: run 'npm ci' in the repository root", code="viewer_not_installed"
+        )
+    return FileResponse(
+        path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+    )
+
+
+# --- volumes ------------------------------------------------------------------------------------------------
+
+
+def volume_response(request: Request, path: Path, filename: str) -> Response:
+    """`path` as application/gzip with an ETag (size + mtime) and private caching; 304 when it matches."""
+    stat = path.stat()
+    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={VOLUME_MAX_AGE_S}"}
+    presented = request.headers.get("if-none-match", "")
+    if etag in [tag.strip() for tag in presented.split(",")] or presented.strip() == "*":
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="application/gzip", filename=filename, headers=headers)
+
+
+def _viewer_dir(settings: Settings, job_id: str) -> Path:
+    return JobFiles(settings.jobs_dir, job_id).root / "viewer"
+
+
+def _gzip_copy(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    with source.open("rb") as src, gzip.open(tmp, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst)
+    tmp.replace(target)
+
+
+def image_volume(settings: Settings, job: Job) -> Path:
+    """The scan the worker read, as .nii.gz: a gzipped NIfTI upload as stored, anything else converted once
+    into `<job>/viewer/image.nii.gz` (so the label volume sits exactly on it)."""
+    files = JobFiles(settings.jobs_dir, job.id)
+    paths = files.image_paths(job.input_files)
+    if len(paths) == 1 and paths[0].exists() and detect_format(paths[0]) == "nifti":
+        with paths[0].open("rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":
+                return paths[0]
+    target = _viewer_dir(settings, job.id) / "image.nii.gz"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if len(paths) == 1 and detect_format(paths[0]) == "nifti":
+            _gzip_copy(paths[0], target)
+        else:
+            write_volume_nifti(read_image(paths), target)
+    return target
+
+
+def reference_volume(settings: Settings, job: Job) -> Path:
+    """The uploaded reference as a .nii.gz label volume in its smallest integer type, converted once."""
+    target = _viewer_dir(settings, job.id) / "reference.nii.gz"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        reference = read_labels(JobFiles(settings.jobs_dir, job.id).reference_paths(job.reference_files))
+        write_labels_nifti(reference.array, reference, target)
+    return target
+
+
+def _job(session: SessionDep, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise Problem(404, f"no job with id '{job_id}'", code="job_not_found")
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}/image",
+    summary="The scan the worker read, as .nii.gz (NIfTI as stored; MGZ, NRRD, DICOM converted once)",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}, 304: {}},
+)
+async def get_image(
+    job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
+) -> Response:
+    job = _job(session, job_id)
+    try:
+        path = await run_in_threadpool(image_volume, settings, job)
+    except (ImageError, FileNotFoundError) as exc:
+        raise Problem(
+            404, f"the job's scan cannot be read from storage: {exc}", code="image_missing"
+        ) from None
+    return volume_response(request, path, f"{job.id}_image.nii.gz")
+
+
+@router.get(
+    "/jobs/{job_id}/reference",
+    summary="The reference label volume, as .nii.gz",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}, 304: {}},
+)
+async def get_reference(
+    job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
+) -> Response:
+    job = _job(session, job_id)
+    if not job.has_reference:
+        raise Problem(404, "this job was submitted without a reference", code="no_reference")
+    try:
+        path = await run_in_threadpool(reference_volume, settings, job)
+    except (ImageError, FileNotFoundError) as exc:
+        raise Problem(
+            404, f"the reference cannot be read from storage: {exc}", code="reference_missing"
+        ) from None
+    return volume_response(request, path, f"{job.id}_reference.nii.gz")
+
+
+# --- worklist -----------------------------------------------------------------------------------------------
+
+
+class WorklistItem(BaseModel):
+    """What the worklist shows: no patient data, only job facts and the review state."""
+
+    id: str
+    model: str
+    status: str
+    created_at: str
+    has_reference: bool
+    review: ReviewState
+
+
+class Worklist(BaseModel):
+    items: list[WorklistItem]
+    total: int
+
+
+@router.get("/worklist", response_model=Worklist, summary="Jobs with their review state, newest first")
+def worklist(
+    session: SessionDep,
+    _key: CanReadJobs,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
+    review: Annotated[ReviewState | None, Query(description="Only jobs in this review state")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> Worklist:
+    query = select(Job).where(Job.evaluation_id.is_(None))
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit)).all()
+    latest: dict[str, str] = {}
+    if jobs:
+        rows = session.execute(
+            select(Review.job_id, Review.decision)
+            .where(Review.job_id.in_([j.id for j in jobs]))
+            .order_by(Review.created_at)
+        ).all()
+        latest = {job_id: decision for job_id, decision in rows}  # newest wins
+    items = [
+        WorklistItem(
+            id=j.id,
+            model=j.model_id,
+            status=j.status,
+            created_at=j.created_at.isoformat(),
+            has_reference=j.has_reference,
+            review=latest.get(j.id, "unreviewed"),  # type: ignore[arg-type]
+        )
+        for j in jobs
+    ]
+    if review is not None:
+        items = [i for i in items if i.review == review]
+    return Worklist(items=items, total=len(items))
