@@ -47,6 +47,10 @@ class JobFiles:
     def metrics(self) -> Path:
         return self.root / RESULT_METRICS
 
+    def labels_version(self, version: int) -> Path:
+        """Version 0 is the model's result; versions 1.. are reviewers' corrections (never overwritten)."""
+        return self.labels if version == 0 else self.root / "result" / f"labels.v{version}.nii.gz"
+
     @property
     def seg(self) -> Path:
         """The DICOM SEG of the result (DICOM inputs only; see segserve.dicom_seg)."""

@@ -55,14 +55,18 @@ def _check_seg_equals_result(stack: Stack, job_id: str, slices: list[Path], name
     volume, datasets = read_dicom_volume_and_datasets(slices)
     np.testing.assert_allclose(result.affine, volume.affine, atol=1e-3)  # the NIfTI is on the series' grid
     present = sorted(int(v) for v in np.unique(labels) if v > 0)
+    with stack.client() as c:
+        resp = c.get(f"/v1/jobs/{job_id}/result", params={"format": "dicom-seg"})
     if not present:
         assert not files.seg.exists()
         with pytest.raises(SegUnavailable) as info:
             seg_result_path(files.seg)
         assert info.value.code == "empty_segmentation" and "background" in str(info.value)
+        assert resp.status_code == 422 and resp.json()["code"] == "empty_segmentation", resp.text
         return 0
     assert seg_result_path(files.seg) == files.seg
-    seg = hd.seg.segread(files.seg)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/dicom"
+    seg = hd.seg.segread(io.BytesIO(resp.content))  # what the API serves
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == datasets[0].SeriesInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [names[v] for v in present]
@@ -127,6 +131,17 @@ def test_t1_block_on_ct_headers_as_parts_gets_a_seg_equal_to_the_result(stack: S
     assert pydicom.dcmread(slices[0]).SpecificCharacterSet == ""  # the scanner quirk travels along
     job_id, names = _run_job(stack, [("image", (s.name, s.read_bytes())) for s in slices])
     assert _check_seg_equals_result(stack, job_id, slices, names) > 0
+
+
+def test_seg_of_a_nifti_job_is_refused_by_name(stack: Stack, tmp_path: Path) -> None:
+    from tests.support.volumes import brain_crop
+
+    image, _ = brain_crop(tmp_path, size=32)
+    with stack.client() as c:
+        job = c.post("/v1/jobs", data={"model": MODEL}, files={"image": image.open("rb")}).json()
+        wait_job(c, job["id"])
+        resp = c.get(f"/v1/jobs/{job['id']}/result", params={"format": "dicom-seg"})
+    assert resp.status_code == 422 and "DICOM input" in resp.json()["detail"]
 
 
 def test_real_ct_3slice_gets_a_seg_or_a_named_reason(stack: Stack) -> None:

@@ -21,10 +21,12 @@ from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, new_session
+from segserve.dicom_seg import SegUnavailable, seg_result_path
 from segserve.imaging.errors import ImageError
 from segserve.imaging.readers import check_same_grid, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
+from service.files import volume_response
 from service.problems import Problem
 from service.schemas import JobList, JobPublic
 from service.uploads import ParsedUpload, receive_form
@@ -233,9 +235,9 @@ def _require_succeeded(job: Job) -> None:
 
 @router.get(
     "/{job_id}/result",
-    summary="The label volume (.nii.gz) on the scan's grid",
+    summary="The label volume (.nii.gz) on the scan's grid, or a DICOM SEG with ?format=dicom-seg",
     response_class=FileResponse,
-    responses={200: {"content": {"application/gzip": {}}}, 409: {}},
+    responses={200: {"content": {"application/gzip": {}, "application/dicom": {}}}, 409: {}, 422: {}},
 )
 def get_result(
     job_id: str,
@@ -246,19 +248,40 @@ def get_result(
     version: Annotated[
         int | None, Query(ge=0, description="A label version (GET .../labels/versions); 0 is the model's")
     ] = None,
+    format: Annotated[
+        Literal["nifti", "dicom-seg"],
+        Query(description="nifti (.nii.gz, default) or dicom-seg (a DICOM SEG; DICOM inputs only)"),
+    ] = "nifti",
 ) -> Response:
-    from service.api.routes.reviews import labels_path
-    from service.api.routes.viewer import volume_response
-
     job = _get_job(session, job_id)
     _require_succeeded(job)
-    path = labels_path(settings, job.id, version or 0)
+    if format == "dicom-seg":
+        return _seg_response(job, settings, version)
+    path = JobFiles(settings.jobs_dir, job.id).labels_version(version or 0)
     if not path.exists():
         if version:
             raise Problem(404, f"job has no label version {version}", code="label_version_not_found")
         raise Problem(404, "the result file is missing from storage", code="result_missing")
     suffix = f"_v{version}" if version else ""
     return volume_response(request, path, f"{job.id}_labels{suffix}.nii.gz")
+
+
+def _seg_response(job: Job, settings: Settings, version: int | None) -> FileResponse:
+    if version:
+        raise Problem(
+            422, "a DICOM SEG is made for the model's result only (version 0)", code="seg_version_unsupported"
+        )
+    try:
+        path = seg_result_path(JobFiles(settings.jobs_dir, job.id).seg)
+    except SegUnavailable as exc:
+        if exc.code == "seg_not_available" and job.input_format != "dicom":
+            raise Problem(
+                422,
+                f"a DICOM SEG needs a DICOM input series; this job's input was {job.input_format}",
+                code="seg_needs_dicom_input",
+            ) from None
+        raise Problem(422, str(exc), code=exc.code) from None
+    return FileResponse(path, media_type="application/dicom", filename=f"{job.id}_seg.dcm")
 
 
 @router.get(

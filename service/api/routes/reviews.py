@@ -35,11 +35,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["reviews"])
 CanWriteReviews = Annotated[ApiKey, Depends(require("reviews:write"))]
 
 
-def labels_path(settings: Settings, job_id: str, version: int) -> Path:
-    files = JobFiles(settings.jobs_dir, job_id)
-    return files.labels if version == 0 else files.root / "result" / f"labels.v{version}.nii.gz"
-
-
 def _succeeded_job(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -201,7 +196,7 @@ def _store_version(
 ) -> LabelVersion:
     """Claim the next version number with the row (unique per job), then write its file atomically; the
     row is removed again if the write fails. Existing files are never touched."""
-    result = read_labels([labels_path(settings, job_id, 0)])
+    result = read_labels([JobFiles(settings.jobs_dir, job_id).labels_version(0)])
     array, values = _validated_labels(upload, result, allowed)
     with new_session(settings.resolved_database_url) as session:
         current = session.scalar(select(func.max(LabelVersion.version)).where(LabelVersion.job_id == job_id))
@@ -222,7 +217,7 @@ def _store_version(
                 409, "another label version was saved at the same time; retry", code="version_conflict"
             ) from None
         try:
-            write_labels_nifti(array, result, labels_path(settings, job_id, row.version))
+            write_labels_nifti(array, result, JobFiles(settings.jobs_dir, job_id).labels_version(row.version))
         except BaseException:
             session.delete(row)
             session.commit()

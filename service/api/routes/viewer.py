@@ -26,12 +26,12 @@ from segserve.imaging.readers import read_image, read_labels
 from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
 from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
+from service.files import volume_response
 from service.problems import Problem
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "viewer"
 REPO_DIR = Path(__file__).resolve().parents[3]
 NIIVUE_DIST = REPO_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
-VOLUME_MAX_AGE_S = 3600
 _STATIC_FILES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
 
 ReviewState = Literal["unreviewed", "accepted", "rejected"]
@@ -72,17 +72,6 @@ def niivue_module() -> FileResponse:
 
 
 # --- volumes ------------------------------------------------------------------------------------------------
-
-
-def volume_response(request: Request, path: Path, filename: str) -> Response:
-    """`path` as application/gzip with an ETag (size + mtime) and private caching; 304 when it matches."""
-    stat = path.stat()
-    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-    headers = {"ETag": etag, "Cache-Control": f"private, max-age={VOLUME_MAX_AGE_S}"}
-    presented = request.headers.get("if-none-match", "")
-    if etag in [tag.strip() for tag in presented.split(",")] or presented.strip() == "*":
-        return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type="application/gzip", filename=filename, headers=headers)
 
 
 def _viewer_dir(settings: Settings, job_id: str) -> Path:
