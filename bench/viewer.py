@@ -35,6 +35,8 @@ import httpx
 import nibabel as nib
 import numpy as np
 
+from tests.support.browser import start_chromium
+
 REPO = Path(__file__).resolve().parents[1]
 SUBJECT_A = REPO.parent / "shared" / "data" / "mri-brain" / "subject-a"
 
@@ -91,25 +93,7 @@ def _seed_job(data_dir: Path, env: dict[str, str]) -> str:
 
 
 def _driver(profile: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--enable-unsafe-swiftshader",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = start_chromium(profile)
     # Software WebGL keeps the page's main thread busy for tens of seconds per 256³ re-slice; a script
     # call waits for it.
     driver.set_script_timeout(600)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import importlib.util
 import io
 import os
 import shutil
@@ -18,14 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.browser import CHROMEDRIVER, CHROMIUM, start_chromium
 from tests.support.paths import REPO
 from tests.support.stack import Stack, wait_for, wait_job
 from tests.support.volumes import brain_crop
 
 pytestmark = pytest.mark.e2e
 MODEL = "brain-mri-structures"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "test-artifacts"
 
 
@@ -181,9 +181,7 @@ def test_label_versions_keep_the_model_result(
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    try:
-        from selenium import webdriver
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         missing.append("the selenium package (pip install -e '.[test]')")
     if missing:
         reason = f"browser test needs {', '.join(missing)}: apt-get install -y chromium chromium-driver"
@@ -195,25 +193,8 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    from selenium.webdriver.chrome.service import Service
-
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"segserve-chromium-{os.getpid()}"
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--enable-unsafe-swiftshader",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = start_chromium(profile)
     try:
         yield driver
     finally:
