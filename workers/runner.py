@@ -30,6 +30,7 @@ class Outcome:
     job_id: str
     status: str
     detail: str = ""
+    evaluation_id: str | None = None  # set for the case jobs of a dataset evaluation
 
 
 class _Lease:
@@ -97,7 +98,7 @@ def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
             if job.status == JobStatus.running.value and job.cancel_requested:
                 jobs.cancel_abandoned_request(session, job_id)
             log.info("job %s: not claimed, status %s", job_id, job.status)
-            return Outcome(job_id, job.status, "not claimed")
+            return Outcome(job_id, job.status, "not claimed", job.evaluation_id)
         job = session.get(Job, job_id)
         assert job is not None
         session.expunge(job)
@@ -112,13 +113,13 @@ def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
             status, error, code = stop.status, stop.message, stop.code
         if lease.lost:
             log.warning("job %s: lease lost, another worker owns it now", job_id)
-            return Outcome(job_id, "lost")
+            return Outcome(job_id, "lost", evaluation_id=job.evaluation_id)
         if status is not JobStatus.succeeded:
             files.remove_results()
         with new_session(url) as session:
             jobs.finish(session, job_id, worker, status, error=error, error_code=code)
     log.info("job %s: %s", job_id, status.value)
-    return Outcome(job_id, status.value, error or "")
+    return Outcome(job_id, status.value, error or "", job.evaluation_id)
 
 
 class _Stop(Exception):

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from segserve.config import get_settings
-from segserve.db import Job, init_db, new_session
+from segserve.db import init_db, new_session
 from workers import evaluations
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
 from workers.recovery import RecoveryLoop
@@ -35,10 +35,9 @@ def run_job_task(self: Task, job_id: str) -> str:
     settings = get_settings()
     worker = f"{self.request.hostname or socket.gethostname()}:{self.request.id}"
     outcome = run_job(settings, job_id, worker)
-    with new_session(settings.resolved_database_url) as session:
-        job = session.get(Job, job_id)
-        if job is not None and job.evaluation_id is not None:
-            evaluations.maybe_finish(app, session, job.evaluation_id)
+    if outcome.evaluation_id is not None:
+        with new_session(settings.resolved_database_url) as session:
+            evaluations.maybe_finish(app, session, outcome.evaluation_id)
     return outcome.status
 
 

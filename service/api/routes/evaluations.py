@@ -21,6 +21,7 @@ from segserve.config import Settings
 from segserve.db import Evaluation, JobStatus, new_session
 from segserve.jobs import evaluation_case_counts
 from service.api.deps import CanCreateEvaluations, CanReadEvaluations, CatalogDep, SessionDep, SettingsDep
+from service.api.lookup import available_card
 from service.problems import Problem
 from workers.celery_app import RUN_EVALUATION, send_evaluation_task
 from workers.celery_app import app as celery_app
@@ -107,15 +108,9 @@ def _plan(settings: Settings, body: EvaluationCreate, catalog: CatalogDep) -> di
         dataset = read_dataset(_inside(settings, body.dataset))
     except DatasetError as exc:
         raise Problem(422, str(exc), code="invalid_dataset") from None
-    if body.model not in catalog.ids():
-        raise Problem(
-            422, f"unknown model '{body.model}'; known: {', '.join(catalog.ids())}", code="unknown_model"
-        )
-    status = catalog.status(body.model)
-    if not status.available:
-        raise Problem(422, f"model '{body.model}' is unavailable: {status.reason}", code="model_unavailable")
+    card = available_card(catalog, body.model)
     label_map = body.label_map or {}
-    wrong_keys = sorted(set(label_map) - set(status.card.labels))
+    wrong_keys = sorted(set(label_map) - set(card.labels))
     wrong_values = sorted(set(label_map.values()) - set(dataset.labels))
     if wrong_keys or wrong_values:
         raise Problem(

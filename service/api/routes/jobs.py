@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from evaluation.report import to_csv
-from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, new_session
@@ -26,6 +25,7 @@ from segserve.imaging.errors import ImageError
 from segserve.imaging.readers import check_same_grid, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
+from service.api.lookup import available_card, job_or_404
 from service.files import volume_response
 from service.problems import Problem
 from service.schemas import JobList, JobPublic
@@ -83,17 +83,6 @@ def _validate_volumes(staging: Path, form: ParsedUpload) -> _Validated:
         shape=list(image.shape),
         spacing_mm=[round(s, 6) for s in image.spacing_mm],
     )
-
-
-def _check_model(catalog: Catalog, model_id: str) -> str:
-    """The model's version, or a 422 naming what is wrong."""
-    if model_id not in catalog.ids():
-        known = ", ".join(sorted(catalog.ids()))
-        raise Problem(422, f"unknown model '{model_id}'; known models: {known}", code="unknown_model")
-    status = catalog.status(model_id)
-    if not status.available:
-        raise Problem(422, f"model '{model_id}' is unavailable: {status.reason}", code="model_unavailable")
-    return status.card.version
 
 
 def _store_job(
@@ -172,7 +161,8 @@ async def create_job(
             )
         if not form.files["image"]:
             raise Problem(422, "missing form field 'image' (the scan file or files)", code="missing_image")
-        version = await run_in_threadpool(_check_model, catalog, model_id)
+        card = await run_in_threadpool(available_card, catalog, model_id)
+        version = card.version
         try:
             info = await run_in_threadpool(_validate_volumes, staging, form)
         except ImageError as exc:
@@ -185,13 +175,6 @@ async def create_job(
     log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
     body = JobPublic.from_row(job).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
-
-
-def _get_job(session: SessionDep, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise Problem(404, f"no job with id '{job_id}'", code="job_not_found")
-    return job
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
@@ -221,7 +204,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's status and progress")
 def get_job(job_id: str, session: SessionDep, _key: CanReadJobs) -> JobPublic:
-    return JobPublic.from_row(_get_job(session, job_id))
+    return JobPublic.from_row(job_or_404(session, job_id))
 
 
 def _require_succeeded(job: Job) -> None:
@@ -253,7 +236,7 @@ def get_result(
         Query(description="nifti (.nii.gz, default) or dicom-seg (a DICOM SEG; DICOM inputs only)"),
     ] = "nifti",
 ) -> Response:
-    job = _get_job(session, job_id)
+    job = job_or_404(session, job_id)
     _require_succeeded(job)
     if format == "dicom-seg":
         return _seg_response(job, settings, version)
@@ -296,7 +279,7 @@ def get_metrics(
     _key: CanReadJobs,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
-    job = _get_job(session, job_id)
+    job = job_or_404(session, job_id)
     if not job.has_reference:
         raise Problem(
             404, "this job was submitted without a reference; it has no metrics", code="no_reference"
@@ -324,7 +307,7 @@ def get_metrics(
     responses={202: {"model": JobPublic}},
 )
 def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanDeleteJobs) -> Response:
-    job = _get_job(session, job_id)
+    job = job_or_404(session, job_id)
     outcome = job_states.cancel(session, job_id)
     if outcome is not None:
         session.refresh(job)

@@ -29,6 +29,7 @@ from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanReadJobs, CatalogDep, SessionDep, SettingsDep, require
+from service.api.lookup import job_or_404
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["reviews"])
@@ -36,9 +37,7 @@ CanWriteReviews = Annotated[ApiKey, Depends(require("reviews:write"))]
 
 
 def _succeeded_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise Problem(404, f"no job with id '{job_id}'", code="job_not_found")
+    job = job_or_404(session, job_id)
     if job.status != JobStatus.succeeded.value:
         raise Problem(
             409,

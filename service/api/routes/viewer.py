@@ -26,6 +26,7 @@ from segserve.imaging.readers import read_image, read_labels
 from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
 from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
+from service.api.lookup import job_or_404
 from service.files import volume_response
 from service.problems import Problem
 
@@ -114,13 +115,6 @@ def reference_volume(settings: Settings, job: Job) -> Path:
     return target
 
 
-def _job(session: SessionDep, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise Problem(404, f"no job with id '{job_id}'", code="job_not_found")
-    return job
-
-
 @router.get(
     "/jobs/{job_id}/image",
     summary="The scan the worker read, as .nii.gz (NIfTI as stored; MGZ, NRRD, DICOM converted once)",
@@ -130,7 +124,7 @@ def _job(session: SessionDep, job_id: str) -> Job:
 async def get_image(
     job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
 ) -> Response:
-    job = _job(session, job_id)
+    job = job_or_404(session, job_id)
     try:
         path = await run_in_threadpool(image_volume, settings, job)
     except (ImageError, FileNotFoundError) as exc:
@@ -149,7 +143,7 @@ async def get_image(
 async def get_reference(
     job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
 ) -> Response:
-    job = _job(session, job_id)
+    job = job_or_404(session, job_id)
     if not job.has_reference:
         raise Problem(404, "this job was submitted without a reference", code="no_reference")
     try:
