@@ -53,6 +53,25 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="API bind address for `segserve up` / `api`.")
     port: int = Field(default=8000, description="API port for `segserve up` / `api`.")
     log_level: str = Field(default="INFO")
+    dicomweb_default_model: str | None = Field(
+        default=None, description="Model for STOW-RS to /dicomweb/studies (no model in the path)."
+    )
+    dicomweb_quiet_s: float = Field(
+        default=45.0, gt=0, description="A received series becomes a job this long after its last instance."
+    )
+    dicomweb_sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often a worker looks for received series that have gone quiet."
+    )
+    dicomweb_push_url: str | None = Field(
+        default=None, description="DICOMweb base URL a DICOM job's SEG is stored to (STOW-RS {url}/studies)."
+    )
+    dicomweb_push_token: str | None = Field(
+        default=None, description="Sent as 'Authorization: Bearer <token>' with each push."
+    )
+    dicomweb_push_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one push.")
+    deidentify: bool = Field(
+        default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
+    )
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -87,6 +106,11 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.resolved_data_dir / "staging"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """DICOMweb (STOW-RS) instances collected per series until the series goes quiet."""
+        return self.resolved_data_dir / "incoming"
 
 
 @lru_cache

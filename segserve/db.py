@@ -174,6 +174,57 @@ class LabelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class IntakeState(enum.StrEnum):
+    open = "open"  # receiving instances
+    closing = "closing"  # quiet for the quiet period; being turned into a job
+    submitted = "submitted"  # the job exists (job_id)
+    failed = "failed"  # the series could not become a job (error, error_code)
+
+
+class IncomingSeries(Base):
+    """DICOM instances received over STOW-RS for one (study, series, model), collected under
+    `<data_dir>/incoming/<id>/image/` until none has arrived for the quiet period; then ONE job
+    (see segserve.intake). `open_key` is set only while the collection is open and is unique, so there is
+    at most one open collection per (study, series, model) whichever process receives the instances.
+    `patient` and `original_uids` are patient data: the API shows them only to roles with phi:read."""
+
+    __tablename__ = "incoming_series"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), index=True, default=IntakeState.open.value)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closing_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    submitted_by: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    deidentified: Mapped[bool] = mapped_column(Boolean, default=False)
+    patient: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    original_uids: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+
+class DeidUid(Base):
+    """A UID that de-identification replaced, and the original it stands for, so results can be tied back
+    to the source study. Replacements are derived deterministically (segserve.deid_uids), so writing the
+    same row twice is harmless."""
+
+    __tablename__ = "deid_uids"
+
+    replacement: Mapped[str] = mapped_column(String(64), primary_key=True)
+    original: Mapped[str] = mapped_column(String(64))
+    original_study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while a worker writes; busy_timeout waits instead of failing on a lock.
     cursor = dbapi_connection.cursor()

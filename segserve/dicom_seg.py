@@ -341,7 +341,25 @@ def build_seg(
             content_description=f"{card.id} {card.version}"[:64],
             series_description=f"SEG {card.id}"[:64],
         )
+    _carry_deidentification(sources[0], seg)
     return seg
+
+
+_DEID_KEYWORDS = (
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "LongitudinalTemporalInformationModified",
+)
+
+
+def _carry_deidentification(source: Dataset, seg: Dataset) -> None:
+    """A SEG over de-identified sources says so too (highdicom copies only the patient attributes)."""
+    if str(source.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return
+    for keyword in _DEID_KEYWORDS:
+        if keyword in source:
+            seg[keyword] = copy.deepcopy(source[keyword])
 
 
 # ------------------------------------------------------------------------------------ reading sources
@@ -358,30 +376,36 @@ def _iter_dicom_headers(paths: Sequence[Path]) -> Iterator[Dataset]:
                         if ds is not None:
                             yield ds
         else:
-            ds = _try_read(path.read_bytes())
+            ds = _try_read(path)  # from the file: the pixel data is never read
             if ds is not None:
                 yield ds
 
 
-def _try_read(data: bytes) -> Dataset | None:
+def _try_read(data: bytes | Path) -> Dataset | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            source = io.BytesIO(data) if isinstance(data, bytes) else data
+            return pydicom.dcmread(source, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
-def read_dicom_volume_and_datasets(paths: Sequence[Path]) -> tuple[Volume, list[Dataset]]:
+def read_dicom_volume_and_datasets(
+    paths: Sequence[Path], volume: Volume | None = None
+) -> tuple[Volume, list[Dataset]]:
     """Read a stored DICOM upload (several files, or one .zip) into (volume, datasets in slice order).
 
-    The volume comes from `segserve.imaging.readers.read_image` (its grouping, checks and slice sorting);
-    the datasets (headers only, no pixel data) are then matched to its `meta["sop_instance_uids"]`, so
-    `datasets[k]` is the source of slice K = k. For one enhanced multi-frame object, `datasets` is that one
-    object and `volume.meta["frame_numbers"]` gives each slice's frame. Raises ImageError from the reader,
-    and SegExportError when the input is not DICOM or an object cannot be found again.
+    The volume comes from `segserve.imaging.readers.read_image` (its grouping, checks and slice sorting),
+    unless the caller already read `paths` with it and passes that `volume` (the worker does: decoding a
+    series twice would double the cost of reading it); the datasets (headers only, no pixel data) are then
+    matched to its `meta["sop_instance_uids"]`, so `datasets[k]` is the source of slice K = k. For one
+    enhanced multi-frame object, `datasets` is that one object and `volume.meta["frame_numbers"]` gives each
+    slice's frame. Raises ImageError from the reader, and SegExportError when the input is not DICOM or an
+    object cannot be found again.
     """
-    volume = read_image(list(paths))
+    if volume is None:
+        volume = read_image(list(paths))
     if volume.source_format != "dicom":
         raise SegExportError("the input is not a DICOM series", code="not_dicom")
     wanted: list[str] = list(dict.fromkeys(volume.meta["sop_instance_uids"]))  # one per multi-frame object
@@ -407,7 +431,11 @@ def _error_path(out_path: Path) -> Path:
 
 
 def export_job_seg(
-    job_files_image_paths: Sequence[Path], labels_path: Path, card: ModelCardLike, out_path: Path
+    job_files_image_paths: Sequence[Path],
+    labels_path: Path,
+    card: ModelCardLike,
+    out_path: Path,
+    volume: Volume | None = None,
 ) -> Path:
     """Write the SEG of a finished job to `out_path` atomically and return `out_path`.
 
@@ -417,11 +445,13 @@ def export_job_seg(
         labels_path: the job's result label volume (NIfTI, shape (I, J, K) on the DICOM volume's grid).
         card: the model card.
         out_path: where the SEG goes (`JobFiles.seg`).
+        volume: the input as `read_image(job_files_image_paths)` returned it, when the caller has it
+            (only the headers are then read again).
 
     Raises:
         ImageError (re-reading the input), SegExportError / EmptySegmentation, OSError.
     """
-    volume, datasets = read_dicom_volume_and_datasets(job_files_image_paths)
+    volume, datasets = read_dicom_volume_and_datasets(job_files_image_paths, volume)
     image = nib.load(str(labels_path))
     labels = np.asarray(image.dataobj)  # type: ignore[attr-defined]
     if labels.shape != volume.shape:
@@ -452,11 +482,12 @@ def try_export_job_seg(
     out_path: Path,
     *,
     job_id: str = "",
+    volume: Volume | None = None,
 ) -> Path | None:
     """`export_job_seg`, but never raising: on failure it logs (no patient data) and records the reason
     next to `out_path` (`<out_path>.error.json`: {"code", "detail"}) for `seg_result_path`; returns None."""
     try:
-        return export_job_seg(job_files_image_paths, labels_path, card, out_path)
+        return export_job_seg(job_files_image_paths, labels_path, card, out_path, volume)
     except Exception as exc:
         from celery.exceptions import SoftTimeLimitExceeded
 

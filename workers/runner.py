@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from evaluation.report import evaluate_case
 from models.catalog import Catalog, ModelUnavailable
@@ -155,9 +156,11 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job
             from segserve.dicom_seg import try_export_job_seg
 
-            try_export_job_seg(
-                files.image_paths(job.input_files), files.labels, card, files.seg, job_id=job.id
+            seg = try_export_job_seg(  # with the volume read above: the series is decoded once per job
+                files.image_paths(job.input_files), files.labels, card, files.seg, job_id=job.id, volume=image
             )
+            if seg is not None and settings.dicomweb_push_url:
+                _push_seg(settings, seg, job)
         lease.report(0.95)
         if reference is not None:
             report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
@@ -188,3 +191,17 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             "worker log",
             "internal_error",
         ) from None
+
+
+def _push_seg(settings: Settings, seg: Path, job: Job) -> None:
+    """Store the SEG to the configured DICOMweb endpoint (workers/push.py); never fails the job."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.push import push_job_seg
+
+    try:
+        push_job_seg(settings, seg, job.id, job.submitted_by)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        log.warning("job %s: SEG push failed (%s)", job.id, type(exc).__name__, exc_info=True)

@@ -14,11 +14,13 @@ from segserve.config import get_settings
 from segserve.db import init_db, new_session
 from workers import evaluations
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
+from workers.intake import IntakeLoop
 from workers.recovery import RecoveryLoop
 from workers.runner import run_job
 
 log = logging.getLogger(__name__)
 _recovery: RecoveryLoop | None = None
+_intake: IntakeLoop | None = None
 
 
 @app.task(
@@ -77,14 +79,18 @@ def _init_process(**_: object) -> None:
 
 @worker_ready.connect
 def _start_recovery(**_: object) -> None:
-    global _recovery
+    global _recovery, _intake
     settings = get_settings()
     init_db(settings.resolved_database_url)
     _recovery = RecoveryLoop(app, settings)
     _recovery.start()
+    _intake = IntakeLoop(app, settings)  # DICOMweb series that have gone quiet become jobs
+    _intake.start()
 
 
 @worker_shutdown.connect
 def _stop_recovery(**_: object) -> None:
     if _recovery is not None:
         _recovery.stop()
+    if _intake is not None:
+        _intake.stop()

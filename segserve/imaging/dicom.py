@@ -214,6 +214,17 @@ def _non_image_kind(ds: Dataset, label: str) -> str | None:
     return None
 
 
+def why_not_an_image(ds: Dataset) -> str | None:
+    """Why the DICOM object `ds` (its header is enough) cannot be a slice of a scan, in words without
+    patient data ("a segmentation (SEG)", "a DICOMDIR", "it is truncated ..."), or None when it can be.
+    The same rules the series reader applies when it skips or refuses objects."""
+    try:
+        kind = _non_image_kind(ds, "the instance")
+    except CorruptImage as exc:
+        return str(exc)
+    return None if kind is None else f"it is a {kind}, not an image slice"
+
+
 def _pick_single_series(objects: list[_Object]) -> list[_Object]:
     groups: dict[str, list[_Object]] = {}
     for obj in objects:

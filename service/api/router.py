@@ -2,7 +2,18 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import audit, evaluations, health, jobs, keys, models, reviews, viewer
+from service.api.routes import (
+    audit,
+    dicomweb,
+    evaluations,
+    health,
+    intake,
+    jobs,
+    keys,
+    models,
+    reviews,
+    viewer,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -14,3 +25,5 @@ api_router.include_router(audit.router)
 api_router.include_router(reviews.router)
 api_router.include_router(viewer.router)
 api_router.include_router(viewer.page_router)
+api_router.include_router(dicomweb.router)
+api_router.include_router(intake.router)

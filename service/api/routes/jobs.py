@@ -26,6 +26,7 @@ from segserve.imaging.readers import check_same_grid, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
+from service.deid_upload import deidentify_upload
 from service.files import volume_response
 from service.problems import Problem
 from service.schemas import JobList, JobPublic
@@ -164,6 +165,8 @@ async def create_job(
         card = await run_in_threadpool(available_card, catalog, model_id)
         version = card.version
         try:
+            if settings.deidentify:  # before validation and storage: nothing identifying is kept
+                form = await run_in_threadpool(deidentify_upload, settings, staging, form)
             info = await run_in_threadpool(_validate_volumes, staging, form)
         except ImageError as exc:
             raise Problem(exc.status, str(exc), code=exc.code) from None

@@ -1,0 +1,1 @@
+"""DICOMweb intake (STOW-RS): streaming multipart/related, instance checks, series collection."""

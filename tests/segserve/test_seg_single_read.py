@@ -1,0 +1,43 @@
+"""The worker decodes a DICOM series once per job: given the volume it already read, the SEG export reads
+only the headers again. Shown by taking the pixel data away after the first read: the export still works
+with the volume, and fails without it (it would have to decode the pixels a second time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from segserve.dicom_seg import export_job_seg
+from segserve.imaging.errors import ImageError
+from segserve.imaging.readers import read_image
+from segserve.imaging.writers import write_labels_nifti
+from tests.support.dicomweb import ct_series
+from tests.support.paths import require_shared
+
+
+class _Card:
+    id, version, labels, colors = "m", "1", {0: "background", 1: "liver"}, {1: (200, 80, 60)}
+
+
+def test_export_with_the_read_volume_reads_headers_only(tmp_path: Path) -> None:
+    require_shared()
+    paths = []
+    for n, ds in enumerate(ct_series()):
+        ds.save_as(tmp_path / f"{n}.dcm")
+        paths.append(tmp_path / f"{n}.dcm")
+    volume = read_image(paths)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[200:300, 150:250, :] = 1
+    write_labels_nifti(labels, volume, tmp_path / "labels.nii.gz")
+    for path in paths:  # headers only from now on: a second decode cannot succeed
+        pydicom.dcmread(path, stop_before_pixels=True).save_as(path)
+
+    out = export_job_seg(paths, tmp_path / "labels.nii.gz", _Card(), tmp_path / "seg.dcm", volume)
+    seg = hd.seg.segread(out)
+    assert int(seg.NumberOfFrames) == 3 and seg.SegmentSequence[0].SegmentLabel == "liver"
+    with pytest.raises(ImageError):
+        export_job_seg(paths, tmp_path / "labels.nii.gz", _Card(), tmp_path / "again.dcm")
