@@ -13,6 +13,7 @@ from service.api.routes import (
     models,
     reviews,
     viewer,
+    worklist,
 )
 
 api_router = APIRouter()
@@ -24,6 +25,7 @@ api_router.include_router(evaluations.router)
 api_router.include_router(audit.router)
 api_router.include_router(reviews.router)
 api_router.include_router(viewer.router)
+api_router.include_router(worklist.router)
 api_router.include_router(viewer.page_router)
 api_router.include_router(dicomweb.router)
 api_router.include_router(intake.router)

@@ -72,7 +72,10 @@ class ReviewState(BaseModel):
 
 
 def _review_state(session: Session, job_id: str) -> ReviewState:
-    rows = session.scalars(select(Review).where(Review.job_id == job_id).order_by(Review.created_at)).all()
+    # Ties on the time are broken by id, as in the worklist's review state (routes/worklist.py).
+    rows = session.scalars(
+        select(Review).where(Review.job_id == job_id).order_by(Review.created_at, Review.id)
+    ).all()
     history = [
         ReviewPublic(
             decision=r.decision,
