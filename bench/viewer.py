@@ -9,10 +9,15 @@ A finished job is put straight into a fresh data directory (no model run): subje
 figures) and its 18-class reference as the label volume. Only the API runs (no broker, no worker).
 The page reports, for each open of the job:
   decodeMs  from the click on the job to both volumes fetched and decoded (NVImage objects ready),
-  renderMs  to the first frame drawn with the overlay,
+  renderMs  to the first frame with the overlay queued in WebGL (and, read back, drawn on the GPU),
   bytes     volume bytes decoded (the .nii.gz files as stored; no HTTP compression on top), and
-            transferBytes, what crossed the network for them (Resource Timing; 0 from the HTTP cache).
+            transferBytes, what crossed the network for them (Resource Timing; 0 from the HTTP cache),
+  reslices  NiiVue re-slices (updateGLVolume calls) for the open: one is the minimum.
+Every request made from the click on (two volumes and a few small JSON answers) is listed with its
+bytes over the network, and so is the page itself (HTML, scripts, NiiVue gzipped) before the click.
 Cold: a fresh browser profile. Warm: the job opened again in the same page (ETag / private cache).
+Then one structure is hidden: the time until the GPU has re-coloured the overlay (one re-slice of both
+volumes; nothing fetched or decoded).
 Baseline, measured in the same run: the same two volumes as uncompressed NIfTI (what a server that
 decompressed them would send) and nibabel's load of both files in this Python process.
 """
@@ -92,6 +97,31 @@ def _seed_job(data_dir: Path, env: dict[str, str]) -> str:
     return job_id
 
 
+# Bytes the page itself cost over the network: the document and everything it loaded before a job opened.
+_PAGE_BYTES = """
+const navigation = performance.getEntriesByType("navigation")[0];
+const loaded = performance.getEntriesByType("resource");
+return navigation.transferSize + loaded.reduce((sum, e) => sum + e.transferSize, 0);
+"""
+
+# Milliseconds from the click on the job until the GPU has finished the first frame (rendering included).
+_GPU_DONE = """
+const gl = document.getElementById("gl").getContext("webgl2");
+gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+return performance.now() - window.segserveViewer.openStart;
+"""
+
+# Hide a structure (its checkbox's change handler re-slices synchronously in JS), then read one pixel back,
+# which waits for the GPU to finish what was queued: the time until the re-coloured overlay exists.
+_HIDE_STRUCTURE = """
+const started = performance.now();
+document.getElementById(arguments[0]).click();
+const gl = document.getElementById("gl").getContext("webgl2");
+gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+return performance.now() - started;
+"""
+
+
 def _driver(profile: Path) -> Any:
     driver = start_chromium(profile)
     # Software WebGL keeps the page's main thread busy for tens of seconds per 256³ re-slice; a script
@@ -102,6 +132,7 @@ def _driver(profile: Path) -> Any:
 
 def _open(driver: Any, job_id: str, timeout: float = 600) -> dict[str, Any]:
     driver.execute_script("location.hash = ''")
+    before = driver.execute_script("return window.segserveViewer.reslices")
     deadline = time.monotonic() + timeout
     while driver.execute_script("return document.body.dataset.state") != "worklist":
         if time.monotonic() > deadline:
@@ -109,8 +140,11 @@ def _open(driver: Any, job_id: str, timeout: float = 600) -> dict[str, Any]:
         time.sleep(0.1)
     driver.execute_script(f"location.hash = '#job={job_id}'")
     while True:
-        state = driver.execute_script("return window.segserveViewer")
+        state = driver.execute_script("return JSON.parse(JSON.stringify(window.segserveViewer))")
         if state["state"] == "loaded" and state["jobId"] == job_id:
+            state["reslicesAtOpen"] = state["reslices"] - before
+            state["requests"] = driver.execute_script("return window.segserveViewer.requestsSinceOpen()")
+            state["gpuDoneMs"] = driver.execute_script(_GPU_DONE)
             return dict(state)
         if state["state"] == "error":
             raise RuntimeError(state["error"])
@@ -175,11 +209,13 @@ def main() -> None:
         nibabel_s = time.perf_counter() - started
 
         driver = _driver(profile)
-        driver.get(f"{base}/viewer")
+        driver.get(f"{base}/healthz")  # the origin, to store the key before the page's first (cold) load
         driver.execute_script("sessionStorage.setItem('segserve.apiKey', arguments[0])", key)
         driver.get(f"{base}/viewer")
+        page_bytes = driver.execute_script(_PAGE_BYTES)
         cold = _open(driver, job_id)
         warm = _open(driver, job_id)
+        toggle_ms = driver.execute_script(_HIDE_STRUCTURE, "struct-1")
     finally:
         if driver is not None:
             driver.quit()
@@ -190,11 +226,17 @@ def main() -> None:
 
     print(f"job: subject-a 256x256x256, scan {image_bytes} B + labels {labels_bytes} B as stored (.nii.gz)")
     print(f"first request of the scan (MGZ -> .nii.gz conversion, once per job): {convert_s * 1000:.0f} ms")
+    print(f"the page before opening a job: {page_bytes} B over the network (HTML, scripts, NiiVue gzipped)")
     for name, run in (("cold", cold), ("warm", warm)):
         print(
-            f"{name}: decode {run['decodeMs']:.0f} ms, first frame {run['renderMs']:.0f} ms, "
-            f"{run['bytes']} B decoded, {run['transferBytes']} B over the network (headers included)"
+            f"{name}: decode {run['decodeMs']:.0f} ms, first frame queued {run['renderMs']:.0f} ms "
+            f"and drawn {run['gpuDoneMs']:.0f} ms, "
+            f"{run['bytes']} B decoded, {run['transferBytes']} B over the network (headers included), "
+            f"{run['reslicesAtOpen']} re-slice(s)"
         )
+        for request in run["requests"]:
+            print(f"    {request['transferSize']:>9} B  {request['url'].replace(job_id, '{id}')}")
+    print(f"hide one structure: {toggle_ms:.0f} ms to the re-coloured overlay on the GPU (one re-slice)")
     print(f"baseline uncompressed NIfTI: {raw_bytes} B; sent/baseline = {cold['bytes'] / raw_bytes:.3f}")
     print(
         f"baseline nibabel load of both files in Python: {nibabel_s * 1000:.0f} ms; "

@@ -32,7 +32,7 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium chromium-driver
   else
-    echo "no chromium: tests/e2e/test_viewer.py will skip (apt-get install -y chromium chromium-driver)"
+    echo "no chromium: tests/e2e/test_viewer_browser.py will skip (apt-get install -y chromium chromium-driver)"
   fi
 fi
 

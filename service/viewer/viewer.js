@@ -1,191 +1,246 @@
-// segserve viewer: worklist, NiiVue multiplanar + 3D view of a job's scan and labels, metrics, review.
-// State for tests and benchmarks: window.segserveViewer and document.body.dataset.state.
-import { Niivue, NVImage, SHOW_RENDER } from "/viewer/static/niivue/index.js";
+// segserve viewer: sign in, worklist, a job's scan with its labels (NiiVue: three planes and 3D), the
+// reference beside the prediction, contrast, structure toggles, crosshair readout, brush corrections saved
+// as label versions, and the review. See views.js for what costs a re-slice.
+import { $, api, apiJson, apiKey, gzip, setApiKey, setState, show, viewer } from "./page.js";
+import { loadMetrics, loadReview, loadVersions, postReview } from "./review.js";
+import {
+  decodeVolume,
+  fileVoxel,
+  labelLut,
+  linkViews,
+  makeView,
+  mirrorView,
+  setDrawColours,
+  setLayout,
+  showVolumes,
+} from "./views.js";
+import { loadWorklist, wireWorklist } from "./worklist.js";
 
-const KEY_STORAGE = "segserve.apiKey";
 const CT_PRESETS = [
   { name: "soft tissue", width: 400, level: 40 },
   { name: "lung", width: 1500, level: -600 },
   { name: "bone", width: 2000, level: 300 },
   { name: "brain", width: 80, level: 40 },
 ];
-const $ = (id) => document.getElementById(id);
 
-const viewer = {
-  state: "signed-out",
-  jobId: null,
-  decodeMs: null, // open -> both volumes fetched and decoded
-  renderMs: null, // open -> first frame drawn with the overlay
-  bytes: 0, // volume bytes decoded for the open job (the .nii.gz files)
-  transferBytes: 0, // bytes that crossed the network for them (0 from the HTTP cache)
-  volumeLoads: 0, // NVImage decodes since the page opened
-  lutUpdates: 0, // label colour table changes (structure toggles)
-  readout: null,
-  error: null,
-  labelVersion: 0,
-  snapshot: () => {
-    // Draw and read in the same task: the drawing buffer is still valid without preserveDrawingBuffer.
-    nv.drawScene();
-    return $("gl").toDataURL("image/png");
-  },
-};
-window.segserveViewer = viewer;
-
-let nv = null;
+let nv = null; // the prediction view
+let nvRef = null; // the reference view, made when the reference is first shown
 let job = null; // GET /v1/jobs/{id}
 let card = null; // GET /v1/models/{id}
-let image = null; // NVImage of the scan
-let labels = null; // NVImage of the labels shown
-let reference = null; // NVImage of the reference, loaded on first use
+let image = null; // NVImage of the scan, shared by both views
+let labels = null; // NVImage of the label version shown
+let reference = null; // NVImage of the reference, fetched when first shown
+let referenceStale = false; // its view missed a re-slice while hidden
 let visible = new Set(); // label values shown
 let overlayOn = true;
 let editing = false;
+let lastPen = 1; // the label pen to go back to from the eraser
+let opening = 0; // the newest openJob call; older ones stop when they see a newer one
 
-function setState(state, error = null) {
-  viewer.state = state;
-  viewer.error = error;
-  document.body.dataset.state = state;
-  $("status-line").textContent = error ? `Error: ${error}` : state;
+// --- opening a job -----------------------------------------------------------------------------------------
+
+// Drops the open job's volumes while the views are hidden: drawing a view that still holds a 256³ volume
+// (its 3D render) stalls the page for seconds in software WebGL, and the next job's decode would wait.
+function closeJob() {
+  opening += 1; // an open still in flight stops at its next step
+  image = labels = reference = null;
+  if (nv) showVolumes(nv, []);
+  if (nvRef) showVolumes(nvRef, []);
+  if (editing) stopEditing(); // after the volumes are gone: it redraws
+  setReferencePane(false);
 }
 
-// --- API ------------------------------------------------------------------------------------------------
-
-function apiKey() {
-  return sessionStorage.getItem(KEY_STORAGE);
-}
-
-async function api(path, options = {}) {
-  const headers = { Authorization: `Bearer ${apiKey()}`, ...(options.headers || {}) };
-  const response = await fetch(path, { ...options, headers });
-  if (!response.ok) {
-    let detail = `${response.status} ${response.statusText}`;
-    try {
-      const problem = await response.json();
-      detail = problem.detail || detail;
-    } catch (_) {
-      /* not a problem document */
-    }
-    const error = new Error(detail);
-    error.status = response.status;
-    throw error;
-  }
-  return response;
-}
-
-const apiJson = async (path, options) => (await api(path, options)).json();
-
-// --- sign in and worklist -------------------------------------------------------------------------------
-
-function show(section) {
-  for (const id of ["sign-in", "worklist", "viewer"]) $(id).hidden = id !== section;
-  $("sign-out").hidden = section === "sign-in";
-}
-
-async function signIn(key) {
-  sessionStorage.setItem(KEY_STORAGE, key);
+async function openJob(jobId) {
+  closeJob();
+  const token = opening;
+  show("viewer");
+  setState("loading");
+  if (!nv) {
+    nv = await makeView("gl");
+    nv.onLocationChange = onLocation;
+  } else nv.resizeListener(); // the canvas had no size while the worklist was shown
+  const started = performance.now();
+  Object.assign(viewer, { jobId, openStart: started, decodeMs: null, renderMs: null, bytes: 0 });
+  Object.assign(viewer, { transferBytes: 0, labelVersion: 0, savedVersion: null, readout: null });
   try {
-    await api("/v1/worklist?limit=1");
+    job = await apiJson(`/v1/jobs/${jobId}`);
+    if (job.status !== "succeeded") throw new Error(`job is ${job.status}; nothing to show yet`);
+    const loaded = await Promise.all([
+      apiJson(`/v1/models/${job.model.id}`),
+      decodeVolume(`/v1/jobs/${jobId}/image`, "image.nii.gz"),
+      decodeVolume(`/v1/jobs/${jobId}/result`, "labels.nii.gz"),
+    ]);
+    if (token !== opening) return;
+    [card, image, labels] = loaded;
+    viewer.decodeMs = performance.now() - started;
+    $("job-title").textContent = `${jobId.slice(0, 12)} · ${card.name || card.id}`;
+    visible = new Set(Object.keys(card.labels).map(Number).filter((v) => v > 0));
+    buildStructureList();
+    buildPens();
+    buildPresets();
+    const ct = card.modality === "CT"; // MR: automatic contrast (2nd-98th percentile)
+    [image.cal_min, image.cal_max] = ct ? windowOf(CT_PRESETS[0]) : [image.robust_min, image.robust_max];
+    setDrawColours(nv, card);
+    showLabels(labels, 0); // the one re-slice of the open
+    nv.drawScene();
+    viewer.renderMs = performance.now() - started;
+    $("reference-wrap").hidden = !job.has_reference;
+    $("show-reference").checked = false;
+    nv.createOnLocationChange(); // fill the readout for the initial crosshair
+    setState("loaded");
+    await Promise.all([loadMetrics(job), loadVersions(job, 0), loadReview(job)]);
   } catch (error) {
-    sessionStorage.removeItem(KEY_STORAGE);
-    $("sign-in-error").textContent = error.message;
-    setState("signed-out", error.message);
-    return;
+    if (token === opening) setState("error", error.message);
   }
-  $("sign-in-error").textContent = "";
-  route();
 }
 
-function cell(text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  return td;
+function showLabels(volume, version) {
+  volume.setColormapLabel(labelLut(card, visible)); // before the re-slice, which bakes it in
+  labels = volume;
+  showVolumes(nv, [image, labels]);
+  viewer.labelVersion = version;
+  $("pred-version").textContent = version ? `(label version ${version})` : "(model)";
+  applyOpacity();
 }
 
-async function loadWorklist() {
-  show("worklist");
-  setState("worklist-loading");
-  const params = new URLSearchParams();
-  if ($("filter-status").value) params.set("status", $("filter-status").value);
-  if ($("filter-review").value) params.set("review", $("filter-review").value);
+async function loadLabelVersion(version) {
+  if (editing) stopEditing();
+  setState("loading");
   try {
-    const list = await apiJson(`/v1/worklist?${params}`);
-    const body = $("jobs").tBodies[0];
-    body.replaceChildren();
-    for (const item of list.items) {
-      const tr = document.createElement("tr");
-      tr.dataset.job = item.id;
-      tr.append(
-        cell(item.id.slice(0, 12)),
-        cell(item.model),
-        cell(item.status),
-        cell(item.created_at.replace("T", " ").slice(0, 19)),
-        cell(item.has_reference ? "yes" : ""),
-        cell(item.review),
-      );
-      tr.addEventListener("click", () => (location.hash = `#job=${item.id}`));
-      body.append(tr);
-    }
-    setState("worklist");
+    const suffix = version ? `?version=${version}` : "";
+    showLabels(await decodeVolume(`/v1/jobs/${job.id}/result${suffix}`, "labels.nii.gz"), version);
+    setState("loaded");
   } catch (error) {
     setState("error", error.message);
   }
 }
 
-// --- label colour table ---------------------------------------------------------------------------------
+// --- the reference beside the prediction -------------------------------------------------------------------
 
-function labelLut() {
-  const values = Object.keys(card.labels).map(Number);
-  const max = Math.max(...values);
-  const lut = { R: [], G: [], B: [], A: [], I: [], labels: [] };
-  for (let v = 0; v <= max; v++) {
-    const [r, g, b] = card.colors[v] || [0, 0, 0];
-    lut.R.push(r);
-    lut.G.push(g);
-    lut.B.push(b);
-    lut.A.push(v > 0 && visible.has(v) ? 255 : 0);
-    lut.I.push(v);
-    lut.labels.push(card.labels[v] || "");
+function setReferencePane(on) {
+  $("ref-pane").hidden = !on;
+  viewer.referenceShown = on;
+  if (nvRef) linkViews(nv, nvRef, on);
+  nv?.resizeListener();
+  if (on) nvRef.resizeListener();
+}
+
+async function showReference(on) {
+  if (!job?.has_reference || !labels) return;
+  $("show-reference").checked = on;
+  if (!on) {
+    setReferencePane(false);
+    return;
   }
-  return lut;
+  const token = opening;
+  if (!nvRef) {
+    $("ref-pane").hidden = false; // a canvas needs its size before NiiVue attaches to it
+    nvRef = await makeView("gl-ref");
+    nvRef.onLocationChange = onReferenceLocation;
+  }
+  setReferencePane(true);
+  if (!reference) {
+    setState("loading-reference");
+    try {
+      const volume = await decodeVolume(`/v1/jobs/${job.id}/reference`, "reference.nii.gz");
+      if (token !== opening) return;
+      reference = volume;
+      referenceStale = true;
+    } catch (error) {
+      setState("error", error.message);
+      return;
+    }
+  }
+  if (referenceStale) {
+    reference.setColormapLabel(labelLut(card, visible));
+    showVolumes(nvRef, [image, reference]);
+    referenceStale = false;
+  }
+  setLayout(nvRef, $("layout").value);
+  applyOpacity();
+  mirrorView(nv, nvRef);
+  setState("loaded");
+}
+
+// After a change baked into the textures (window/level, colour table): re-slice what is on screen, and
+// only mark a hidden reference view.
+function reslice() {
+  nv.updateGLVolume();
+  if (!reference) return;
+  if (viewer.referenceShown) nvRef.updateGLVolume();
+  else referenceStale = true;
+}
+
+// --- contrast, opacity, structures -------------------------------------------------------------------------
+
+const windowOf = (preset) => [preset.level - preset.width / 2, preset.level + preset.width / 2];
+
+function setWindow(low, high) {
+  [image.cal_min, image.cal_max] = [low, high];
+  reslice();
+}
+
+function buildPresets() {
+  $("presets").replaceChildren(
+    ...CT_PRESETS.map((preset, i) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = `${preset.name} W${preset.width}/L${preset.level}`;
+      button.title = String(i + 1);
+      button.addEventListener("click", () => setWindow(...windowOf(preset)));
+      return button;
+    }),
+  );
+}
+
+// The slider is a shader uniform: no re-slice. While drawing, the drawing layer stands in for the labels.
+function applyOpacity() {
+  const opacity = Number($("opacity").value);
+  nv.overlayAlphaShader = overlayOn && !editing ? opacity : 0;
+  nv.setDrawOpacity(opacity);
+  if (nvRef) {
+    nvRef.overlayAlphaShader = overlayOn ? opacity : 0;
+    nvRef.drawScene();
+  }
 }
 
 function applyLut() {
-  // Changing the colour table re-colours the overlay; the volumes are not fetched or decoded again.
-  const lut = labelLut();
-  for (const volume of [labels, reference]) if (volume) volume.setColormapLabel(lut);
-  nv.updateGLVolume();
+  const lut = labelLut(card, visible);
+  labels.setColormapLabel(lut);
+  if (reference) reference.setColormapLabel(lut);
+  reslice();
   viewer.lutUpdates += 1;
 }
 
 function buildStructureList() {
-  const list = $("structures");
-  list.replaceChildren();
-  for (const [value, name] of Object.entries(card.labels)) {
-    if (Number(value) === 0) continue;
-    const li = document.createElement("li");
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.id = `struct-${value}`;
-    box.checked = visible.has(Number(value));
-    box.addEventListener("change", () => {
-      if (box.checked) visible.add(Number(value));
-      else visible.delete(Number(value));
-      applyLut();
-    });
-    const swatch = document.createElement("span");
-    swatch.className = "swatch";
-    swatch.style.background = `rgb(${card.colors[value].join(",")})`;
-    const label = document.createElement("label");
-    label.htmlFor = box.id;
-    label.append(swatch, `${value} ${name}`);
-    li.append(box, label);
-    list.append(li);
-  }
-  const pen = $("pen");
-  pen.replaceChildren();
-  for (const [value, name] of Object.entries(card.labels)) {
-    pen.append(new Option(Number(value) === 0 ? "0 erase (background)" : `${value} ${name}`, value));
-  }
+  $("structures").replaceChildren(
+    ...Object.entries(card.labels)
+      .filter(([value]) => Number(value) > 0)
+      .map(([value, name]) => {
+        const box = document.createElement("input");
+        box.type = "checkbox";
+        box.id = `struct-${value}`;
+        box.checked = visible.has(Number(value));
+        box.addEventListener("change", () => {
+          if (box.checked) visible.add(Number(value));
+          else visible.delete(Number(value));
+          applyLut();
+        });
+        const label = document.createElement("label");
+        label.htmlFor = box.id;
+        label.append(swatch(value), `${value} ${name}`);
+        const li = document.createElement("li");
+        li.append(box, label);
+        return li;
+      }),
+  );
+}
+
+function swatch(value) {
+  const span = document.createElement("span");
+  span.className = "swatch";
+  span.style.background = `rgb(${(card.colors[value] || [0, 0, 0]).join(",")})`;
+  return span;
 }
 
 function setAllVisible(on) {
@@ -194,232 +249,83 @@ function setAllVisible(on) {
   applyLut();
 }
 
-// --- contrast, opacity, overlay source --------------------------------------------------------------------
+// --- crosshair readout -------------------------------------------------------------------------------------
 
-function setWindow(width, level) {
-  image.cal_min = level - width / 2;
-  image.cal_max = level + width / 2;
-  nv.updateGLVolume();
-}
-
-function autoContrast() {
-  image.cal_min = image.robust_min;
-  image.cal_max = image.robust_max;
-  nv.updateGLVolume();
-}
-
-function applyOverlayOpacity() {
-  const opacity = overlayOn && !editing ? Number($("opacity").value) : 0;
-  const source = $("overlay-source").value;
-  labels.opacity = source === "reference" ? 0 : opacity;
-  if (reference) reference.opacity = source === "prediction" ? 0 : opacity;
-  nv.setDrawOpacity(Number($("opacity").value));
-  nv.updateGLVolume();
-}
-
-async function setOverlaySource(source) {
-  $("overlay-source").value = source;
-  if (source !== "prediction" && !reference && job.has_reference) {
-    setState("loading-reference");
-    reference = await decodeVolume(`/v1/jobs/${job.id}/reference`, "reference.nii.gz");
-    reference.setColormapLabel(labelLut());
-    reference.opacity = 0;
-    // Below the prediction: "both" shows the reference where the prediction has nothing.
-    nv.addVolume(reference);
-    nv.setVolume(reference, 1);
-    setState("loaded");
-  }
-  applyOverlayOpacity();
-}
-
-// --- volumes ----------------------------------------------------------------------------------------------
-
-async function decodeVolume(path, name) {
-  const buffer = await (await api(path)).arrayBuffer();
-  viewer.bytes += buffer.byteLength;
-  const timing = performance.getEntriesByName(new URL(path, location.href).href).at(-1);
-  viewer.transferBytes += timing ? timing.transferSize : 0;
-  const volume = await NVImage.loadFromUrl({ url: name, name, buffer });
-  viewer.volumeLoads += 1;
-  return volume;
-}
-
-function ensureNiivue() {
-  if (nv) return;
-  nv = new Niivue({
-    backColor: [0, 0, 0, 1],
-    show3Dcrosshair: true,
-    multiplanarShowRender: SHOW_RENDER.ALWAYS,
-    dragAndDropEnabled: false,
-    isResizeCanvas: true,
-  });
-  nv.attachTo("gl");
-  nv.setSliceType(nv.sliceTypeMultiplanar);
-  nv.onLocationChange = onLocation;
+function structureAt(data, volume) {
+  const at = data.values.find((v) => v.id === volume.id);
+  const value = Math.round(at?.value ?? 0);
+  const name = value > 0 ? card.labels[value] || `label ${value}` : "background";
+  return { name, value, intensity: at?.value };
 }
 
 function onLocation(data) {
   if (!image || !labels) return;
-  const at = (volume) => data.values.find((v) => v.id === volume.id);
-  const intensity = at(image)?.value;
-  const value = Math.round(at(labels)?.value ?? 0);
-  const name = value > 0 ? card.labels[value] || `label ${value}` : "background";
-  viewer.readout = { structure: name, label: value, intensity, voxel: data.vox };
-  const shown = Number.isFinite(intensity) ? Math.round(intensity * 100) / 100 : "";
-  $("readout").textContent = `${name} (${value})  intensity ${shown}  voxel ${data.vox.join(", ")}`;
+  const scan = structureAt(data, image);
+  const predicted = structureAt(data, labels);
+  viewer.readout = {
+    ...viewer.readout,
+    structure: predicted.name,
+    label: predicted.value,
+    intensity: scan.intensity,
+    mm: Array.from(data.mm).slice(0, 3),
+    voxel: fileVoxel(labels, data.mm),
+  };
+  renderReadout();
 }
 
-function clearVolumes() {
-  // removeVolume re-slices what is left after each removal (seconds per 256³ volume in software WebGL);
-  // dropping them all at once costs one update of an empty scene.
-  nv.volumes = [];
-  nv.back = null;
-  nv.overlays = [];
-  nv.updateGLVolume();
+function onReferenceLocation(data) {
+  if (!image || !reference || !viewer.readout) return;
+  const ref = structureAt(data, reference);
+  viewer.readout = { ...viewer.readout, reference: ref.name, referenceLabel: ref.value };
+  renderReadout();
 }
 
-async function openJob(jobId) {
-  show("viewer");
-  ensureNiivue();
-  nv.resizeListener();
-  setState("loading");
-  const started = performance.now();
-  Object.assign(viewer, { jobId, decodeMs: null, renderMs: null, bytes: 0, transferBytes: 0, labelVersion: 0 });
-  if (editing) stopEditing();
-  clearVolumes();
-  image = labels = reference = null;
-  try {
-    job = await apiJson(`/v1/jobs/${jobId}`);
-    if (job.status !== "succeeded") throw new Error(`job is ${job.status}; nothing to show yet`);
-    [card, image, labels] = await Promise.all([
-      apiJson(`/v1/models/${job.model.id}`),
-      decodeVolume(`/v1/jobs/${jobId}/image`, "image.nii.gz"),
-      decodeVolume(`/v1/jobs/${jobId}/result`, "labels.nii.gz"),
-    ]);
-    viewer.decodeMs = performance.now() - started;
-    $("job-title").textContent = `${jobId.slice(0, 12)} · ${card.name || card.id}`;
-    visible = new Set(Object.keys(card.labels).map(Number).filter((v) => v > 0));
-    buildStructureList();
-    buildPresets();
-    if (card.modality === "CT") setWindowValues(CT_PRESETS[0]);
-    else [image.cal_min, image.cal_max] = [image.robust_min, image.robust_max];
-    nv.addVolume(image);
-    labels.setColormapLabel(labelLut()); // before addVolume: one re-slice, and loadVolumes ignores it
-    labels.opacity = Number($("opacity").value);
-    nv.addVolume(labels);
-    $("overlay-source").value = "prediction";
-    $("show-wrap").hidden = !job.has_reference;
-    nv.drawScene();
-    viewer.renderMs = performance.now() - started;
-    nv.createOnLocationChange(); // fill the readout for the initial crosshair
-    setState("loaded");
-    await Promise.all([loadMetrics(), loadVersions(), loadReview()]);
-  } catch (error) {
-    setState("error", error.message);
-  }
+function renderReadout() {
+  const r = viewer.readout;
+  const shown = Number.isFinite(r.intensity) ? Math.round(r.intensity * 100) / 100 : "";
+  let text = `${r.structure} (${r.label})  intensity ${shown}  voxel ${r.voxel?.join(", ")}`;
+  if (viewer.referenceShown && r.reference) text += `\nreference: ${r.reference} (${r.referenceLabel})`;
+  $("readout").textContent = text;
 }
 
-function setWindowValues(preset) {
-  image.cal_min = preset.level - preset.width / 2;
-  image.cal_max = preset.level + preset.width / 2;
+// --- drawing -----------------------------------------------------------------------------------------------
+
+function buildPens() {
+  $("pen").replaceChildren(
+    ...Object.entries(card.labels).map(([value, name]) => {
+      const option = new Option(Number(value) === 0 ? "0 eraser (background)" : `${value} ${name}`, value);
+      if (Number(value) > 0) option.style.color = `rgb(${(card.colors[value] || [255, 255, 255]).join(",")})`;
+      return option;
+    }),
+  );
+  lastPen = Number(Object.keys(card.labels).find((v) => Number(v) > 0) ?? 1);
+  $("pen").value = String(lastPen);
+  updateEraserButton();
 }
 
-function buildPresets() {
-  const box = $("presets");
-  box.replaceChildren();
-  CT_PRESETS.forEach((preset, i) => {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.textContent = `${preset.name} W${preset.width}/L${preset.level}`;
-    button.title = String(i + 1);
-    button.addEventListener("click", () => setWindow(preset.width, preset.level));
-    box.append(button);
-  });
+function setPen(value) {
+  $("pen").value = String(value);
+  if (value > 0) lastPen = value;
+  // Pen 0 erases to background (-0 would erase a whole cluster in NiiVue: not offered).
+  if (editing) nv.setPenValue(value, false);
+  updateEraserButton();
 }
 
-async function loadLabelVersion(version) {
-  setState("loading");
-  const suffix = version ? `?version=${version}` : "";
-  const next = await decodeVolume(`/v1/jobs/${job.id}/result${suffix}`, "labels.nii.gz");
-  next.setColormapLabel(labelLut());
-  next.opacity = labels.opacity;
-  nv.removeVolume(labels);
-  labels = next;
-  nv.addVolume(labels);
-  viewer.labelVersion = version;
-  setState("loaded");
+function updateEraserButton() {
+  $("eraser").classList.toggle("active", Number($("pen").value) === 0);
 }
-
-// --- metrics, versions, review ---------------------------------------------------------------------------
-
-const fmt = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
-
-async function loadMetrics() {
-  $("metrics-box").hidden = !job.has_reference;
-  if (!job.has_reference) return;
-  const metrics = await apiJson(`/v1/jobs/${job.id}/metrics`);
-  const body = $("metrics").tBodies[0];
-  body.replaceChildren();
-  for (const row of metrics.structures) {
-    const tr = document.createElement("tr");
-    tr.append(cell(`${row.label} ${row.name}`), cell(fmt(row.dice, 3)), cell(fmt(row.hd95_mm, 1)));
-    body.append(tr);
-  }
-  const tr = document.createElement("tr");
-  tr.append(cell("mean"), cell(fmt(metrics.mean?.dice, 3)), cell(fmt(metrics.mean?.hd95_mm, 1)));
-  body.append(tr);
-}
-
-async function loadVersions(select = null) {
-  const versions = await apiJson(`/v1/jobs/${job.id}/labels/versions`);
-  const box = $("version");
-  box.replaceChildren();
-  for (const item of versions.items) {
-    const text = item.version === 0 ? "0 (model)" : `${item.version} by ${item.key_id}`;
-    box.append(new Option(text, item.version));
-  }
-  box.value = String(select ?? viewer.labelVersion);
-}
-
-async function loadReview() {
-  const review = await apiJson(`/v1/jobs/${job.id}/review`);
-  const latest = review.latest;
-  $("review-state").textContent = latest
-    ? `${latest.decision} by ${latest.key_id} at ${latest.created_at.slice(0, 19)}: ${latest.comment}`
-    : "not reviewed";
-  viewer.review = review.state;
-}
-
-async function postReview(decision) {
-  try {
-    await apiJson(`/v1/jobs/${job.id}/review`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
-        decision,
-        comment: $("review-comment").value,
-        label_version: viewer.labelVersion,
-      }),
-    });
-    await loadReview();
-  } catch (error) {
-    $("review-state").textContent = `Error: ${error.message}`;
-  }
-}
-
-// --- drawing ---------------------------------------------------------------------------------------------
 
 function startEditing() {
+  if (!labels || editing) return;
   editing = true;
-  const lut = labelLut();
-  lut.A = lut.A.map((_, v) => (v > 0 ? 255 : 0));
-  nv.setDrawColormap(lut);
-  nv.loadDrawing(labels); // the drawing starts as the current labels; pen 0 erases to background
+  nv.loadDrawing(labels); // the drawing starts as the labels shown, in the card's colours (setDrawColours)
+  nv.opts.penSize = Number($("pen-size").value);
   nv.setDrawingEnabled(true);
   nv.setPenValue(Number($("pen").value), false);
   $("edit").textContent = "Stop drawing";
   $("undo").disabled = $("save-labels").disabled = false;
-  applyOverlayOpacity();
+  applyOpacity();
+  viewer.editing = true;
 }
 
 function stopEditing() {
@@ -428,27 +334,28 @@ function stopEditing() {
   nv.closeDrawing();
   $("edit").textContent = "Draw";
   $("undo").disabled = $("save-labels").disabled = true;
-  if (labels) applyOverlayOpacity();
-}
-
-async function gzip(bytes) {
-  const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+  if (labels) applyOpacity();
+  viewer.editing = false;
 }
 
 async function saveLabels() {
   setState("saving");
   try {
-    const nifti = await labels.saveToDisk("", nv.drawBitmap); // drawing back in the file's voxel order
-    const saved = await apiJson(`/v1/jobs/${job.id}/labels`, {
+    const nifti = await labels.saveToDisk("", nv.drawBitmap); // the drawing in the file's own voxel order
+    const comment = encodeURIComponent($("version-comment").value);
+    const saved = await apiJson(`/v1/jobs/${job.id}/labels?comment=${comment}`, {
       method: "POST",
       headers: { "Content-Type": "application/gzip" },
       body: await gzip(nifti),
     });
+    // Show what the server stored (one small label volume), not the local drawing.
+    const stored = await decodeVolume(`/v1/jobs/${job.id}/result?version=${saved.version}`, "labels.nii.gz");
     stopEditing();
-    await loadLabelVersion(saved.version);
-    await loadVersions(saved.version);
+    showLabels(stored, saved.version);
+    await loadVersions(job, saved.version);
+    $("version-comment").value = "";
     viewer.savedVersion = saved.version;
+    setState("loaded");
   } catch (error) {
     setState("error", error.message);
   }
@@ -456,24 +363,45 @@ async function saveLabels() {
 
 // --- keyboard ----------------------------------------------------------------------------------------------
 
+function changeLayout(layout) {
+  $("layout").value = layout;
+  setLayout(nv, layout);
+  if (viewer.referenceShown) {
+    setLayout(nvRef, layout);
+    mirrorView(nv, nvRef);
+  }
+}
+
+function moveSlice(dx, dy, dz) {
+  nv.moveCrosshairInVox(dx, dy, dz);
+  if (viewer.referenceShown) mirrorView(nv, nvRef);
+}
+
+// Fields where keys mean something else; a checkbox (structure toggles) does not take arrow keys, so the
+// slices still scroll right after a structure was switched.
+const TYPING = "textarea, select, input:not([type=checkbox])";
+
+// Listens in the capture phase and stops the keys it uses, so that a focused NiiVue canvas does not act on
+// the same key a second time.
 function onKey(event) {
-  if ($("viewer").hidden || !labels || event.target.closest("input, textarea, select")) return;
+  if ($("viewer").hidden || !labels || event.target.closest?.(TYPING)) return;
   const k = event.key;
   const moves = { ArrowUp: [0, 0, 1], PageUp: [0, 0, 1], ArrowDown: [0, 0, -1], PageDown: [0, 0, -1] };
   Object.assign(moves, { ArrowRight: [1, 0, 0], ArrowLeft: [-1, 0, 0] });
-  if (moves[k]) nv.moveCrosshairInVox(...moves[k]);
-  else if (k >= "1" && k <= "4") setWindow(CT_PRESETS[k - 1].width, CT_PRESETS[k - 1].level);
-  else if (k === "a") autoContrast();
-  else if (k === "o") (overlayOn = !overlayOn), applyOverlayOpacity();
-  else if (k === "r" && job.has_reference) {
-    const order = ["prediction", "reference", "both"];
-    setOverlaySource(order[(order.indexOf($("overlay-source").value) + 1) % 3]);
-  } else if (k === "v") {
-    nv.setSliceType(nv.opts.sliceType === nv.sliceTypeAxial ? nv.sliceTypeMultiplanar : nv.sliceTypeAxial);
-  } else if (k === "d") (editing ? stopEditing : startEditing)();
-  else if (k === "z" && (event.ctrlKey || event.metaKey) && editing) nv.drawUndo();
+  if (event.ctrlKey || event.metaKey) {
+    if (k !== "z" || !editing) return;
+    nv.drawUndo();
+  } else if (moves[k]) moveSlice(...moves[k]);
+  else if (k >= "1" && k <= "4") setWindow(...windowOf(CT_PRESETS[k - 1]));
+  else if (k === "a") setWindow(image.robust_min, image.robust_max);
+  else if (k === "o") (overlayOn = !overlayOn), applyOpacity();
+  else if (k === "r") showReference(!viewer.referenceShown);
+  else if (k === "v") changeLayout($("layout").value === "multiplanar" ? "axial" : "multiplanar");
+  else if (k === "d") (editing ? stopEditing : startEditing)();
+  else if (k === "e") setPen(Number($("pen").value) === 0 ? lastPen : 0);
   else return;
   event.preventDefault();
+  event.stopPropagation();
 }
 
 // --- wiring ------------------------------------------------------------------------------------------------
@@ -486,37 +414,75 @@ function route() {
   }
   const match = location.hash.match(/^#job=([0-9a-f]+)$/);
   if (match) openJob(match[1]);
-  else loadWorklist();
+  else {
+    closeJob();
+    loadWorklist();
+  }
+}
+
+async function signIn(key) {
+  setApiKey(key);
+  try {
+    await api("/v1/worklist?limit=1");
+  } catch (error) {
+    setApiKey(null);
+    $("sign-in-error").textContent = error.message;
+    setState("signed-out", error.message);
+    return;
+  }
+  $("sign-in-error").textContent = "";
+  route();
+}
+
+function on(id, type, handler) {
+  $(id).addEventListener(type, handler);
 }
 
 function wire() {
-  $("sign-in-form").addEventListener("submit", (event) => {
+  performance.setResourceTimingBufferSize(2000); // byte counts per request, for the benchmark
+  on("sign-in-form", "submit", (event) => {
     event.preventDefault();
     signIn($("api-key").value.trim());
   });
-  $("sign-out").addEventListener("click", () => {
-    sessionStorage.removeItem(KEY_STORAGE);
+  on("sign-out", "click", () => {
+    setApiKey(null);
     location.hash = "";
     route();
   });
-  $("filter-status").addEventListener("change", loadWorklist);
-  $("filter-review").addEventListener("change", loadWorklist);
-  $("refresh").addEventListener("click", loadWorklist);
-  $("back").addEventListener("click", () => (location.hash = ""));
-  $("auto-contrast").addEventListener("click", autoContrast);
-  $("opacity").addEventListener("input", applyOverlayOpacity);
-  $("overlay-source").addEventListener("change", (e) => setOverlaySource(e.target.value));
-  $("all-on").addEventListener("click", () => setAllVisible(true));
-  $("all-off").addEventListener("click", () => setAllVisible(false));
-  $("version").addEventListener("change", (e) => loadLabelVersion(Number(e.target.value)));
-  $("edit").addEventListener("click", () => (editing ? stopEditing : startEditing)());
-  $("pen").addEventListener("change", (e) => editing && nv.setPenValue(Number(e.target.value), false));
-  $("undo").addEventListener("click", () => nv.drawUndo());
-  $("save-labels").addEventListener("click", saveLabels);
-  $("accept").addEventListener("click", () => postReview("accepted"));
-  $("reject").addEventListener("click", () => postReview("rejected"));
-  document.addEventListener("keydown", onKey);
+  wireWorklist();
+  on("back", "click", () => (location.hash = ""));
+  on("auto-contrast", "click", () => setWindow(image.robust_min, image.robust_max));
+  on("layout", "change", (e) => changeLayout(e.target.value));
+  on("opacity", "input", applyOpacity);
+  on("show-reference", "change", (e) => showReference(e.target.checked));
+  on("all-on", "click", () => setAllVisible(true));
+  on("all-off", "click", () => setAllVisible(false));
+  on("version", "change", (e) => loadLabelVersion(Number(e.target.value)));
+  on("edit", "click", () => (editing ? stopEditing : startEditing)());
+  on("pen", "change", (e) => setPen(Number(e.target.value)));
+  on("pen-size", "change", (e) => (nv.opts.penSize = Number(e.target.value)));
+  on("eraser", "click", () => setPen(Number($("pen").value) === 0 ? lastPen : 0));
+  on("undo", "click", () => nv.drawUndo());
+  on("save-labels", "click", saveLabels);
+  on("accept", "click", () => postReview(job, "accepted"));
+  on("reject", "click", () => postReview(job, "rejected"));
+  document.addEventListener("keydown", onKey, true);
   window.addEventListener("hashchange", route);
+  // For tests and benchmarks: the pixels of a view, its crosshair, and the requests since the job opened.
+  viewer.snapshot = (which = "prediction") => {
+    const view = which === "reference" ? nvRef : nv;
+    view.drawScene(); // draw and read in one task: the buffer is valid without preserveDrawingBuffer
+    return view.canvas.toDataURL("image/png");
+  };
+  viewer.crosshairMM = () => ({
+    prediction: Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3),
+    reference: nvRef ? Array.from(nvRef.frac2mm(nvRef.scene.crosshairPos)).slice(0, 3) : null,
+  });
+  viewer.requestsSinceOpen = () =>
+    performance
+      .getEntriesByType("resource")
+      .filter((e) => e.startTime >= viewer.openStart)
+      .map((e) => ({ url: new URL(e.name).pathname + new URL(e.name).search, transferSize: e.transferSize }));
   route();
 }
 

@@ -30,4 +30,6 @@ def start_chromium(profile: Path) -> Any:
     options.binary_location = str(CHROMIUM)
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    # The console (CSP violations, script errors) is read back with driver.get_log("browser").
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))

@@ -1,8 +1,12 @@
-"""The review viewer: its page and static files under /viewer, the scan and reference volumes it displays
-(`GET /v1/jobs/{id}/image`, `/reference`) and its worklist (`GET /v1/worklist`).
+"""The review viewer: its page and static files under /viewer, and the scan and reference volumes it
+displays (`GET /v1/jobs/{id}/image`, `/reference`). The worklist is in `worklist.py`.
 
-Volumes go out as stored (.nii.gz, gzip inside the file, no Content-Encoding) with a weak-free ETag from
+Volumes go out as stored (.nii.gz, gzip inside the file, no Content-Encoding) with a strong ETag from
 size and mtime and `Cache-Control: private`, so a reopened job costs one 304 per volume.
+
+The page and its scripts carry a strict Content-Security-Policy: scripts only from this origin (no inline
+script, no eval), connections only to this origin, no framing. NiiVue needs `data:` images (its font
+atlas and matcap are built in as data URLs) and nothing else beyond 'self'.
 """
 
 from __future__ import annotations
@@ -10,16 +14,13 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from segserve.config import Settings
-from segserve.db import Job, JobStatus, Review
+from segserve.db import Job
 from segserve.imaging.detect import detect_format
 from segserve.imaging.errors import ImageError
 from segserve.imaging.readers import read_image, read_labels
@@ -29,13 +30,40 @@ from service.api.deps import CanReadJobs, SessionDep, SettingsDep
 from service.api.lookup import job_or_404
 from service.files import volume_response
 from service.problems import Problem
+from service.static_files import static_response
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "viewer"
 REPO_DIR = Path(__file__).resolve().parents[3]
 NIIVUE_DIST = REPO_DIR / "node_modules" / "@niivue" / "niivue" / "dist"
-_STATIC_FILES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
+_STATIC_FILES = {
+    "viewer.js": "text/javascript",
+    "page.js": "text/javascript",
+    "views.js": "text/javascript",
+    "worklist.js": "text/javascript",
+    "review.js": "text/javascript",
+    "viewer.css": "text/css",
+}
 
-ReviewState = Literal["unreviewed", "accepted", "rejected"]
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+# On the page and on every file it loads: nosniff makes the browser refuse a script served under another
+# type, and no-referrer keeps job ids in URLs (#job=...) out of any request's Referer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 page_router = APIRouter(tags=["viewer"], include_in_schema=False)
 router = APIRouter(prefix="/v1", tags=["viewer"])
@@ -44,32 +72,29 @@ router = APIRouter(prefix="/v1", tags=["viewer"])
 # --- the page and its static files (no key needed: the page asks for one) ---------------------------------
 
 
-@page_router.get("/viewer")
-def viewer_page() -> FileResponse:
-    return FileResponse(
-        STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"}
-    )
+@page_router.get("/viewer", response_class=Response)
+def viewer_page(request: Request) -> Response:
+    headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}
+    return static_response(request, STATIC_DIR / "index.html", "text/html; charset=utf-8", headers)
 
 
-@page_router.get("/viewer/static/{name}")
-def viewer_static(name: str) -> FileResponse:
+@page_router.get("/viewer/static/{name}", response_class=Response)
+def viewer_static(name: str, request: Request) -> Response:
     if name not in _STATIC_FILES:
         raise Problem(404, f"no viewer file '{name}'", code="not_found")
-    return FileResponse(
-        STATIC_DIR / name, media_type=_STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
-    )
+    headers = {"Cache-Control": "no-cache", **SECURITY_HEADERS}  # revalidated: a 304 after an upgrade
+    return static_response(request, STATIC_DIR / name, _STATIC_FILES[name], headers)
 
 
-@page_router.get("/viewer/static/niivue/index.js")
-def niivue_module() -> FileResponse:
+@page_router.get("/viewer/static/niivue/index.js", response_class=Response)
+def niivue_module(request: Request) -> Response:
     path = NIIVUE_DIST / "index.js"
     if not path.exists():
         raise Problem(
             503, "NiiVue is not installed: run 'npm ci' in the repository root", code="viewer_not_installed"
         )
-    return FileResponse(
-        path, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
-    )
+    headers = {"Cache-Control": "public, max-age=86400", **SECURITY_HEADERS}
+    return static_response(request, path, "text/javascript", headers)
 
 
 # --- volumes ------------------------------------------------------------------------------------------------
@@ -153,58 +178,3 @@ async def get_reference(
             404, f"the reference cannot be read from storage: {exc}", code="reference_missing"
         ) from None
     return volume_response(request, path, f"{job.id}_reference.nii.gz")
-
-
-# --- worklist -----------------------------------------------------------------------------------------------
-
-
-class WorklistItem(BaseModel):
-    """What the worklist shows: no patient data, only job facts and the review state."""
-
-    id: str
-    model: str
-    status: str
-    created_at: str
-    has_reference: bool
-    review: ReviewState
-
-
-class Worklist(BaseModel):
-    items: list[WorklistItem]
-    total: int
-
-
-@router.get("/worklist", response_model=Worklist, summary="Jobs with their review state, newest first")
-def worklist(
-    session: SessionDep,
-    _key: CanReadJobs,
-    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
-    review: Annotated[ReviewState | None, Query(description="Only jobs in this review state")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 200,
-) -> Worklist:
-    query = select(Job).where(Job.evaluation_id.is_(None))
-    if status is not None:
-        query = query.where(Job.status == status.value)
-    jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit)).all()
-    latest: dict[str, str] = {}
-    if jobs:
-        rows = session.execute(
-            select(Review.job_id, Review.decision)
-            .where(Review.job_id.in_([j.id for j in jobs]))
-            .order_by(Review.created_at)
-        ).all()
-        latest = {job_id: decision for job_id, decision in rows}  # newest wins
-    items = [
-        WorklistItem(
-            id=j.id,
-            model=j.model_id,
-            status=j.status,
-            created_at=j.created_at.isoformat(),
-            has_reference=j.has_reference,
-            review=latest.get(j.id, "unreviewed"),  # type: ignore[arg-type]
-        )
-        for j in jobs
-    ]
-    if review is not None:
-        items = [i for i in items if i.review == review]
-    return Worklist(items=items, total=len(items))
