@@ -64,7 +64,8 @@ class ModelCard:
         input: orientation ("LIA"), spacing_mm, shape, intensity_normalisation, expects (e.g.
             "skull-stripped T1-weighted MRI").
         params: loader / pre-processing parameters: weights_format, model_json (relative path),
-            normalisation ("minmax" or "quantile:LO,HI"), axis_order, crop_margin_voxels.
+            normalisation ("minmax", "quantile:LO,HI" or "scale:Q,V"; see :mod:`models.preprocess`),
+            clip_intensities, axis_order, crop_margin_voxels.
     """
 
     id: str

@@ -51,8 +51,9 @@ class Predictor:
         self.device = torch.device(device)
         params = card.params
         self.normalisation = str(params.get("normalisation", "minmax"))
-        parse_normalisation(self.normalisation)
-        self.clip = bool(params.get("clip_intensities", self.normalisation != "minmax"))
+        kind, _, _ = parse_normalisation(self.normalisation)
+        # Only quantile windows clip by default: "scale" keeps tissue brighter than its anchor above 1.
+        self.clip = bool(params.get("clip_intensities", kind == "quantile"))
         order = params.get("axis_order", [0, 1, 2])
         self.axis_order = tuple(int(a) for a in order) if isinstance(order, list | tuple) else (0, 1, 2)
         if sorted(self.axis_order) != [0, 1, 2]:

@@ -112,13 +112,17 @@ def test_trailing_singleton_axis_is_dropped_and_4d_refused() -> None:
     [
         ("minmax", ("minmax", 0.0, 1.0)),
         ("quantile:0.05,0.95", ("quantile", 0.05, 0.95)),
+        ("scale:0.95,1.15", ("scale", 0.95, 1.15)),
     ],
 )
 def test_parse_normalisation(spec: str, expected: tuple[str, float, float]) -> None:
     assert parse_normalisation(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["zscore", "quantile:0.9,0.1", "quantile:a,b", "quantile:0.1"])
+@pytest.mark.parametrize(
+    "spec",
+    ["zscore", "quantile:0.9,0.1", "quantile:a,b", "quantile:0.1", "scale:0,1", "scale:0.95,-1", "scale:1"],
+)
 def test_parse_normalisation_rejects(spec: str) -> None:
     with pytest.raises(ValueError, match=spec.split(":")[0]):
         parse_normalisation(spec)
@@ -133,6 +137,19 @@ def test_quantile_range_ignores_background() -> None:
     assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
     assert intensity_range(array, "minmax") == (0.0, 100.0)
     assert not normalise(array, 5.0, 5.0, clip=False).any()
+
+
+def test_scale_only_multiplies_and_anchors_on_the_non_zero_quantile() -> None:
+    """Under "scale:Q,V" 0 stays 0, the non-zero Q quantile becomes V and brighter voxels exceed 1."""
+    array = np.zeros((10, 10, 10), np.float32)
+    array[:5, :5, :4] = np.arange(100, dtype=np.float32).reshape(5, 5, 4) + 1
+    low, high = intensity_range(array, "scale:0.95,1.15")
+    anchor = float(np.quantile(np.arange(1, 101), 0.95))
+    assert low == 0.0 and high == pytest.approx(anchor / 1.15)
+    scaled = normalise(array, low, high, clip=False)
+    assert scaled[array == 0].max() == 0.0
+    assert scaled.max() == pytest.approx(100 / anchor * 1.15, rel=1e-6) and scaled.max() > 1.0
+    assert intensity_range(np.zeros((4, 4, 4), np.float32), "scale:0.95,1.15") == (0.0, 0.0)
 
 
 def test_foreground_box_margin_and_clamp() -> None:

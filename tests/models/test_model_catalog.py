@@ -36,6 +36,25 @@ def test_builtin_structures_card() -> None:
         assert len(weight.sha256) == 64 and weight.size_bytes > 0
 
 
+def test_builtin_parcellation_card() -> None:
+    """brainchop's model30chan50cls: colormap.json's names and colours, two names made precise."""
+    card = Catalog(Path("/nonexistent")).card("brain-mri-parcellation")
+    assert card.num_classes == 50 and card.task == "anatomy" and card.architecture == "meshnet"
+    assert card.labels[1] == "Cerebral-White-Matter" and card.labels[15] == "Corpus callosum"
+    assert card.labels[4] == "Cerebellum-Cortex" and card.labels[5] == "Thalamus"  # colormap: "Cerebellum",
+    assert card.labels[16] == "ctx-bankssts" and card.labels[49] == "ctx-insula"  # "Thalamus-Proper*"
+    assert card.colors[1] == (245, 245, 245) and card.colors[49] == (255, 192, 32)
+    # Anchored on tissue, not clipped (see models/preprocess.py and the card's description).
+    assert card.params["normalisation"] == "scale:0.95,1.15" and card.params["clip_intensities"] is False
+    assert card.params["axis_order"] == [0, 1, 2]
+    for weight in card.files:
+        assert weight.source_url.startswith(
+            "https://github.com/neuroneural/brainchop/raw/67396d2651e0bd94c9dc877405cb0e2b0364d8c1/"
+            "public/models/model30chan50cls/"
+        )
+        assert len(weight.sha256) == 64 and weight.size_bytes > 0
+
+
 def test_every_card_is_consistent() -> None:
     for card in builtin_cards():
         assert set(card.labels) == set(card.colors) == set(range(card.num_classes)), card.id
