@@ -5,15 +5,16 @@ Torch-free (the catalog imports it). A bundle is untrusted input, so its configs
 reads the few values the service needs out of the JSON and resolves plain ``@key`` references itself:
 
     configs/metadata.json   name, version, description, task, network_data_format:
-                            inputs.image (modality, num_channels, spatial_shape),
-                            outputs.pred (num_channels, channel_def -> labels)
+                            inputs.image (modality, num_channels, channel_def -> input channel
+                            names, spatial_shape), outputs.pred (num_channels, channel_def -> labels;
+                            see models.bundle_channels)
     configs/inference.json  network_def (``_target_`` a class name in monai.networks.nets + JSON kwargs),
                             preprocessing.transforms: Orientationd.axcodes, Spacingd.pixdim,
                             ScaleIntensityRanged (a_min, a_max, b_min, b_max, clip),
-                            NormalizeIntensityd (nonzero), ScaleIntensityd (minv, maxv),
+                            NormalizeIntensityd (nonzero, channel_wise), ScaleIntensityd (minv, maxv),
                             inferer SlidingWindowInferer (roi_size, sw_batch_size, overlap, mode,
                             sigma_scale), postprocessing: KeepLargestConnectedComponentd (applied_labels),
-                            Activationsd (sigmoid=True is refused: multi-label outputs are not supported)
+                            Activationsd (softmax, or sigmoid: multi-label regions, models.regions)
     models/model.pt         a state dict, or {"model": state_dict} / {"state_dict": ...}
     models/model.ts         TorchScript (used only when there is no model.pt)
 
@@ -28,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.bundle_channels import BundleError, input_channels, output_labels
+
+__all__ = ["BundleError", "BundleSpec", "Intensity", "is_bundle_dir", "read_bundle"]
+
 METADATA = "configs/metadata.json"
 INFERENCE = "configs/inference.json"
 WEIGHTS_PT = "models/model.pt"
@@ -38,17 +43,14 @@ _ALLOWED_PRIVATE_KEYS = {"_target_", "_desc_"}
 _MAX_CONFIG_BYTES = 4 << 20
 
 
-class BundleError(ValueError):
-    """A bundle directory cannot be used; the message names the file, the key and the bad value."""
-
-
 @dataclass(frozen=True)
 class Intensity:
     """Intensity pre-processing, applied after resampling.
 
     kind "range": ``(x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min``, clipped to [b_min, b_max]
     when ``clip`` (CT windowing, Hounsfield units in). kind "zscore": ``(x - mean) / std`` over the
-    non-zero voxels (``nonzero``) or all voxels. kind "minmax": the volume's min..max to ``b_min..b_max``.
+    non-zero voxels (``nonzero``) or all voxels, per input channel when ``channel_wise``, else over all
+    channels together. kind "minmax": the volume's min..max to ``b_min..b_max``.
     """
 
     kind: str
@@ -58,6 +60,7 @@ class Intensity:
     b_max: float = 1.0
     clip: bool = False
     nonzero: bool = False
+    channel_wise: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,10 @@ class BundleSpec:
 
     Attributes:
         directory: the bundle's root directory.
-        labels: output channel -> structure name (channel 0 is background).
+        labels: label value -> structure name (0 is background); see ``activation``.
+        input_channels: form names of the input channels in the network's order (("image",) for one).
+        activation: "softmax" (channels are classes, labels by argmax) or "sigmoid" (channel c is a
+            region of its own, label value c + 1; overlaps resolved by models.regions).
         network_target: class name in ``monai.networks.nets`` (e.g. "UNet"); "" for a TorchScript model.
         network_kwargs: JSON keyword arguments of that class.
         weights: relative path of the weight file ("models/model.pt" or "models/model.ts").
@@ -85,7 +91,7 @@ class BundleSpec:
     task: str
     modality: str
     labels: dict[int, str]
-    in_channels: int
+    input_channels: tuple[str, ...]
     network_target: str
     network_kwargs: dict[str, Any]
     weights: str
@@ -98,10 +104,21 @@ class BundleSpec:
     blend: str = "gaussian"
     sigma_scale: float = 0.125
     largest_component: tuple[int, ...] = field(default_factory=tuple)
+    activation: str = "softmax"
 
     @property
     def num_classes(self) -> int:
+        """Label values of the output label map, background included."""
         return max(self.labels) + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.input_channels)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the network returns: the classes (softmax), or the regions without background."""
+        return self.num_classes - 1 if self.activation == "sigmoid" else self.num_classes
 
 
 def is_bundle_dir(path: Path) -> bool:
@@ -206,19 +223,36 @@ def _has_target(value: Any) -> bool:
     return False
 
 
-def _transforms(section: Any) -> list[dict[str, Any]]:
-    """The transform dicts of a Compose-like section (``{"transforms": [...]}`` or a list)."""
+def _transforms(resolver: _Resolver, section: Any, where: str) -> list[dict[str, Any]]:
+    """The transform dicts of a Compose-like section (``{"transforms": [...]}`` or a list), unresolved.
+
+    Only the transforms the service reads are resolved (by :func:`_find`): the others may hold ``$``
+    expressions (Zoo bundles' SaveImaged output_dir, BraTS's Lambdad), which are ignored, never run.
+    """
+    if isinstance(section, str):
+        section = resolver.resolve(section, where)
     if isinstance(section, dict):
         section = section.get("transforms", [])
-    return [t for t in section if isinstance(t, dict)] if isinstance(section, list) else []
+    if isinstance(section, str):
+        section = resolver.resolve(section, f"{where}.transforms")
+    items = section if isinstance(section, list) else []
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, str) and item.strip().startswith("@"):
+            item = resolver.resolve(item, f"{where}[{index}]")
+        if isinstance(item, dict):
+            out.append(item)
+    return out
 
 
 def _short(target: Any) -> str:
     return str(target).rsplit(".", 1)[-1] if isinstance(target, str) else ""
 
 
-def _find(transforms: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return next((t for t in transforms if _short(t.get("_target_")) == name), None)
+def _find(transforms: list[dict[str, Any]], name: str, resolver: _Resolver) -> dict[str, Any] | None:
+    """The first transform named ``name`` (e.g. "Spacingd"), its @references resolved; None if absent."""
+    found = next((t for t in transforms if _short(t.get("_target_")) == name), None)
+    return resolver.resolve(found, name) if found is not None else None
 
 
 def _floats(value: Any, n: int, where: str) -> tuple[float, ...]:
@@ -240,8 +274,10 @@ def _number(spec: dict[str, Any], key: str, default: float, where: str) -> float
     return float(value)
 
 
-def _intensity(transforms: list[dict[str, Any]], where: str) -> Intensity | None:
-    t = _find(transforms, "ScaleIntensityRanged") or _find(transforms, "ScaleIntensityRange")
+def _intensity(transforms: list[dict[str, Any]], resolver: _Resolver, where: str) -> Intensity | None:
+    t = _find(transforms, "ScaleIntensityRanged", resolver) or _find(
+        transforms, "ScaleIntensityRange", resolver
+    )
     if t is not None:
         for key in ("a_min", "a_max"):
             if key not in t:
@@ -257,31 +293,13 @@ def _intensity(transforms: list[dict[str, Any]], where: str) -> Intensity | None
         if spec.a_max == spec.a_min:
             raise BundleError(f"{where} ScaleIntensityRanged has a_min == a_max == {spec.a_min}")
         return spec
-    if (t := _find(transforms, "NormalizeIntensityd")) is not None:
-        return Intensity("zscore", nonzero=bool(t.get("nonzero", False)))
-    if (t := _find(transforms, "ScaleIntensityd")) is not None:
+    if (t := _find(transforms, "NormalizeIntensityd", resolver)) is not None:
+        return Intensity(
+            "zscore", nonzero=bool(t.get("nonzero", False)), channel_wise=bool(t.get("channel_wise", False))
+        )
+    if (t := _find(transforms, "ScaleIntensityd", resolver)) is not None:
         return Intensity("minmax", b_min=_number(t, "minv", 0.0, where), b_max=_number(t, "maxv", 1.0, where))
     return None
-
-
-def _channel_labels(pred: dict[str, Any], where: str) -> dict[int, str]:
-    channel_def = pred.get("channel_def")
-    count = pred.get("num_channels")
-    if isinstance(channel_def, dict) and channel_def:
-        try:
-            labels = {int(k): str(v) for k, v in channel_def.items()}
-        except ValueError:
-            keys = list(channel_def)
-            raise BundleError(f"{where}: channel_def keys must be integers, got {keys}") from None
-    elif isinstance(count, int) and count >= 2:
-        labels = {0: "background", **{c: f"class-{c}" for c in range(1, count)}}
-    else:
-        raise BundleError(f"{where}: outputs.pred needs channel_def or num_channels >= 2, got {pred!r}")
-    if sorted(labels) != list(range(len(labels))):
-        raise BundleError(f"{where}: output channels must be 0..N-1, got {sorted(labels)}")
-    if isinstance(count, int) and count != len(labels):
-        raise BundleError(f"{where}: num_channels is {count} but channel_def names {len(labels)} channels")
-    return labels
 
 
 def read_bundle(directory: Path) -> BundleSpec:
@@ -304,7 +322,6 @@ def read_bundle(directory: Path) -> BundleSpec:
     pred = outputs.get("pred", next(iter(outputs.values()), {})) if isinstance(outputs, dict) else {}
     if not isinstance(image, dict) or not isinstance(pred, dict):
         raise BundleError(f"{meta_where}: network_data_format inputs/outputs must be objects")
-    labels = _channel_labels(pred, meta_where)
 
     if (directory / WEIGHTS_PT).is_file():
         weights = WEIGHTS_PT
@@ -321,12 +338,12 @@ def read_bundle(directory: Path) -> BundleSpec:
     elif weights == WEIGHTS_PT:
         raise BundleError(f"bundle {directory}: {WEIGHTS_PT} needs a network_def in {INFERENCE}")
 
-    pre = _transforms(resolver.resolve(inference.get("preprocessing", {}), "preprocessing"))
-    orientation = _find(pre, "Orientationd")
+    pre = _transforms(resolver, inference.get("preprocessing", {}), "preprocessing")
+    orientation = _find(pre, "Orientationd", resolver)
     axcodes = orientation.get("axcodes") if orientation is not None else None
     if axcodes is not None and not _valid_axcodes(axcodes):
         raise BundleError(f"{where}: Orientationd.axcodes must be like 'RAS', got {axcodes!r}")
-    spacing = _find(pre, "Spacingd")
+    spacing = _find(pre, "Spacingd", resolver)
     pixdim = _floats(spacing.get("pixdim"), 3, f"{where} Spacingd.pixdim") if spacing is not None else None
 
     inferer = resolver.resolve(inference.get("inferer", {}), "inferer")
@@ -345,12 +362,12 @@ def read_bundle(directory: Path) -> BundleSpec:
     if blend not in ("gaussian", "constant"):
         raise BundleError(f"{where}: inferer.mode must be 'gaussian' or 'constant', got {blend!r}")
 
-    post = _transforms(resolver.resolve(inference.get("postprocessing", {}), "postprocessing"))
-    activation = _find(post, "Activationsd")
-    if activation is not None and activation.get("sigmoid"):
-        raise BundleError(f"{where}: sigmoid (multi-label) outputs are not supported, got {activation!r}")
+    post = _transforms(resolver, inference.get("postprocessing", {}), "postprocessing")
+    activation = _find(post, "Activationsd", resolver)
+    sigmoid = activation is not None and activation.get("sigmoid") is True
+    labels = output_labels(pred, sigmoid, meta_where)
     largest: tuple[int, ...] = ()
-    if (lcc := _find(post, "KeepLargestConnectedComponentd")) is not None:
+    if (lcc := _find(post, "KeepLargestConnectedComponentd", resolver)) is not None:
         applied = lcc.get("applied_labels")
         if applied is None:
             largest = tuple(range(1, len(labels)))
@@ -361,7 +378,7 @@ def read_bundle(directory: Path) -> BundleSpec:
         else:
             raise BundleError(f"{where}: applied_labels must be label values, got {applied!r}")
 
-    in_channels = int(image.get("num_channels", kwargs.get("in_channels", 1)))
+    channels = input_channels(image, kwargs.get("in_channels"), meta_where)
     modality = str(image.get("modality") or ("CT" if image.get("format") == "hounsfield" else "unknown"))
     return BundleSpec(
         directory=directory,
@@ -371,19 +388,20 @@ def read_bundle(directory: Path) -> BundleSpec:
         task=str(metadata.get("task", "segmentation")),
         modality=modality,
         labels=labels,
-        in_channels=in_channels,
+        input_channels=channels,
         network_target=target,
         network_kwargs=kwargs,
         weights=weights,
         axcodes=axcodes.upper() if isinstance(axcodes, str) else None,
         pixdim=(pixdim[0], pixdim[1], pixdim[2]) if pixdim is not None else None,
-        intensity=_intensity(pre, f"{where} preprocessing"),
+        intensity=_intensity(pre, resolver, f"{where} preprocessing"),
         roi_size=(roi_size[0], roi_size[1], roi_size[2]),
         sw_batch_size=sw_batch_size,
         overlap=overlap,
         blend=blend,
         sigma_scale=_number(inferer, "sigma_scale", 0.125, f"{where} inferer"),
         largest_component=largest,
+        activation="sigmoid" if sigmoid else "softmax",
     )
 
 

@@ -107,6 +107,7 @@ def card_from_bundle(spec: BundleSpec, models_dir: Path) -> ModelCard:
         "bundle_dir": rel_dir,
         "weights": spec.weights,
         "largest_component": list(spec.largest_component),
+        "activation": spec.activation,
     }
     files: tuple[WeightFile, ...] = ()
     manifest_path = directory / MANIFEST
@@ -130,8 +131,11 @@ def card_from_bundle(spec: BundleSpec, models_dir: Path) -> ModelCard:
         "orientation": spec.axcodes,
         "spacing_mm": list(spec.pixdim) if spec.pixdim else None,
         "roi_size": list(spec.roi_size),
-        "channels": spec.in_channels,
+        "channels": list(spec.input_channels),
         "expects": spec.description or spec.name,
+        "output": "sigmoid multi-label: region c is label c + 1, the smallest region containing a voxel wins"
+        if spec.activation == "sigmoid"
+        else "softmax: one class per voxel (argmax)",
     }
     if spec.intensity is not None:
         input_spec["intensity"] = asdict(spec.intensity)

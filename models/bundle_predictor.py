@@ -1,15 +1,16 @@
 """BundlePredictor: a MONAI bundle (3D U-Net, SegResNet, ...) behind the Predictor contract.
 
-Pipeline for one volume:
-    input (I, J, K) --reorient to the bundle's axcodes, resample to its pixdim (models.grid)--> (X, Y, Z)
-    --per window: intensity (CT window a_min..a_max -> b_min..b_max, or z-score), zero padding--> (1, *roi)
+Pipeline for one case (C input channels, each a volume on one shared grid; C = 1 for most bundles):
+    inputs C x (I, J, K) --reorient to the bundle's axcodes, resample to its pixdim (models.grid)-->
+    C x (X, Y, Z) --per window: intensity (CT window, or z-score per channel), zero padding--> (C, *roi)
     --network, sliding window with Gaussian blending, bounded stitching buffer (models.sliding)-->
-    labels (X, Y, Z) --largest connected component of chosen structures--> --nearest neighbour--> (I, J, K)
+    labels (X, Y, Z) (softmax: argmax; sigmoid: region bits -> innermost region wins, models.regions)
+    --largest connected component of chosen structures--> --nearest neighbour--> (I, J, K) of channel 0
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from models.bundle_net import load_network
 from models.catalog import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.grid import to_model_grid
 from models.postprocess import keep_largest_component
+from models.regions import regions_to_labels
 from models.sliding import IntensityFn, sliding_window_labels
 from segserve.imaging.volume import Volume
 
@@ -29,13 +31,17 @@ from segserve.imaging.volume import Volume
 _PRE, _POST = 0.05, 0.05
 
 
-def intensity_function(spec: Intensity | None, image: np.ndarray) -> IntensityFn | None:
+def intensity_function(
+    spec: Intensity | None, image: np.ndarray | Sequence[np.ndarray]
+) -> IntensityFn | None:
     """A per-window function (float32 in, float32 out, may work in place) for ``spec`` on ``image``.
 
-    Statistics the transform needs (z-score mean/std, min/max) are taken once over the whole image.
+    Statistics the transform needs (z-score mean/std, min/max) are taken once over the whole image:
+    one (X, Y, Z) array, or several taken together (channels normalised jointly).
     """
     if spec is None:
         return None
+    images = [image] if isinstance(image, np.ndarray) else list(image)
     if spec.kind == "range":
         scale = np.float32((spec.b_max - spec.b_min) / (spec.a_max - spec.a_min))
         a_min, b_min = np.float32(spec.a_min), np.float32(spec.b_min)
@@ -51,7 +57,7 @@ def intensity_function(spec: Intensity | None, image: np.ndarray) -> IntensityFn
 
         return window
     if spec.kind == "zscore":
-        mean, std = _moments(image, spec.nonzero)
+        mean, std = _moments(images, spec.nonzero)
 
         def zscore(x: np.ndarray) -> np.ndarray:
             mask = x != 0 if spec.nonzero else None
@@ -60,7 +66,7 @@ def intensity_function(spec: Intensity | None, image: np.ndarray) -> IntensityFn
 
         return zscore
     if spec.kind == "minmax":
-        lo, hi = float(np.min(image)), float(np.max(image))
+        lo, hi = min(float(np.min(i)) for i in images), max(float(np.max(i)) for i in images)
         span = hi - lo if hi > lo else 1.0
 
         def minmax(x: np.ndarray) -> np.ndarray:
@@ -72,11 +78,34 @@ def intensity_function(spec: Intensity | None, image: np.ndarray) -> IntensityFn
     raise ValueError(f"intensity kind must be 'range', 'zscore' or 'minmax', got {spec.kind!r}")
 
 
-def _moments(image: np.ndarray, nonzero: bool) -> tuple[float, float]:
-    """Mean and standard deviation (float64 sums, one slab at a time, no full-size copies)."""
+def channels_intensity(spec: Intensity | None, channels: Sequence[np.ndarray]) -> IntensityFn | None:
+    """A per-window function on (C, *window) float32 patches for ``spec`` on C (X, Y, Z) channels.
+
+    Statistics (z-score mean/std, min/max) are per channel when ``spec.channel_wise``, otherwise taken over
+    all channels together, as MONAI's NormalizeIntensityd does without ``channel_wise``. CT windowing has
+    none, so it is the same either way.
+    """
+    if spec is None:
+        return None
+    if spec.channel_wise:
+        functions = [intensity_function(spec, channel) for channel in channels]
+    else:
+        functions = [intensity_function(spec, channels)] * len(channels)
+
+    def per_channel(x: np.ndarray) -> np.ndarray:
+        for index, function in enumerate(functions):
+            if function is not None:
+                x[index] = function(x[index])
+        return x
+
+    return per_channel
+
+
+def _moments(images: Sequence[np.ndarray], nonzero: bool) -> tuple[float, float]:
+    """Mean and standard deviation over all voxels of ``images`` (float64 sums, one slab at a time, no
+    full-size copies); std 0 becomes 1, as in MONAI."""
     count, total, squares = 0, 0.0, 0.0
-    for index in range(image.shape[0]):
-        plane = np.asarray(image[index], dtype=np.float64)
+    for plane in (np.asarray(p, dtype=np.float64) for image in images for p in image):
         if nonzero:
             plane = plane[plane != 0]
         count += plane.size
@@ -106,10 +135,6 @@ class BundlePredictor:
         self.device = torch.device(device)
         chosen = card.params.get("largest_component") if largest_component is None else largest_component
         self.largest_component = tuple(int(v) for v in chosen) if isinstance(chosen, list | tuple) else ()
-        if spec.in_channels != 1:
-            raise ModelUnavailable(
-                f"model {card.id} takes {spec.in_channels} input channels; the service supplies one image"
-            )
 
     @classmethod
     def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> BundlePredictor:
@@ -145,21 +170,32 @@ class BundlePredictor:
 
     def predict(
         self,
-        volume: Volume,
+        volume: Volume | Sequence[Volume],
         *,
         on_progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
     ) -> np.ndarray:
-        """Segment ``volume``.
+        """Segment one case.
 
+        Args:
+            volume: the scan, or one volume per input channel in ``spec.input_channels`` order, all on
+                the grid of the first (the caller checks that; see segserve.imaging.readers).
         Returns:
-            labels with shape ``volume.shape`` on the input's own grid: uint8 for up to 256 classes.
+            labels with the first volume's shape, on its grid: uint8 for up to 256 classes.
         Raises:
+            ValueError: the number of volumes is not the bundle's number of input channels.
             Cancelled: ``is_cancelled()`` returned True (checked between batches of windows).
         """
         report = on_progress or (lambda _fraction: None)
         spec = self.spec
-        grid = to_model_grid(volume, spec.axcodes, spec.pixdim)
+        volumes = [volume] if isinstance(volume, Volume) else list(volume)
+        if len(volumes) != spec.in_channels:
+            raise ValueError(
+                f"model {self.card.id} takes {spec.in_channels} input channels "
+                f"({', '.join(spec.input_channels)}), got {len(volumes)} volumes"
+            )
+        grids = [to_model_grid(v, spec.axcodes, spec.pixdim) for v in volumes]
+        grid, channels = grids[0], [g.array for g in grids]
         report(_PRE)
 
         def on_window(done: int, total: int) -> None:
@@ -167,21 +203,25 @@ class BundlePredictor:
 
         with torch.inference_mode():
             labels = sliding_window_labels(
-                grid.array,
+                channels,
                 self._forward,
-                num_classes=spec.num_classes,
+                num_classes=spec.out_channels,
+                activation="sigmoid" if spec.activation == "sigmoid" else "softmax",
                 roi_size=spec.roi_size,
                 overlap=spec.overlap,
                 sw_batch_size=spec.sw_batch_size,
                 blend=spec.blend,
                 sigma_scale=spec.sigma_scale,
-                intensity=intensity_function(spec.intensity, grid.array),
+                intensity=channels_intensity(spec.intensity, channels),
                 device=self.device,
                 on_window=on_window,
                 is_cancelled=is_cancelled,
             )
         if is_cancelled is not None and is_cancelled():
             raise Cancelled()
+        del channels, grids
+        if spec.activation == "sigmoid":
+            labels = regions_to_labels(labels, spec.out_channels)
         keep_largest_component(labels, self.largest_component)
         out = grid.labels_to_source(labels)
         report(1.0)

@@ -88,6 +88,15 @@ class ModelCard:
         return max(self.labels) + 1 if self.labels else 0
 
 
+def input_channels(card: ModelCard) -> tuple[str, ...]:
+    """Form names of a multi-channel model's inputs, in the network's order (e.g. BraTS: "t1c", "t1",
+    "t2", "flair"); () for a model that takes one image (every built-in card)."""
+    channels = card.input.get("channels")
+    if isinstance(channels, list) and len(channels) > 1:
+        return tuple(str(c) for c in channels)
+    return ()
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """A card plus whether its files are present and intact in a models directory."""

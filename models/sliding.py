@@ -14,17 +14,25 @@ Peak stitching memory is C x roi_a x Y x Z x (4 or 2) bytes plus the uint8 label
 division by the summed weights (the same positive number for every class of a voxel), so no weight
 buffer is kept either. The buffer is float32 when it fits ``float32_budget_bytes``, else float16 (logits
 of a few tens at most, so float16's 11-bit mantissa changes the argmax only at near-ties).
+
+Multi-channel inputs (e.g. BraTS's 4 MRI sequences) come as a list of (X, Y, Z) arrays, never stacked
+into one full-size copy; each window is stacked to (C, *roi). Sigmoid (multi-label) outputs are blended
+the same way and reduced per voxel to the bits of the channels whose blended logit is > 0: MONAI divides
+the weighted logits by the summed weights, applies the sigmoid and thresholds at 0.5, and
+sigmoid(s / w) > 0.5 exactly when s > 0 for a positive weight w, so again no weight buffer is needed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 
 from models.catalog import Cancelled
+from models.regions import region_bits_dtype
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 IntensityFn = Callable[[np.ndarray], np.ndarray]
@@ -68,12 +76,22 @@ def stitch_buffer(
     return axis, buffer_shape, dtype
 
 
+def as_channels(image: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    """An (X, Y, Z) array, a (C, X, Y, Z) array or C arrays (X, Y, Z) as a list of C same-shape 3D arrays."""
+    channels = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else list(image)
+    if not channels or any(c.ndim != 3 or c.shape != channels[0].shape for c in channels):
+        shapes = [tuple(c.shape) for c in channels]
+        raise ValueError(f"image must be 3D (X, Y, Z) or channels of one 3D shape, got shapes {shapes}")
+    return channels
+
+
 @torch.inference_mode()
 def sliding_window_labels(
-    image: np.ndarray,
+    image: np.ndarray | Sequence[np.ndarray],
     network: Network,
     *,
     num_classes: int,
+    activation: Literal["softmax", "sigmoid"] = "softmax",
     roi_size: Sequence[int],
     overlap: float = 0.25,
     sw_batch_size: int = 1,
@@ -89,23 +107,29 @@ def sliding_window_labels(
     """Segment a 3D image window by window.
 
     Args:
-        image: (X, Y, Z), any real dtype, on the model's grid.
-        network: maps float32 (B, 1, *roi_size) to logits (B, num_classes, *roi_size); called under the
+        image: (X, Y, Z), or C input channels: (C, X, Y, Z) or a sequence of C (X, Y, Z) arrays; any real
+            dtype, on the model's grid.
+        network: maps float32 (B, C, *roi_size) to logits (B, num_classes, *roi_size); called under the
             caller's grad / autocast mode.
-        intensity: applied to each window's float32 voxels before padding (e.g. CT windowing); padding
-            is 0 afterwards, as in MONAI (which pads the pre-processed image).
+        num_classes: channels the network returns.
+        activation: "softmax": labels are the argmax; "sigmoid": each channel is a region of its own and
+            the result holds, per voxel, bit c set where channel c's blended logit is > 0.
+        intensity: applied to each window's float32 voxels (C, *window) before padding (e.g. CT
+            windowing); padding is 0 afterwards, as in MONAI (which pads the pre-processed image).
         accumulate_dtype: stitching buffer dtype; None picks float32 within ``float32_budget_bytes``.
         on_window: called with (windows done, windows total) after each batch of windows.
         is_cancelled: checked before each batch of windows.
 
     Returns:
-        labels (X, Y, Z): uint8 for up to 256 classes, else int16 (argmax of the blended logits).
+        softmax: labels (X, Y, Z), uint8 for up to 256 classes, else int16 (argmax of the blended
+        logits). sigmoid: region bits (X, Y, Z), uint8 for up to 8 channels, else uint16.
 
     Raises:
         Cancelled: ``is_cancelled()`` returned True.
     """
-    if image.ndim != 3:
-        raise ValueError(f"image must be 3D (X, Y, Z), got shape {image.shape}")
+    channels = as_channels(image)
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"blend must be 'gaussian' or 'constant', got {blend!r}")
     if sw_batch_size < 1:
@@ -113,7 +137,7 @@ def sliding_window_labels(
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != 3 or min(roi) < 1:
         raise ValueError(f"roi_size must be 3 positive ints, got {roi_size!r}")
-    shape = image.shape
+    shape = channels[0].shape
     padded = tuple(max(n, r) for n, r in zip(shape, roi, strict=True))
     pad_low = tuple((p - n) // 2 for n, p in zip(shape, padded, strict=True))
     windows = dense_patch_slices(padded, roi, scan_interval(padded, roi, overlap))
@@ -126,7 +150,10 @@ def sliding_window_labels(
     weights = compute_importance_map(roi, mode=blend, sigma_scale=sigma_scale, dtype=torch.float32)
     t_weights = weights.permute(order).contiguous()
     buffer = torch.zeros(buffer_shape, dtype=dtype)
-    label_dtype = np.uint8 if num_classes <= 256 else np.int16
+    if activation == "sigmoid":
+        label_dtype: type[np.integer] = region_bits_dtype(num_classes)
+    else:
+        label_dtype = np.uint8 if num_classes <= 256 else np.int16
     labels = np.zeros(shape, dtype=label_dtype)
     t_labels = labels.transpose(order)  # a view: writing into it fills ``labels``
 
@@ -141,8 +168,8 @@ def sliding_window_labels(
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled()
             batch = row_windows[first : first + sw_batch_size]
-            patches = np.stack([_patch(image, w, pad_low, intensity) for w in batch])
-            x = torch.from_numpy(patches)[:, None].to(device)
+            patches = np.stack([_patch(channels, w, pad_low, intensity) for w in batch])
+            x = torch.from_numpy(patches).to(device)
             logits = network(x)
             del x
             if logits.shape[1] != num_classes or tuple(logits.shape[2:]) != roi:
@@ -159,28 +186,41 @@ def sliding_window_labels(
             if on_window is not None:
                 on_window(done, total)
         end = starts[row + 1] if row + 1 < len(starts) else t_padded[0]
-        _finalise(buffer, start, end, pad_low[axis], shape[axis], t_labels, [pad_low[a] for a in order[1:]])
+        _finalise(
+            buffer,
+            start,
+            end,
+            pad_low[axis],
+            shape[axis],
+            t_labels,
+            [pad_low[a] for a in order[1:]],
+            activation,
+        )
         _shift(buffer, end - start)
     return labels
 
 
 def _patch(
-    image: np.ndarray, window: tuple[slice, ...], pad_low: Sequence[int], intensity: IntensityFn | None
+    channels: list[np.ndarray],
+    window: tuple[slice, ...],
+    pad_low: Sequence[int],
+    intensity: IntensityFn | None,
 ) -> np.ndarray:
-    """The float32 window (roi) of the padded, intensity-mapped image; 0 outside the image."""
+    """The float32 window (C, *roi) of the padded, intensity-mapped channels; 0 outside the image."""
     inner, target = [], []
-    for s, low, n in zip(window, pad_low, image.shape, strict=True):
+    for s, low, n in zip(window, pad_low, channels[0].shape, strict=True):
         lo, hi = max(s.start - low, 0), min(s.stop - low, n)
         inner.append(slice(lo, hi))
         target.append(slice(lo + low - s.start, hi + low - s.start))
-    data = np.array(image[tuple(inner)], dtype=np.float32)  # a copy: `intensity` may work in place
+    # A copy (`intensity` may work in place), stacked per window: the channels are never stacked whole.
+    data = np.stack([np.asarray(c[tuple(inner)], dtype=np.float32) for c in channels])
     if intensity is not None:
         data = intensity(data)
-    roi = tuple(s.stop - s.start for s in window)
+    roi = (len(channels), *(s.stop - s.start for s in window))
     if data.shape == roi:
         return np.ascontiguousarray(data, dtype=np.float32)
     out = np.zeros(roi, dtype=np.float32)
-    out[tuple(target)] = data
+    out[(slice(None), *target)] = data
     return out
 
 
@@ -192,14 +232,22 @@ def _finalise(
     size: int,
     t_labels: np.ndarray,
     other_pad_low: Sequence[int],
+    activation: str = "softmax",
 ) -> None:
-    """Argmax of buffer slices [0, end - start) (padded coords start..end) into the unpadded labels."""
+    """Buffer slices [0, end - start) (padded coords start..end) into the unpadded labels: their argmax
+    (softmax), or the bits of the channels with a positive weighted logit (sigmoid)."""
     lo, hi = max(start, pad_low), min(end, pad_low + size)
     if hi <= lo:
         return
     b1, b2 = other_pad_low
     n1, n2 = t_labels.shape[1], t_labels.shape[2]
     block = buffer[:, lo - start : hi - start, b1 : b1 + n1, b2 : b2 + n2]
+    if activation == "sigmoid":
+        bits = np.zeros(block.shape[1:], dtype=t_labels.dtype)
+        for channel in range(block.shape[0]):
+            bits |= (block[channel] > 0).numpy().astype(t_labels.dtype) << channel
+        t_labels[lo - pad_low : hi - pad_low] = bits
+        return
     t_labels[lo - pad_low : hi - pad_low] = block.argmax(dim=0).numpy().astype(t_labels.dtype)
 
 

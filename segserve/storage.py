@@ -1,6 +1,8 @@
 """Where a job's files live. Everything is under `<data_dir>/jobs/<job id>/`:
 
-    input/image/...        the uploaded scan file(s), as received
+    input/image/...        the uploaded scan file(s), as received; for a multi-channel model one folder
+                           per input channel, input/image/<channel>/... (the job's input_files name the
+                           first channel's files, "<channel>/0000.nii.gz", which the viewer shows)
     input/reference/...    the uploaded reference label volume, if any
     result/labels.nii.gz   the label volume on the scan's grid
     result/metrics.json    per-structure metrics, when a reference was given
@@ -58,6 +60,11 @@ class JobFiles:
 
     def image_paths(self, names: list[str]) -> list[Path]:
         return [self.image_dir / n for n in names]
+
+    def channel_paths(self, channel: str) -> list[Path]:
+        """A multi-channel job's files of one input channel, in upload order ([] when there are none)."""
+        folder = self.image_dir / channel
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
     def reference_paths(self, names: list[str]) -> list[Path]:
         return [self.reference_dir / n for n in names]

@@ -1,5 +1,6 @@
 """De-identification of POST /v1/jobs uploads (SEGSERVE_DEIDENTIFY=true), before they are validated and
-stored: every DICOM file of the `image` and `reference` fields is rewritten de-identified (segserve.deid).
+stored: every DICOM file of the `image`, `image.<channel>` and `reference` fields is rewritten de-identified
+(segserve.deid).
 
 A .zip holding DICOM is unpacked: its DICOM members become de-identified files of their own (`0000.dcm`, ...;
 the job then lists those files instead of the zip), and its other members are dropped (DICOMDIRs too: their
@@ -22,7 +23,7 @@ from segserve.deid_store import DeidOutcome, deidentify_file, save_uid_pairs, ui
 from segserve.imaging.archive import MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES
 from segserve.imaging.detect import HEAD_BYTES, detect_format, sniff_bytes
 from segserve.imaging.errors import ArchiveTooLarge, CorruptImage, ImageError, UnsupportedFormat
-from service.uploads import FILE_FIELDS, ParsedUpload
+from service.uploads import ParsedUpload
 
 _DICOMDIR_NAMES = {"dicomdir"}
 
@@ -32,7 +33,7 @@ def deidentify_upload(settings: Settings, staging: Path, form: ParsedUpload) -> 
     with the new file lists. Raises ImageError (-> 422/413) for a file that cannot be de-identified."""
     key = uid_key(settings.resolved_data_dir)
     outcomes: list[DeidOutcome] = []
-    for field in FILE_FIELDS:
+    for field in list(form.files):  # "image", "reference" and the "image/<channel>" folders
         names = form.files[field]
         if not names:
             continue

@@ -3,6 +3,9 @@ stays flat whatever the upload size, and the size limit is enforced while bytes 
 
 Original file names are not kept (they may hold patient names); files are stored as `0000.<ext>` with the
 extension taken from the name, which the readers use only as a hint beside the content.
+
+A multi-channel model takes one field per input channel, `image.<channel>` (e.g. `image.flair`), stored
+under `image/<channel>/`. Which channels a model wants is checked by the route, once the model is known.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from typing import IO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from models.catalog import ModelCard, input_channels
 from service.problems import Problem
 
 FILE_FIELDS = ("image", "reference")
 TEXT_FIELDS = ("model",)
+CHANNEL_PREFIX = "image."
+_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
+_MAX_CHANNELS = 16
 _MAX_TEXT_BYTES = 4096
 _MAX_PARTS = 10_000
 _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.zip|\.dcm|\.dicom|\.ima)$", re.IGNORECASE)
@@ -26,12 +33,21 @@ _EXT = re.compile(r"(\.nii\.gz|\.nii|\.mgz|\.mgh|\.nrrd|\.zip|\.dcm|\.dicom|\.im
 
 @dataclass
 class ParsedUpload:
-    """What the form held: text fields, and for each file field the stored file names in order."""
+    """What the form held: text fields, and for each file field the stored file names in order.
+
+    ``files`` is keyed by the folder under ``root`` holding the field's files: "image", "reference", and
+    "image/<channel>" for each `image.<channel>` field.
+    """
 
     root: Path
     text: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=lambda: {f: [] for f in FILE_FIELDS})
     total_bytes: int = 0
+
+    @property
+    def channels(self) -> dict[str, list[str]]:
+        """Channel name -> stored file names, for the `image.<channel>` fields, in upload order."""
+        return {k.split("/", 1)[1]: v for k, v in self.files.items() if k.startswith("image/")}
 
 
 def _stored_name(index: int, filename: str) -> str:
@@ -76,12 +92,13 @@ class _Collector:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        if name in FILE_FIELDS:
+        folder = name if name in FILE_FIELDS else self._channel_folder(name)
+        if folder is not None:
             if filename is None:
                 raise Problem(422, f"form field '{name}' must be a file upload", code="field_not_a_file")
-            names = self.result.files[name]
+            names = self.result.files.setdefault(folder, [])
             stored = _stored_name(len(names), filename.decode("utf-8", "replace"))
-            directory = self.result.root / name
+            directory = self.result.root / folder
             directory.mkdir(parents=True, exist_ok=True)
             self._file = (directory / stored).open("wb")
             names.append(stored)
@@ -89,9 +106,25 @@ class _Collector:
             if filename is not None:
                 raise Problem(422, f"form field '{name}' must be text, not a file", code="field_not_text")
         else:
-            expected = ", ".join((*TEXT_FIELDS, *FILE_FIELDS))
+            expected = ", ".join((*TEXT_FIELDS, *FILE_FIELDS, f"{CHANNEL_PREFIX}<channel>"))
             raise Problem(422, f"unknown form field '{name}'; expected {expected}", code="unknown_field")
         self._field = name
+
+    def _channel_folder(self, name: str) -> str | None:
+        """The folder of an `image.<channel>` field, "image/<channel>" (lower-cased); None for others."""
+        if not name.startswith(CHANNEL_PREFIX):
+            return None
+        channel = name[len(CHANNEL_PREFIX) :].lower()
+        if not _CHANNEL.fullmatch(channel):
+            raise Problem(
+                422,
+                f"form field '{name}': a channel name is 1-32 letters, digits or '_' (e.g. image.flair)",
+                code="bad_channel_name",
+            )
+        folder = f"image/{channel}"
+        if folder not in self.result.files and len(self.result.channels) >= _MAX_CHANNELS:
+            raise Problem(422, f"more than {_MAX_CHANNELS} image channels", code="too_many_channels")
+        return folder
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         size = end - start
@@ -159,3 +192,47 @@ async def receive_form(
     finally:
         collector.close()
     return collector.result
+
+
+def check_image_parts(card: ModelCard, form: ParsedUpload) -> tuple[str, ...]:
+    """Check that the form's image parts are what the model takes; return its input channels in order.
+
+    A one-image model (returns ()) takes the `image` field and no `image.<channel>` field; a multi-channel
+    model takes exactly one `image.<channel>` field per input channel (each one or more files) and no
+    `image` field. Raises a 422 Problem naming the missing or unexpected fields.
+    """
+    wanted = input_channels(card)
+    given = form.channels
+    expected = ", ".join(f"{CHANNEL_PREFIX}{c}" for c in wanted)
+    if not wanted:
+        if given:
+            fields = ", ".join(f"{CHANNEL_PREFIX}{c}" for c in given)
+            raise Problem(
+                422,
+                f"model '{card.id}' takes one scan in the form field 'image', not channel fields ({fields})",
+                code="unexpected_channel",
+            )
+        if not form.files["image"]:
+            raise Problem(422, "missing form field 'image' (the scan file or files)", code="missing_image")
+        return ()
+    if form.files["image"]:
+        raise Problem(
+            422,
+            f"model '{card.id}' takes one form field per input channel ({expected}), not 'image'",
+            code="channels_required",
+        )
+    missing = [f"{CHANNEL_PREFIX}{c}" for c in wanted if c not in given]
+    if missing:
+        raise Problem(
+            422,
+            f"missing form field {', '.join(missing)}; model '{card.id}' takes {expected}",
+            code="missing_channel",
+        )
+    extra = [f"{CHANNEL_PREFIX}{c}" for c in given if c not in wanted]
+    if extra:
+        raise Problem(
+            422,
+            f"unexpected form field {', '.join(extra)}; model '{card.id}' takes {expected}",
+            code="unexpected_channel",
+        )
+    return wanted

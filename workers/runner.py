@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.report import evaluate_case
-from models.catalog import Catalog, ModelUnavailable
+from models.catalog import Catalog, ModelUnavailable, input_channels
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_image, read_labels
+from segserve.imaging.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.imaging.writers import write_labels_nifti
 from segserve.storage import JobFiles, write_json_atomic
 
@@ -140,17 +140,27 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         if not status.available:
             raise ModelUnavailable(status.reason or "unavailable")
         card = status.card
-        image = read_image(files.image_paths(job.input_files))
+        channels = input_channels(card)  # a multi-channel model's inputs: input/image/<channel>/
+        volumes = read_channels([(c, files.channel_paths(c)) for c in channels]) if channels else []
+        image = volumes[0] if volumes else read_image(files.image_paths(job.input_files))
         reference = read_labels(files.reference_paths(job.reference_files)) if job.reference_files else None
         if reference is not None:
             check_same_grid(image, reference)
         lease.report(0.05)
         predictor = get_predictor(card, settings.resolved_models_dir, settings.device)
-        labels = predictor.predict(
-            image,
-            on_progress=lambda f: lease.report(0.05 + 0.85 * f),
-            is_cancelled=_cancel_checker(settings, job.id),
-        )
+
+        def on_progress(fraction: float) -> None:
+            lease.report(0.05 + 0.85 * fraction)
+
+        is_cancelled = _cancel_checker(settings, job.id)
+        if channels:
+            from models.bundle_predictor import BundlePredictor
+
+            if not isinstance(predictor, BundlePredictor):
+                raise ModelUnavailable(f"model {card.id} lists input channels but is not a MONAI bundle")
+            labels = predictor.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
+        else:
+            labels = predictor.predict(image, on_progress=on_progress, is_cancelled=is_cancelled)
         files.labels.parent.mkdir(parents=True, exist_ok=True)
         write_labels_nifti(labels, image, files.labels)
         if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job

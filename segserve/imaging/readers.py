@@ -17,7 +17,7 @@ from segserve.imaging.nifti import read_nifti
 from segserve.imaging.nrrd import read_nrrd
 from segserve.imaging.volume import Volume
 
-__all__ = ["check_same_grid", "detect_format", "read_image", "read_labels"]
+__all__ = ["check_same_grid", "detect_format", "read_channels", "read_image", "read_labels"]
 
 _FORMAT_NAMES = {
     "nifti": "a NIfTI volume",
@@ -59,6 +59,25 @@ def read_image(paths: Sequence[Path]) -> Volume:
             )
         sources.append(FileSource(path, label))
     return read_dicom_series(sources)
+
+
+def read_channels(channels: Sequence[tuple[str, Sequence[Path]]]) -> list[Volume]:
+    """Read the input channels of one case (e.g. BraTS's T1c, T1, T2, FLAIR), each like `read_image`.
+
+    `channels` is (channel name, that channel's files) in the model's order. Every channel must lie on
+    the first one's grid (`check_same_grid`). An ImageError names the channel ("channel 'flair': ...").
+    """
+    volumes: list[Volume] = []
+    for name, paths in channels:
+        try:
+            volume = read_image(paths)
+        except ImageError as exc:
+            raise type(exc)(f"channel '{name}': {exc}", code=exc.code) from None
+        if volumes:
+            first = channels[0][0]
+            check_same_grid(volumes[0], volume, names=(f"channel '{name}'", f"channel '{first}'"))
+        volumes.append(volume)
+    return volumes
 
 
 def read_labels(paths: Sequence[Path]) -> Volume:
@@ -112,17 +131,25 @@ def to_label_array(array: np.ndarray) -> np.ndarray:
     return array.astype(target, copy=array.dtype != target)
 
 
-def check_same_grid(image: Volume, reference: Volume, *, atol_mm: float = 1e-3) -> None:
+def check_same_grid(
+    image: Volume,
+    reference: Volume,
+    *,
+    atol_mm: float = 1e-3,
+    names: tuple[str, str] = ("reference", "image"),
+) -> None:
     """Raise GridMismatch unless `reference` lies on exactly the grid of `image`.
 
     Same shape is required, and the world positions (RAS mm) of the 8 corner voxels under the two affines
     may differ by at most `atol_mm`. The message names both grids ("reference grid 128x128x64 at
     1.00x1.00x2.00 mm does not match image grid 256x256x256 at 1.00x1.00x1.00 mm") and, for equal shapes,
-    how far apart the grids are in mm and how their orientation/origin differ.
+    how far apart the grids are in mm and how their orientation/origin differ. `names` are what the
+    message calls `reference` and `image` (e.g. ("channel 't1'", "channel 't1c'")).
     """
     ref_grid, img_grid = _describe_grid(reference), _describe_grid(image)
+    ref_name, img_name = names
     if reference.shape != image.shape:
-        raise GridMismatch(f"reference grid {ref_grid} does not match image grid {img_grid}")
+        raise GridMismatch(f"{ref_name} grid {ref_grid} does not match {img_name} grid {img_grid}")
     corners = np.array(
         [
             [i, j, k, 1.0]
@@ -145,7 +172,7 @@ def check_same_grid(image: Volume, reference: Volume, *, atol_mm: float = 1e-3) 
             details.append(f"origins {origin_shift:.2f} mm apart")
         extra = f" ({', '.join(details)})" if details else ""
         raise GridMismatch(
-            f"reference grid {ref_grid} does not match image grid {img_grid}: the shapes agree but the "
+            f"{ref_name} grid {ref_grid} does not match {img_name} grid {img_grid}: the shapes agree but the "
             f"affines differ, placing voxels up to {distance:.3g} mm apart{extra} (tolerance {atol_mm:g} mm)"
         )
 

@@ -22,7 +22,7 @@ from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, new_session
 from segserve.dicom_seg import SegUnavailable, seg_result_path
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_image, read_labels
+from segserve.imaging.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
@@ -30,7 +30,7 @@ from service.deid_upload import deidentify_upload
 from service.files import volume_response
 from service.problems import Problem
 from service.schemas import JobList, JobPublic
-from service.uploads import ParsedUpload, receive_form
+from service.uploads import ParsedUpload, check_image_parts, receive_form
 from workers.celery_app import app as celery_app
 from workers.celery_app import send_run_job
 
@@ -53,6 +53,13 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "description": "One .nii/.nii.gz/.mgz/.nrrd file, a .zip of one DICOM series, "
                             "or several parts each holding one DICOM file of one series.",
                         },
+                        "image.<channel>": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "For a multi-channel model (GET /v1/models: input.channels, "
+                            "e.g. image.t1c, image.t1, image.t2, image.flair): one part per channel, each "
+                            "like 'image', all on one grid; then no 'image' part.",
+                        },
                         "reference": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
@@ -71,11 +78,19 @@ class _Validated:
     input_format: str
     shape: list[int]
     spacing_mm: list[float]
+    input_files: list[str]  # relative to the job's input/image/: the scan the viewer shows
 
 
-def _validate_volumes(staging: Path, form: ParsedUpload) -> _Validated:
-    """Read the scan (and reference) fully: a truncated or wrong file is refused now, not in the worker."""
-    image = read_image([staging / "image" / n for n in form.files["image"]])
+def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ...]) -> _Validated:
+    """Read the scan or every channel (and the reference) fully: a truncated or wrong file, or channels
+    on different grids, are refused now, not in the worker. The first channel's grid is the job's."""
+    if channels:
+        groups = [(c, [staging / "image" / c / n for n in form.channels[c]]) for c in channels]
+        image = read_channels(groups)[0]
+        input_files = [f"{channels[0]}/{n}" for n in form.channels[channels[0]]]
+    else:
+        image = read_image([staging / "image" / n for n in form.files["image"]])
+        input_files = list(form.files["image"])
     if form.files["reference"]:
         reference = read_labels([staging / "reference" / n for n in form.files["reference"]])
         check_same_grid(image, reference)
@@ -83,6 +98,7 @@ def _validate_volumes(staging: Path, form: ParsedUpload) -> _Validated:
         input_format=image.source_format,
         shape=list(image.shape),
         spacing_mm=[round(s, 6) for s in image.spacing_mm],
+        input_files=input_files,
     )
 
 
@@ -108,7 +124,7 @@ def _store_job(
                 model_version=version,
                 queue=settings.default_queue,
                 input_format=info.input_format,
-                input_files=form.files["image"],
+                input_files=info.input_files,
                 reference_files=form.files["reference"],
                 image_shape=info.shape,
                 image_spacing_mm=info.spacing_mm,
@@ -160,14 +176,13 @@ async def create_job(
             raise Problem(
                 422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
             )
-        if not form.files["image"]:
-            raise Problem(422, "missing form field 'image' (the scan file or files)", code="missing_image")
         card = await run_in_threadpool(available_card, catalog, model_id)
         version = card.version
+        channels = check_image_parts(card, form)
         try:
             if settings.deidentify:  # before validation and storage: nothing identifying is kept
                 form = await run_in_threadpool(deidentify_upload, settings, staging, form)
-            info = await run_in_threadpool(_validate_volumes, staging, form)
+            info = await run_in_threadpool(_validate_volumes, staging, form, channels)
         except ImageError as exc:
             raise Problem(exc.status, str(exc), code=exc.code) from None
         job = await run_in_threadpool(_store_job, settings, staging, form, model_id, version, info, key)
