@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from models.catalog import Catalog, ModelCard
+from models.catalog import Catalog, ModelCard, input_channels
 from segserve.db import Job
 from service.problems import Problem
 
@@ -25,3 +25,20 @@ def available_card(catalog: Catalog, model_id: str) -> ModelCard:
     if not status.available:
         raise Problem(422, f"model '{model_id}' is unavailable: {status.reason}", code="model_unavailable")
     return status.card
+
+
+def single_image_card(catalog: Catalog, model_id: str, route: str) -> ModelCard:
+    """`available_card` for routes that bring one image per case (DICOMweb series, dataset evaluations):
+    a multi-channel model there is a 422 at once, not a job that fails in the worker."""
+    card = available_card(catalog, model_id)
+    channels = input_channels(card)
+    if channels:
+        raise Problem(
+            422,
+            f"model '{model_id}' takes {len(channels)} input channels ({', '.join(channels)}); {route} "
+            "brings one image per case: submit its jobs with POST /v1/jobs, one image.<channel> part per "
+            "channel",
+            code="multi_channel_model",
+        )
+    return card
+

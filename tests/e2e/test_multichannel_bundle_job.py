@@ -119,3 +119,21 @@ def test_wrong_channel_parts_are_refused(
     parts = [*_parts(paths, ("t1c", "t1", "t2")), ("image.flair", ("flair.nii.gz", other_grid.read_bytes()))]
     detail = _refused(stack, parts, "grid_mismatch")
     assert "channel 'flair' grid 40x36x28" in detail and "channel 't1c' grid 40x36x30" in detail
+
+
+def test_routes_with_one_image_per_case_refuse_a_multi_channel_model(
+    stack: Stack, case: tuple[dict[str, Path], np.ndarray, Path], no_leftovers: None
+) -> None:
+    """STOW-RS series and dataset evaluations bring one image per case: 422 at once, not a failed job."""
+    with stack.client() as c:
+        stow = c.post(
+            f"/dicomweb/{MODEL}/studies",
+            content=b"--b\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--b--\r\n",
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        )
+        evaluation = c.post("/v1/evaluations", json={"dataset": "any", "model": MODEL})
+    for resp in (stow, evaluation):
+        assert resp.status_code == 422, resp.text
+        assert resp.headers["content-type"].startswith("application/problem+json")
+        assert resp.json()["code"] == "multi_channel_model"
+        assert "(t1c, t1, t2, flair)" in resp.json()["detail"]

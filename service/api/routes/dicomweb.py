@@ -29,7 +29,7 @@ from segserve.db import ApiKey, new_session
 from segserve.deid_store import uid_key
 from segserve.storage import new_staging_dir
 from service.api.deps import CanCreateJobs, CatalogDep, SettingsDep
-from service.api.lookup import available_card
+from service.api.lookup import single_image_card
 from service.dicomweb.collect import place
 from service.dicomweb.instances import Received, Rejected, inspect_part
 from service.dicomweb.multipart import StowPart, check_media_type, receive_related
@@ -78,7 +78,7 @@ def _model_for(catalog: Catalog, settings: Settings, model: str | None) -> str:
         where = "in the URL" if model else "in SEGSERVE_DICOMWEB_DEFAULT_MODEL"
         known = ", ".join(sorted(catalog.ids()))
         raise Problem(404, f"unknown model '{chosen}' {where}; known models: {known}", code="unknown_model")
-    available_card(catalog, chosen)  # 422 when its weights are missing or altered
+    single_image_card(catalog, chosen, "STOW-RS")  # 422: weights missing or altered, several channels
     return chosen
 
 

@@ -21,7 +21,7 @@ from segserve.config import Settings
 from segserve.db import Evaluation, JobStatus, new_session
 from segserve.jobs import evaluation_case_counts
 from service.api.deps import CanCreateEvaluations, CanReadEvaluations, CatalogDep, SessionDep, SettingsDep
-from service.api.lookup import available_card
+from service.api.lookup import single_image_card
 from service.problems import Problem
 from workers.celery_app import RUN_EVALUATION, send_evaluation_task
 from workers.celery_app import app as celery_app
@@ -105,10 +105,10 @@ def _plan(settings: Settings, body: EvaluationCreate, catalog: CatalogDep) -> di
                 "n_cases": len(pairs),
             }
         assert body.dataset is not None and body.model is not None
+        card = single_image_card(catalog, body.model, "a dataset evaluation")
         dataset = read_dataset(_inside(settings, body.dataset))
     except DatasetError as exc:
         raise Problem(422, str(exc), code="invalid_dataset") from None
-    card = available_card(catalog, body.model)
     label_map = body.label_map or {}
     wrong_keys = sorted(set(label_map) - set(card.labels))
     wrong_values = sorted(set(label_map.values()) - set(dataset.labels))
