@@ -41,4 +41,3 @@ def single_image_card(catalog: Catalog, model_id: str, route: str) -> ModelCard:
             code="multi_channel_model",
         )
     return card
-
