@@ -6,6 +6,7 @@ The schema is created with `create_all` on start (`init_db`); both the API and t
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -235,6 +236,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_engines: list[Engine] = []
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine per URL per process."""
@@ -243,7 +247,20 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    _engines.append(engine)
     return engine
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child (Celery's prefork pool forks the worker's main process), start with empty pools.
+    The parent's pooled connections are left open for the parent (close=False): one socket used by two
+    processes interleaves their transactions, which PostgreSQL showed as "connection in transaction status
+    INTRANS" in a pool child while the parent's intake sweep was mid-transaction."""
+    for engine in _engines:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
 @lru_cache(maxsize=8)

@@ -39,7 +39,7 @@ def test_job_flow_on_postgres(pg_stack: Stack, postgres_url: str, tmp_path: Path
         )
         assert resp.status_code == 202, resp.text
         done = wait_job(c, resp.json()["id"])
-        assert done["status"] == "succeeded", done
+        assert done["status"] == "succeeded", (done.get("error"), done)
         out = tmp_path / "r.nii.gz"
         out.write_bytes(c.get(f"/v1/jobs/{done['id']}/result").content)
         assert nib.load(out).shape == (40, 40, 40)
