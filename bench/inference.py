@@ -8,7 +8,10 @@ Run from the repository root:
 Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LIA), model
 ``brain-mri-structures`` (MeshNet, 18 classes), weights from ``../shared/models``.
   (a) bare: the plain MeshNet ``forward`` on the same cropped, min-max normalised (1, 1, d, h, w) tensor the
-      Predictor builds (no service, no argmax, no resampling); one untimed warm-up pass first.
+      Predictor builds, in the Predictor's channels-last memory layout (no service, no argmax, no
+      resampling); one untimed warm-up pass first.
+  (a0) the same in PyTorch's default (contiguous) layout: what channels-last saves (skip with
+      ``--no-layout-baseline``).
   (b) service: ``segserve api`` + ``segserve worker`` subprocesses (tests.support.stack, an embedded Redis
       broker, SQLite), POST norm.mgz, poll the job every 50 ms until ``succeeded``; the time is POST to
       result ready. The worker is warmed by one prior job on the same scan, so model loading is not counted
@@ -44,7 +47,7 @@ import torch
 
 from models.catalog import Catalog
 from models.conform import conform
-from models.predictor import Predictor
+from models.predictor import MEMORY_FORMAT, Predictor
 from models.preprocess import foreground_box, intensity_range, normalise
 from segserve.broker import EmbeddedRedis
 from segserve.imaging.volume import Volume
@@ -65,18 +68,25 @@ def bare_input(predictor: Predictor, volume: Volume) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crop.transpose(predictor.axis_order)))[None, None]
 
 
-def bare_forward() -> tuple[Callable[[], float], tuple[int, ...]]:
-    """A function timing one bare forward pass (seconds), and the input tensor's shape."""
+def bare_forward(
+    memory_format: torch.memory_format = MEMORY_FORMAT,
+) -> tuple[Callable[[], float], tuple[int, ...]]:
+    """A function timing one bare forward pass (seconds), and the input tensor's shape.
+
+    ``memory_format``: the layout of the network's weights and input; the Predictor's (channels-last) for
+    (a), PyTorch's default (contiguous) for the layout baseline (a0).
+    """
     card = Catalog(WEIGHTS).card(MODEL)
     predictor = Predictor.load(card, WEIGHTS)
     img = nibabel.load(SCAN)
     volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
-    x = bare_input(predictor, volume)
+    x = bare_input(predictor, volume).contiguous(memory_format=memory_format)
+    network = predictor.network.to(memory_format=memory_format)  # type: ignore[call-overload]
 
     def run() -> float:
         with torch.inference_mode():
             start = time.perf_counter()
-            predictor.network(x)
+            network(x)
             return time.perf_counter() - start
 
     return run, tuple(x.shape)
@@ -168,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, every side")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, interleaved")
     parser.add_argument("--with-brainchop", action="store_true", help="also run (c), the brainchop package")
+    parser.add_argument(
+        "--no-layout-baseline",
+        dest="layout_baseline",
+        action="store_false",
+        help="skip (a0), the bare forward in PyTorch's default (contiguous) memory layout",
+    )
     parser.add_argument("--brainchop-model", default="subcortical", help="brainchop model name for (c)")
     args = parser.parse_args(argv)
     if not SCAN.is_file() or not (WEIGHTS / "brainchop").is_dir():
@@ -177,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     run_bare, shape = bare_forward()
+    run_default = bare_forward(torch.contiguous_format)[0] if args.layout_baseline else None
     bare: list[float] = []
+    default: list[float] = []
     runs: list[tuple[float, dict[str, float]]] = []
     with service_stack(args.threads) as client:
         run_bare()  # warm-up of (a)
@@ -185,11 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeats):  # interleaved, so both sides see the same background load
             bare.append(run_bare())
             runs.append(_job_seconds(client))
+            if run_default is not None:
+                default.append(run_default())
     service = [total for total, _ in runs]
     a, b = min(bare), min(service)
     print(f"model {MODEL} on subject-a, input tensor {shape}, {args.threads} torch threads")
     print(f"{'side':<48} {'seconds':>8}")
-    print(f"{'(a) bare MeshNet forward':<48} {a:8.2f}   runs {[round(t, 2) for t in bare]}")
+    print(f"{'(a) bare MeshNet forward (channels-last)':<48} {a:8.2f}   runs {[round(t, 2) for t in bare]}")
+    if default:
+        label = "(a0) the same, PyTorch's default layout"
+        print(
+            f"{label:<48} {min(default):8.2f}   runs {[round(t, 2) for t in default]}   "
+            f"(a0)/(a) = {min(default) / a:.2f}: what channels-last saves"
+        )
     label_b = "(b) service: POST -> result ready (warm worker)"
     print(f"{label_b:<48} {b:8.2f}   runs {[round(t, 2) for t in service]}")
     for _, parts in runs:

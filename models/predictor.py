@@ -3,7 +3,8 @@
 Pipeline for one volume (shapes for a 256³ conformed grid):
     input (I, J, K) --conform--> float32 (256, 256, 256) on the 1 mm LIA grid (identity if already there)
     --crop to the non-zero box + margin (unless the card says no crop)--> (d, h, w) --normalise--> [0, 1]
-    --axis order--> tensor (1, 1, d, h, w) --MeshNet, layer by layer--> logits (1, C, d, h, w)
+    --axis order--> tensor (1, 1, d, h, w), channels-last in memory --MeshNet, layer by layer-->
+    logits (1, C, d, h, w)
     --argmax--> labels (d, h, w) --paste into 256³, background 0--> --nearest neighbour--> (I, J, K).
 
 Axis order: brainchop's TF.js models take the conformed array in nibabel's own index order, data[i, j, k]
@@ -38,6 +39,11 @@ __all__ = ["Cancelled", "ModelUnavailable", "Predictor", "get_predictor", "load_
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
 
+# MeshNet's weights and activations are kept channels-last (N, D, H, W, C in memory). Measured on 2 CPU
+# cores, subject-a crop (1, 1, 137, 143, 186), brain-mri-structures: 11.1 s vs 16.1 s for the default
+# layout, labels identical on every voxel (bench.inference prints both in the same run).
+MEMORY_FORMAT = torch.channels_last_3d
+
 # Share of the progress bar before / after the network (conform + normalise; argmax + resample back).
 _PRE, _POST = 0.05, 0.05
 
@@ -47,7 +53,8 @@ class Predictor:
 
     def __init__(self, card: ModelCard, network: MeshNet, device: str = "cpu") -> None:
         self.card = card
-        self.network = network
+        # Module.to takes memory_format (documented); its type stubs leave it out.
+        self.network = network.to(memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]
         self.device = torch.device(device)
         params = card.params
         self.normalisation = str(params.get("normalisation", "minmax"))
@@ -135,7 +142,7 @@ class Predictor:
         del crop
         total = self.network.num_steps
         with torch.inference_mode():
-            x = x.to(self.device)
+            x = x.to(self.device, memory_format=MEMORY_FORMAT)
             steps = self.network.forward_steps(x)
             del x
             activation: torch.Tensor | None = None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.catalog import Catalog, builtin_cards
 from models.predictor import Predictor
@@ -18,6 +19,10 @@ def test_card_loads(shared_models_dir: Path, model_id: str) -> None:
     predictor = Predictor.load(card, shared_models_dir)
     assert predictor.network.num_classes == card.num_classes == len(card.colors)
     assert predictor.axis_order == (0, 1, 2)
+    # kept channels-last (1.43x faster on CPU, bench.inference): every 3D kernel, not the default layout
+    kernels = [p for p in predictor.network.parameters() if p.dim() == 5]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last_3d) for k in kernels)
+    assert not all(k.is_contiguous() for k in kernels if k.shape[1] > 1)
 
 
 def test_tissue_model_on_subject_a(shared_models_dir: Path, subject_a: tuple[Volume, np.ndarray]) -> None:
