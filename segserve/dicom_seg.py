@@ -8,9 +8,11 @@ Segments: one per structure PRESENT in the label volume (value > 0 with at least
 structures are left out: a SEG segment with no frame is legal but clutters every viewer's segment list.
 Segment numbers are therefore 1..N in increasing label value, NOT the model's label
 values; each segment carries the model's value in its SegmentDescription ("label 7 of model ...") and the
-structure name as SegmentLabel. A label volume with no structure at all cannot become a valid SEG (the
-Segment Sequence needs at least one item): `build_seg` raises `EmptySegmentation` and the export records
-that reason for the API (see `seg_result_path`).
+structure name as SegmentLabel. A label volume with no structure at all is still an answer for PACS (the
+model looked and found nothing): its SEG lists every structure of the model card as an empty segment, with
+all frames empty (the Segment Sequence needs at least one item; highdicom then keeps the empty frames, and
+dcmqi reads them back as empty masks). Only a card with no structure raises `EmptySegmentation`; the export
+records such reasons for the API (see `seg_result_path`).
 
 Codes: the segmented property type is a SNOMED CT concept from pydicom's code dictionary when the structure
 name maps to one with certainty (`_SCT_BY_NAME`, exact names only), with category Anatomical Structure;
@@ -136,12 +138,12 @@ class SegExportError(Exception):
 
 
 class EmptySegmentation(SegExportError):
-    """The label volume holds no structure, and a SEG needs at least one segment."""
+    """The label volume holds no structure and the model card lists none, and a SEG needs a segment."""
 
     def __init__(self) -> None:
         super().__init__(
-            "the result holds no segmented structure (all voxels are background), and a DICOM SEG must "
-            "hold at least one segment",
+            "the result holds no segmented structure (all voxels are background) and the model lists no "
+            "structure, and a DICOM SEG must hold at least one segment",
             code="empty_segmentation",
         )
 
@@ -269,12 +271,13 @@ def build_seg(
 
     Returns:
         the SEG (a pydicom Dataset subclass): one segment per structure present, numbered 1..N in
-        increasing label value; the frames of source slice k hold the segments of `labels[:, :, k].T`
-        (Rows, Columns). Empty frames are omitted.
+        increasing label value (all structures of the card, empty, when none is present); the frames of
+        source slice k hold the segments of `labels[:, :, k].T` (Rows, Columns). Empty frames are omitted
+        unless every frame is empty.
 
     Raises:
-        EmptySegmentation when no voxel is > 0; SegExportError for a grid that does not fit the sources,
-        or a series mixing multi-frame and single-frame objects.
+        EmptySegmentation when no voxel is > 0 and the card lists no structure; SegExportError for a grid
+        that does not fit the sources, or a series mixing multi-frame and single-frame objects.
     """
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -283,10 +286,12 @@ def build_seg(
         raise SegExportError("labels must not be negative", code="bad_labels")
     frames = _frames_of(labels, source_datasets, frame_numbers)
     present = [int(v) for v in np.unique(labels) if v > 0]
-    if not present:
+    # Nothing found is a result too: then every structure the model looks for, as an empty segment.
+    segment_values = present or sorted(int(v) for v in card.labels if int(v) > 0)
+    if not segment_values:
         raise EmptySegmentation()
 
-    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint16 if len(present) > 255 else np.uint8)
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.uint16 if len(segment_values) > 255 else np.uint8)
     for number, value in enumerate(present, start=1):
         lut[value] = number
     pixel_array = np.ascontiguousarray(lut[frames])  # (frames, rows, columns) of segment numbers
@@ -295,7 +300,7 @@ def build_seg(
         name=card.id[:64], version=card.version[:64], family=codes.cid7162.ArtificialIntelligence
     )
     descriptions = []
-    for number, value in enumerate(present, start=1):
+    for number, value in enumerate(segment_values, start=1):
         name = str(card.labels.get(value, f"label {value}")) or f"label {value}"
         concept = snomed_code_for(name)
         category = _concept("AnatomicalStructure") if concept is not None else _concept("Tissue")

@@ -4,6 +4,7 @@ round trips through highdicom and through dcmqi's segimage2itkimage."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import warnings
 import zipfile
@@ -204,9 +205,23 @@ def test_empty_character_set_is_handled_without_touching_the_sources(series: Ser
     assert not any(e.tag.is_private for e in seg)  # ... the SEG has none
 
 
-def test_all_background_raises_empty_segmentation(series: Series) -> None:
+def test_all_background_gives_every_structure_as_an_empty_segment(series: Series, tmp_path: Path) -> None:
+    """Nothing found is a result for PACS too: a valid SEG naming what the model looked for, all empty,
+    which reads back as background on the series' own frames."""
+    empty = np.zeros(series.volume.shape, dtype=np.uint8)
+    seg = build_seg(empty, series.datasets, CARD)
+    structures = sorted(v for v in CARD.labels if v > 0)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [CARD.labels[v] for v in structures]
+    assert [s.SegmentDescription.split()[1] for s in seg.SegmentSequence] == [str(v) for v in structures]
+    path = tmp_path / "empty.dcm"
+    seg.save_as(path)
+    back = seg_to_labels(hd.seg.segread(path), series.volume.meta["sop_instance_uids"], CARD.labels)
+    np.testing.assert_array_equal(back, empty)
+    assert seg.StudyInstanceUID == series.datasets[0].StudyInstanceUID
+    # a card without structures cannot make one
+    no_structures = dataclasses.replace(CARD, labels={0: "background"}, colors={0: (0, 0, 0)})
     with pytest.raises(EmptySegmentation) as info:
-        build_seg(np.zeros(series.volume.shape, dtype=np.uint8), series.datasets, CARD)
+        build_seg(empty, series.datasets, no_structures)
     assert info.value.code == "empty_segmentation"
 
 
@@ -266,15 +281,21 @@ def test_export_job_seg_writes_the_file_and_records_failures(series: Series, tmp
     back = seg_to_labels(hd.seg.segread(out), series.volume.meta["sop_instance_uids"], CARD.labels)
     np.testing.assert_array_equal(back, labels)
 
-    # all background: no SEG, and the reason is kept for the API
+    # all background: still a SEG, every structure of the card as an empty segment
     write_labels_nifti(np.zeros_like(labels), series.volume, labels_path)
     empty_out = tmp_path / "empty" / "labels.seg.dcm"
-    assert try_export_job_seg(series.paths, labels_path, CARD, empty_out, job_id="j1") is None
-    assert not empty_out.exists()
+    assert try_export_job_seg(series.paths, labels_path, CARD, empty_out, job_id="j1") == empty_out
+    assert seg_result_path(empty_out) == empty_out
+    assert len(hd.seg.segread(empty_out).SegmentSequence) == len(CARD.labels) - 1
+    # a failed export keeps its reason for the API
+    unusable = dataclasses.replace(CARD, labels={0: "background"}, colors={0: (0, 0, 0)})
+    failed_out = tmp_path / "failed" / "labels.seg.dcm"
+    assert try_export_job_seg(series.paths, labels_path, unusable, failed_out, job_id="j1") is None
+    assert not failed_out.exists()
     with pytest.raises(SegUnavailable) as info:
-        seg_result_path(empty_out)
+        seg_result_path(failed_out)
     assert info.value.code == "empty_segmentation"
-    assert json.loads((empty_out.parent / "labels.seg.dcm.error.json").read_text())["code"] == (
+    assert json.loads((failed_out.parent / "labels.seg.dcm.error.json").read_text())["code"] == (
         "empty_segmentation"
     )
     # nothing recorded at all (not a DICOM job, or not finished)
