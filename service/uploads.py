@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 
 from models.catalog import ModelCard, input_channels
+from service.multipart_feed import feed_multipart
 from service.problems import Problem
 
 FILE_FIELDS = ("image", "reference")
@@ -171,26 +172,7 @@ async def receive_form(
     if not boundary:
         raise Problem(400, "multipart/form-data without a boundary", code="bad_multipart")
     collector = _Collector(root, max_bytes)
-    callbacks = {
-        "on_part_begin": collector.on_part_begin,
-        "on_part_data": collector.on_part_data,
-        "on_part_end": collector.on_part_end,
-        "on_header_field": collector.on_header_field,
-        "on_header_value": collector.on_header_value,
-        "on_header_end": collector.on_header_end,
-        "on_headers_finished": collector.on_headers_finished,
-    }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    try:
-        async for chunk in body:
-            parser.write(chunk)
-        parser.finalize()
-    except Problem:
-        raise
-    except Exception as exc:  # the parser's own errors: a malformed body
-        raise Problem(400, f"malformed multipart body: {exc}", code="bad_multipart") from None
-    finally:
-        collector.close()
+    await feed_multipart(collector, boundary, body, "multipart/form-data")
     return collector.result
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import parse_options_header
 
+from service.multipart_feed import feed_multipart
 from service.problems import Problem
 
 DICOM = "application/dicom"
@@ -118,30 +119,5 @@ async def receive_related(
     """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order.
     Raises Problem 413 past `max_bytes` or MAX_PARTS, 400 for a malformed body; the caller removes `root`."""
     collector = _Collector(root, max_bytes)
-    callbacks = {
-        "on_part_begin": collector.on_part_begin,
-        "on_part_data": collector.on_part_data,
-        "on_part_end": collector.on_part_end,
-        "on_header_field": collector.on_header_field,
-        "on_header_value": collector.on_header_value,
-        "on_header_end": collector.on_header_end,
-        "on_headers_finished": collector.on_headers_finished,
-    }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    try:
-        async for chunk in body:
-            parser.write(chunk)
-        parser.finalize()
-    except Problem:
-        raise
-    except Exception as exc:  # the parser's own errors: a malformed body
-        raise Problem(400, f"malformed multipart/related body: {exc}", code="bad_multipart") from None
-    finally:
-        collector.close()
-    if parser.state != MultipartState.END:  # python-multipart's finalize() does not check this itself
-        raise Problem(
-            400,
-            "the multipart/related body ends before its closing boundary (truncated?)",
-            code="bad_multipart",
-        )
+    await feed_multipart(collector, boundary, body, "multipart/related")
     return collector.parts
