@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     dicomweb_default_model: str | None = Field(
         default=None, description="Model for STOW-RS to /dicomweb/studies (no model in the path)."
     )
+    dicomweb_model_rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="Modality -> model for STOW-RS to /dicomweb/studies, as JSON (e.g. "
+        '{"MR": "brain-mri-structures"}); other modalities take SEGSERVE_DICOMWEB_DEFAULT_MODEL.',
+    )
     dicomweb_quiet_s: float = Field(
         default=45.0, gt=0, description="A received series becomes a job this long after its last instance."
     )

@@ -31,7 +31,7 @@ from segserve.storage import new_staging_dir
 from service.api.deps import CanCreateJobs, CatalogDep, SettingsDep
 from service.api.lookup import single_image_card
 from service.dicomweb.collect import place
-from service.dicomweb.instances import Received, Rejected, inspect_part
+from service.dicomweb.instances import SOP_CLASS_NOT_SUPPORTED, Received, Rejected, inspect_part
 from service.dicomweb.multipart import StowPart, check_media_type, receive_related
 from service.dicomweb.response import MEDIA_TYPE, status_code, store_response, warning_headers
 from service.problems import Problem
@@ -64,8 +64,12 @@ class _Outcome:
     series_ids: list[str]
 
 
-def _model_for(catalog: Catalog, settings: Settings, model: str | None) -> str:
-    """The model of the request: from the path, else the configured default; 404 / 422 otherwise."""
+def _model_for(catalog: Catalog, settings: Settings, model: str | None) -> str | None:
+    """The model of the request: from the path, else the configured default; 404 / 422 otherwise.
+    None when there is no model in the path and modality rules are configured: each instance's modality
+    then chooses (`_ModalityRules`)."""
+    if model is None and settings.dicomweb_model_rules:
+        return None
     chosen = model or settings.dicomweb_default_model
     if not chosen:
         raise Problem(
@@ -82,18 +86,71 @@ def _model_for(catalog: Catalog, settings: Settings, model: str | None) -> str:
     return chosen
 
 
+class _ModalityRules:
+    """SEGSERVE_DICOMWEB_MODEL_RULES (modality -> model, falling back to the default model): the model for
+    one instance, or why there is none (checked once per model and request)."""
+
+    def __init__(self, catalog: Catalog, settings: Settings) -> None:
+        self._catalog = catalog
+        self._rules = {k.upper(): v for k, v in settings.dicomweb_model_rules.items()}
+        self._default = settings.dicomweb_default_model
+        self._why_not: dict[str, str | None] = {}
+
+    def choose(self, item: Received) -> tuple[str | None, str]:
+        modality = item.facts.modality.upper()
+        model = self._rules.get(modality) or self._default
+        if model is None:
+            return None, (
+                f"part {item.part}: no model for modality '{modality or 'none'}' "
+                f"(SEGSERVE_DICOMWEB_MODEL_RULES names {', '.join(sorted(self._rules))}); "
+                "POST to /dicomweb/{model}/studies to choose one"
+            )
+        if model not in self._why_not:
+            try:
+                single_image_card(self._catalog, model, "STOW-RS")
+                self._why_not[model] = None
+            except Problem as problem:
+                self._why_not[model] = problem.detail
+        why = self._why_not[model]
+        return (None, f"part {item.part}: {why}") if why else (model, "")
+
+
 def _process(
-    settings: Settings, parts: list[StowPart], model_id: str, key_id: str, study: str | None
+    settings: Settings,
+    parts: list[StowPart],
+    model: str | _ModalityRules,
+    key_id: str,
+    study: str | None,
 ) -> _Outcome:
     deid_key = uid_key(settings.resolved_data_dir) if settings.deidentify else None
-    received: list[Received] = []
+    by_model: dict[str, list[Received]] = {}
     rejected: list[Rejected] = []
     for part in parts:
         checked = inspect_part(part, study_uid=study, deid_key=deid_key)
-        (received if isinstance(checked, Received) else rejected).append(checked)  # type: ignore[arg-type]
-    placement = place(settings, received, model_id, key_id)
-    failed = sorted([*rejected, *placement.failed], key=lambda r: r.part)
-    return _Outcome(placement.stored, failed, placement.series_ids)
+        if isinstance(checked, Rejected):
+            rejected.append(checked)
+            continue
+        model_id, why = (model, "") if isinstance(model, str) else model.choose(checked)
+        if model_id is None:
+            rejected.append(
+                Rejected(
+                    checked.part,
+                    SOP_CLASS_NOT_SUPPORTED,
+                    why,
+                    checked.sop_class_uid,
+                    checked.sop_instance_uid,
+                )
+            )
+        else:
+            by_model.setdefault(model_id, []).append(checked)
+    stored: list[Received] = []
+    series_ids: list[str] = []
+    for model_id, received in by_model.items():
+        placement = place(settings, received, model_id, key_id)
+        stored += placement.stored
+        rejected += placement.failed
+        series_ids += placement.series_ids
+    return _Outcome(stored, sorted(rejected, key=lambda r: r.part), series_ids)
 
 
 def _audit(
@@ -137,7 +194,8 @@ async def _stow(
         parts = await receive_related(boundary, request.stream(), staging, settings.max_upload_bytes)
         if not parts:
             raise Problem(400, "the multipart/related body holds no parts", code="no_instances")
-        outcome = await run_in_threadpool(_process, settings, parts, model_id, key.id, study)
+        chooser = model_id if model_id is not None else _ModalityRules(catalog, settings)
+        outcome = await run_in_threadpool(_process, settings, parts, chooser, key.id, study)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     status = status_code(len(outcome.stored), len(outcome.failed))
@@ -150,7 +208,7 @@ async def _stow(
         key.id,
         len(outcome.stored),
         len(outcome.series_ids),
-        model_id,
+        model_id or "by modality",
         len(outcome.failed),
     )
     response = JSONResponse(store_response(outcome.stored, outcome.failed), status, media_type=MEDIA_TYPE)
