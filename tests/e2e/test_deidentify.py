@@ -5,7 +5,6 @@ its own UIDs back, and the UID mapping is kept so results can be tied back."""
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 import zipfile
 from collections.abc import Iterator
@@ -15,10 +14,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from models.testing.make_bundle import write_unet_bundle
-from tests.conftest import redis_db
-from tests.support.dicomweb import ct_series, to_bytes
-from tests.support.paths import require_shared
+from tests.support.dicomweb import api_only_stack, ct_series, to_bytes
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -28,25 +24,13 @@ NAME, PATIENT_ID = "IDENTIFIABLE^PERSON", "MRN-31337"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_shared()
-    tmp = tmp_path_factory.mktemp("deid")
-    stack = Stack(
-        tmp,
-        {
-            "SEGSERVE_REDIS_URL": redis_db(10),
-            "SEGSERVE_DEIDENTIFY": "true",
-            "SEGSERVE_DICOMWEB_DEFAULT_MODEL": MODEL,
-            "SEGSERVE_DICOMWEB_QUIET_S": "3600",  # stays open: the stored files are inspected in place
-        },
-    )
-    (tmp / "data").mkdir()
-    stack.admin_key = json.loads(stack.cli("keys", "create", "--name", "a", "--role", "admin").stdout)["key"]
-    stack.cli("models", "install", str(write_unet_bundle(tmp / "src" / MODEL)))
-    try:
-        stack.start_api()
+    env = {
+        "SEGSERVE_DEIDENTIFY": "true",
+        "SEGSERVE_DICOMWEB_DEFAULT_MODEL": MODEL,
+        "SEGSERVE_DICOMWEB_QUIET_S": "3600",  # stays open: the stored files are inspected in place
+    }
+    with api_only_stack(tmp_path_factory.mktemp("deid"), env, MODEL) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _assert_deidentified(path: Path) -> pydicom.Dataset:

@@ -11,10 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from models.testing.make_bundle import write_unet_bundle
-from tests.conftest import redis_db
-from tests.support.dicomweb import ct_series, related_body, to_bytes
-from tests.support.paths import require_shared
+from tests.support.dicomweb import api_only_stack, ct_series, related_body, to_bytes
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -24,25 +21,13 @@ FAILED_SOP_SEQUENCE, FAILURE_REASON = "00081198", "00081197"
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_shared()
-    tmp = tmp_path_factory.mktemp("rules")
-    stack = Stack(
-        tmp,
-        {
-            "SEGSERVE_REDIS_URL": redis_db(10),
-            # CT to the bundle; PT to a model that does not exist; no default model.
-            "SEGSERVE_DICOMWEB_MODEL_RULES": json.dumps({"CT": CT_MODEL, "pt": "no-such-model"}),
-            "SEGSERVE_DICOMWEB_QUIET_S": "3600",  # stays open: only the routing is checked
-        },
-    )
-    (tmp / "data").mkdir()
-    stack.admin_key = json.loads(stack.cli("keys", "create", "--name", "a", "--role", "admin").stdout)["key"]
-    stack.cli("models", "install", str(write_unet_bundle(tmp / "src" / CT_MODEL)))
-    try:
-        stack.start_api()
+    env = {
+        # CT to the bundle; PT to a model that does not exist; no default model.
+        "SEGSERVE_DICOMWEB_MODEL_RULES": json.dumps({"CT": CT_MODEL, "pt": "no-such-model"}),
+        "SEGSERVE_DICOMWEB_QUIET_S": "3600",  # stays open: only the routing is checked
+    }
+    with api_only_stack(tmp_path_factory.mktemp("rules"), env, CT_MODEL) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _as(modality: str, series: list[Dataset]) -> list[Dataset]:

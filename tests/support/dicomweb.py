@@ -1,18 +1,25 @@
 """Test series for DICOMweb intake, built from the real CT slices in ../shared (never written to the repo),
-and a plain multipart/related encoder for requests that dicomweb-client would not send."""
+a plain multipart/related encoder for requests that dicomweb-client would not send, and an API-only stack
+for tests that check what the API stores (no worker)."""
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from tests.support.paths import DATA
+from models.testing.make_bundle import write_unet_bundle
+from tests.conftest import redis_db
+from tests.support.paths import DATA, require_shared
+from tests.support.stack import Stack
 
 CT_3SLICE = DATA / "dicom" / "ct-3slice"
 
@@ -78,3 +85,19 @@ def related_body(
     if declared_type is not None:
         content_type += f'; type="{declared_type}"'
     return body, content_type
+
+
+@contextmanager
+def api_only_stack(tmp: Path, env: Mapping[str, str], bundle_model: str) -> Iterator[Stack]:
+    """uvicorn over SQLite in `tmp` with `env`, an admin key (`stack.admin_key`) and a small CT UNet bundle
+    installed as `bundle_model`; no worker, so STOW-RS collections stay as the API stored them."""
+    require_shared()
+    stack = Stack(tmp, {"SEGSERVE_REDIS_URL": redis_db(10), **env})
+    (tmp / "data").mkdir()
+    stack.admin_key = json.loads(stack.cli("keys", "create", "--name", "a", "--role", "admin").stdout)["key"]
+    stack.cli("models", "install", str(write_unet_bundle(tmp / "src" / bundle_model)))
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop()
