@@ -24,6 +24,7 @@ from models.catalog import Catalog
 from models.predictor import get_predictor
 from segserve.imaging.volume import Volume
 from tests.models.conftest import SUBJECT_A_DIR
+from tests.support.volumes import dice_per_label, shifted
 
 MODEL = "brain-mri-parcellation"
 CORTEX = 16  # first cortical class; classes 16-49 are Desikan-Killiany parcels
@@ -62,24 +63,7 @@ def reference_classes(aparc: np.ndarray) -> np.ndarray:
 
 def dice_by_class(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
     """Dice of classes 1-16 (cortical classes merged into 16) from one bincount of pred * 17 + ref."""
-    merged = np.minimum(pred, CORTEX).astype(np.int64)
-    counts = np.bincount((merged * 17 + ref).ravel(), minlength=17 * 17).reshape(17, 17)
-    out = {}
-    for c in range(1, 17):
-        denom = counts[c, :].sum() + counts[:, c].sum()
-        out[c] = 1.0 if denom == 0 else float(2 * counts[c, c] / denom)
-    return out
-
-
-def shifted(labels: np.ndarray, axis: int, step: int) -> np.ndarray:
-    """``labels`` moved by ``step`` (+1 or -1) voxels along ``axis``, background filling the gap."""
-    out = np.zeros_like(labels)
-    src, dst = [slice(None)] * 3, [slice(None)] * 3
-    src[axis], dst[axis] = (
-        (slice(0, -step), slice(step, None)) if step > 0 else (slice(-step, None), slice(0, step))
-    )
-    out[tuple(dst)] = labels[tuple(src)]
-    return out
+    return dice_per_label(np.minimum(pred, CORTEX), ref, range(1, CORTEX + 1))
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from scipy import ndimage
 from models.catalog import Catalog
 from models.predictor import get_predictor
 from segserve.imaging.volume import Volume
+from tests.support.volumes import dice_per_label, shifted
 
 STRUCTURES = range(1, 18)
 SPACING_MM = (1.2, 0.9, 1.1)
@@ -101,26 +102,8 @@ def mean_dice(
     pred: np.ndarray, ref: np.ndarray, labels: range = STRUCTURES
 ) -> tuple[float, dict[int, float]]:
     """Mean and per-label Dice (1.0 when a label is empty in both), from one bincount of pred * K + ref."""
-    k = max(int(pred.max()), int(ref.max()), max(labels)) + 1
-    counts = np.bincount(
-        pred.astype(np.int64).ravel() * k + ref.astype(np.int64).ravel(), minlength=k * k
-    ).reshape(k, k)
-    dice = {}
-    for c in labels:
-        denom = counts[c, :].sum() + counts[:, c].sum()
-        dice[c] = 1.0 if denom == 0 else float(2 * counts[c, c] / denom)
+    dice = dice_per_label(pred, ref, labels)
     return float(np.mean(list(dice.values()))), dice
-
-
-def shifted(labels: np.ndarray, axis: int, step: int) -> np.ndarray:
-    """``labels`` moved by ``step`` (+1 or -1) voxels along ``axis``, background filling the gap."""
-    out = np.zeros_like(labels)
-    src, dst = [slice(None)] * 3, [slice(None)] * 3
-    src[axis], dst[axis] = (
-        (slice(0, -step), slice(step, None)) if step > 0 else (slice(-step, None), slice(0, step))
-    )
-    out[tuple(dst)] = labels[tuple(src)]
-    return out
 
 
 @pytest.fixture(scope="module")
