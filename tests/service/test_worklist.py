@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from segserve import jobs as job_states
 from segserve.db import ApiKey, Job, JobStatus, Review, get_engine, init_db, new_session
 from service.api.routes.worklist import MAX_LIMIT, WorklistFilter, worklist, worklist_page
-from tests.conftest import POSTGRES_URL
+from tests.conftest import fresh_postgres_database
 
 N_JOBS = MAX_LIMIT + 120  # more than the largest page
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -25,19 +25,8 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def postgres_db() -> Iterator[str]:
     """A database of this module's own: the session's shared one is used by the stack tests."""
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"segserve_worklist_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL answers at {POSTGRES_URL}: {exc}")
-    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database("segserve_worklist") as url:
+        yield url
 
 
 def _expected_state(i: int) -> str:
