@@ -3,10 +3,14 @@ enqueue without importing the tasks (and so without importing torch)."""
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from kombu import Queue
 
+from segserve import jobs as job_states
 from segserve.config import Settings
+from segserve.db import new_session
 
 RUN_JOB = "segserve.run_job"
 RUN_EVALUATION = "segserve.run_evaluation"
@@ -14,6 +18,7 @@ FINISH_EVALUATION = "segserve.finish_evaluation"
 QUEUES = ("cpu", "gpu")
 
 app = Celery("segserve")
+log = logging.getLogger(__name__)
 
 
 def configure(celery_app: Celery, settings: Settings) -> Celery:
@@ -65,3 +70,15 @@ def send_evaluation_task(celery_app: Celery, task: str, evaluation_id: str, queu
     if task not in (RUN_EVALUATION, FINISH_EVALUATION):
         raise ValueError(f"not an evaluation task: {task!r}")
     celery_app.send_task(task, args=[evaluation_id], queue=queue)
+
+
+def publish_committed_job(celery_app: Celery, settings: Settings, job_id: str, queue: str) -> None:
+    """Publish a job whose row is committed, then mark it enqueued. A broker failure is logged, not raised:
+    the row stays queued and a worker's recovery pass publishes it again, so nothing accepted is lost."""
+    try:
+        send_run_job(celery_app, job_id, queue)
+    except Exception:
+        log.warning("job %s: publishing failed; recovery will publish it", job_id, exc_info=True)
+        return
+    with new_session(settings.resolved_database_url) as session:
+        job_states.mark_enqueued(session, job_id)

@@ -13,7 +13,7 @@ Closing a claimed series (`close_series`), each step safe to repeat after a cras
      pixel decoding) and check the model is still available;
   3. move the files to the job's `input/` (one rename), then commit the job row (segserve.jobs.build_job)
      and the series' closing -> submitted in ONE transaction;
-  4. publish the job id as POST /v1/jobs does (send_run_job, then mark_enqueued).
+  4. publish the job id as POST /v1/jobs does (workers.celery_app.publish_committed_job).
 A series that fails 2 is marked failed with the reason (shown by GET /v1/intake) and its files removed.
 """
 
@@ -39,7 +39,7 @@ from segserve.imaging.errors import ImageError
 from segserve.imaging.readers import read_image
 from segserve.intake import claim_quiet, mark_failed, submitted_values
 from segserve.storage import JobFiles
-from workers.celery_app import send_run_job
+from workers.celery_app import publish_committed_job
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def close_series(celery_app: Celery, settings: Settings, series_id: str) -> str:
             return "taken over"
         session.commit()
         _audit(session, row, "intake.job_created", "job", row.job_id, {"incoming_series": series_id})
-    _publish(celery_app, settings, row.job_id, settings.default_queue)
+    publish_committed_job(celery_app, settings, row.job_id, settings.default_queue)
     log.info("intake %s: job %s created from %d instance(s)", series_id, row.job_id, len(valid.names))
     return IntakeState.submitted.value
 
@@ -162,16 +162,6 @@ def _remove(source: Path, files: JobFiles) -> None:
     shutil.rmtree(source, ignore_errors=True)  # patient data of a series that cannot be used
     if source == files.root / "input":
         files.remove()
-
-
-def _publish(celery_app: Celery, settings: Settings, job_id: str, queue: str) -> None:
-    try:
-        send_run_job(celery_app, job_id, queue)
-    except Exception:  # committed: a worker's start-up recovery publishes queued jobs again
-        log.warning("job %s: publishing failed; recovery will publish it", job_id, exc_info=True)
-        return
-    with new_session(settings.resolved_database_url) as session:
-        job_states.mark_enqueued(session, job_id)
 
 
 def _audit(

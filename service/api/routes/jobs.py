@@ -32,7 +32,7 @@ from service.problems import Problem
 from service.schemas import JobList, JobPublic
 from service.uploads import ParsedUpload, check_image_parts, receive_form
 from workers.celery_app import app as celery_app
-from workers.celery_app import send_run_job
+from workers.celery_app import publish_committed_job
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -139,17 +139,6 @@ def _store_job(
         raise
 
 
-def _publish(settings: Settings, job_id: str, queue: str) -> None:
-    try:
-        send_run_job(celery_app, job_id, queue)
-    except Exception:
-        # The row is committed: a worker's recovery pass publishes it again. Nothing accepted is lost.
-        log.warning("job %s: publishing failed; recovery will publish it", job_id, exc_info=True)
-        return
-    with new_session(settings.resolved_database_url) as session:
-        job_states.mark_enqueued(session, job_id)
-
-
 @router.post(
     "",
     status_code=202,
@@ -189,7 +178,7 @@ async def create_job(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     request.state.created_resource = ("job", job.id)
-    await run_in_threadpool(_publish, settings, job.id, job.queue)
+    await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue)
     log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
     body = JobPublic.from_row(job).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
