@@ -9,6 +9,8 @@ from pathlib import Path
 
 from fastapi import Request, Response
 
+from service.files import file_etag, not_modified
+
 
 @lru_cache(maxsize=32)
 def _compressed(path: Path, mtime_ns: int, size: int) -> bytes:
@@ -21,9 +23,9 @@ def static_response(request: Request, path: Path, media_type: str, headers: dict
     encodings have different ETags, as they are different bytes."""
     stat = path.stat()
     gzipped = "gzip" in request.headers.get("accept-encoding", "")
-    etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}{"-gz" if gzipped else ""}"'
+    etag = file_etag(stat, "-gz" if gzipped else "")
     common = {**headers, "ETag": etag, "Vary": "Accept-Encoding"}
-    if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+    if not_modified(request, etag):
         return Response(status_code=304, headers=common)
     if gzipped:
         body = _compressed(path, stat.st_mtime_ns, stat.st_size)
