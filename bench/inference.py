@@ -46,9 +46,9 @@ import numpy as np
 import torch
 
 from models.catalog import Catalog
-from models.conform import conform
-from models.predictor import MEMORY_FORMAT, Predictor
-from models.preprocess import foreground_box, intensity_range, normalise
+from models.meshnet.conform import conform
+from models.meshnet.predictor import MEMORY_FORMAT, MeshNetPredictor
+from models.meshnet.preprocess import foreground_box, intensity_range, normalise
 from segserve.broker import EmbeddedRedis
 from segserve.imaging.volume import Volume
 from tests.support.paths import DATA, WEIGHTS
@@ -58,7 +58,7 @@ MODEL = "brain-mri-structures"
 SCAN = DATA / "mri-brain" / "subject-a" / "norm.mgz"
 
 
-def bare_input(predictor: Predictor, volume: Volume) -> torch.Tensor:
+def bare_input(predictor: MeshNetPredictor, volume: Volume) -> torch.Tensor:
     """The (1, 1, d, h, w) float32 tensor the Predictor feeds MeshNet for ``volume``."""
     conformed = conform(volume)
     box = foreground_box(conformed.array, predictor.crop_margin or 0)
@@ -77,7 +77,7 @@ def bare_forward(
     (a), PyTorch's default (contiguous) for the layout baseline (a0).
     """
     card = Catalog(WEIGHTS).card(MODEL)
-    predictor = Predictor.load(card, WEIGHTS)
+    predictor = MeshNetPredictor.load(card, WEIGHTS)
     img = nibabel.load(SCAN)
     volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
     x = bare_input(predictor, volume).contiguous(memory_format=memory_format)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.catalog import Cancelled, ModelCard
+from models.card import Cancelled, ModelCard
 from segserve.imaging.volume import Volume
 
 

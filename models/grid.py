@@ -17,7 +17,7 @@ import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
-from models.conform import as_3d
+from models.meshnet.conform import as_3d
 from segserve.imaging.volume import Volume
 
 _SPACING_RTOL = 1e-3

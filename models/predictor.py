@@ -1,172 +1,29 @@
-"""Predictor: build a model once from its card, then segment many volumes.
+"""Predictors: one per model format, built once from a card and then asked to segment many volumes.
 
-Pipeline for one volume (shapes for a 256³ conformed grid):
-    input (I, J, K) --conform--> float32 (256, 256, 256) on the 1 mm LIA grid (identity if already there)
-    --crop to the non-zero box + margin (unless the card says no crop)--> (d, h, w) --normalise--> [0, 1]
-    --axis order--> tensor (1, 1, d, h, w), channels-last in memory --MeshNet, layer by layer-->
-    logits (1, C, d, h, w)
-    --argmax--> labels (d, h, w) --paste into 256³, background 0--> --nearest neighbour--> (I, J, K).
-
-Axis order: brainchop's TF.js models take the conformed array in nibabel's own index order, data[i, j, k]
-(i: right->left, j: superior->inferior, k: posterior->anterior) as (D, H, W). Measured on subject-a with
-model30chan18cls: order (0, 1, 2) gives mean Dice 0.785 over 17 structures against the FreeSurfer
-reference, order (2, 1, 0) gives 0.083. Cards carry it as ``params["axis_order"]``.
+Every predictor has ``load(card, models_dir, device)`` and
+``predict(volume, *, on_progress=None, is_cancelled=None) -> labels`` (labels on the input's own grid; see
+each format's predictor), and holds its network as ``.network``. This module picks the format's class by the
+card's ``params["weights_format"]`` and keeps loaded predictors per process.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Union
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from models.catalog import Cancelled, ModelCard, ModelUnavailable, check_card
-from models.conform import conform, labels_to_source
-from models.meshnet import MeshNet
-from models.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
-from models.tfjs import TfjsFormatError, load_tfjs_model
-from segserve.imaging.volume import Volume
+from models.card import Cancelled, ModelCard, ModelUnavailable
+from models.formats import format_named
 
-if TYPE_CHECKING:
-    from models.bundle_predictor import BundlePredictor
-
-__all__ = ["Cancelled", "ModelUnavailable", "Predictor", "get_predictor", "load_predictor"]
-
-ProgressCallback = Callable[[float], None]
-CancelCheck = Callable[[], bool]
-
-# MeshNet's weights and activations are kept channels-last (N, D, H, W, C in memory). Measured on 2 CPU
-# cores, subject-a crop (1, 1, 137, 143, 186), brain-mri-structures: 11.1 s vs 16.1 s for the default
-# layout, labels identical on every voxel (bench.inference prints both in the same run).
-MEMORY_FORMAT = torch.channels_last_3d
-
-# Share of the progress bar before / after the network (conform + normalise; argmax + resample back).
-_PRE, _POST = 0.05, 0.05
-
-
-class Predictor:
-    """A loaded model and its pre/post-processing. Not thread-safe: one ``predict`` at a time."""
-
-    def __init__(self, card: ModelCard, network: MeshNet, device: str = "cpu") -> None:
-        self.card = card
-        # Module.to takes memory_format (documented); its type stubs leave it out.
-        self.network = network.to(memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]
-        self.device = torch.device(device)
-        params = card.params
-        self.normalisation = str(params.get("normalisation", "minmax"))
-        kind, _, _ = parse_normalisation(self.normalisation)
-        # Only quantile windows clip by default: "scale" keeps tissue brighter than its anchor above 1.
-        self.clip = bool(params.get("clip_intensities", kind == "quantile"))
-        order = params.get("axis_order", [0, 1, 2])
-        self.axis_order = tuple(int(a) for a in order) if isinstance(order, list | tuple) else (0, 1, 2)
-        if sorted(self.axis_order) != [0, 1, 2]:
-            raise ValueError(f"axis_order must be a permutation of (0, 1, 2), got {order!r}")
-        # None: run on the whole conformed grid. Needed by networks with instance normalisation, whose
-        # statistics (and so whose output) depend on the field of view they are given.
-        margin = params.get("crop_margin_voxels", 4)
-        if margin is not None and (not isinstance(margin, int) or margin < 0):
-            raise ValueError(f"crop_margin_voxels must be a non-negative int or None, got {margin!r}")
-        self.crop_margin: int | None = margin
-
-    @classmethod
-    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> Predictor:
-        """Verify the card's files (size, sha256), read the weights and build the network.
-
-        Raises:
-            ModelUnavailable: a file is missing or damaged, or the architecture is not supported.
-        """
-        reason = check_card(card, models_dir)
-        if reason is not None:
-            raise ModelUnavailable(reason)
-        if card.architecture != "meshnet" or card.params.get("weights_format") != "tfjs-layers":
-            raise ModelUnavailable(
-                f"model {card.id}: architecture {card.architecture!r} with weights_format "
-                f"{card.params.get('weights_format')!r} is not supported"
-            )
-        model_json = PurePosixPath(str(card.params["model_json"]))
-        try:
-            spec = load_tfjs_model(Path(models_dir) / model_json.parent, model_json.name)
-        except TfjsFormatError as exc:
-            raise ModelUnavailable(f"model {card.id}: {exc}") from exc
-        if spec.num_classes != card.num_classes:
-            raise ModelUnavailable(
-                f"model {card.id}: network has {spec.num_classes} classes, card lists {card.num_classes}"
-            )
-        network = MeshNet.from_tfjs(spec).to(device)
-        return cls(card, network, device)
-
-    def predict(
-        self,
-        volume: Volume,
-        *,
-        on_progress: ProgressCallback | None = None,
-        is_cancelled: CancelCheck | None = None,
-    ) -> np.ndarray:
-        """Segment ``volume``.
-
-        Returns:
-            integer labels with shape ``volume.shape`` on the input's own grid: uint8 for up to 256
-            classes, else uint16.
-        Raises:
-            Cancelled: ``is_cancelled()`` returned True (checked before each layer).
-        """
-        report = on_progress or (lambda _fraction: None)
-        stop = is_cancelled or (lambda: False)
-        dtype = np.uint8 if self.network.num_classes <= 256 else np.uint16
-        conformed = conform(volume)
-        box = foreground_box(conformed.array, self.crop_margin or 0)
-        if box is not None and self.crop_margin is None:
-            box = (slice(None), slice(None), slice(None))
-        full = np.zeros(conformed.array.shape, dtype=dtype)
-        if box is not None:
-            low, high = intensity_range(conformed.array, self.normalisation)
-            crop = normalise(conformed.array[box], low, high, clip=self.clip)
-            report(_PRE)
-            full[box] = self._segment_crop(crop, dtype, report, stop)
-        if stop():
-            raise Cancelled()
-        labels = labels_to_source(full, conformed)
-        report(1.0)
-        return labels
-
-    def _segment_crop(
-        self, crop: np.ndarray, dtype: type[np.integer], report: ProgressCallback, stop: CancelCheck
-    ) -> np.ndarray:
-        """Run the network on a normalised float32 crop (d, h, w); return its labels (d, h, w)."""
-        inverse = tuple(int(a) for a in np.argsort(self.axis_order))
-        x = torch.from_numpy(np.ascontiguousarray(crop.transpose(self.axis_order)))[None, None]
-        del crop
-        total = self.network.num_steps
-        with torch.inference_mode():
-            x = x.to(self.device, memory_format=MEMORY_FORMAT)
-            steps = self.network.forward_steps(x)
-            del x
-            activation: torch.Tensor | None = None
-            for index in range(total):
-                if stop():
-                    steps.close()
-                    raise Cancelled()
-                activation = None  # let the previous activation go before the next one is built
-                activation = next(steps)
-                report(_PRE + (1.0 - _PRE - _POST) * (index + 1) / total)
-            steps.close()
-            if activation is None:
-                raise RuntimeError(f"model {self.card.id} has no layers")
-            labels = activation[0].argmax(dim=0)  # the last activation is the logits (1, C, d, h, w)
-            del activation
-            return labels.to("cpu").numpy().astype(dtype).transpose(inverse)
-
-
-AnyPredictor = Union["Predictor", "BundlePredictor"]
+__all__ = ["Cancelled", "ModelUnavailable", "get_predictor", "load_predictor", "set_model_cache_budget"]
 
 # Loaded models are kept per process and evicted least recently used once their weights together pass
 # this many bytes (the model just asked for is always kept). Set with set_model_cache_budget().
 MODEL_CACHE_BYTES = 4 << 30
-_cache: OrderedDict[tuple[str, str, str, str], tuple[AnyPredictor, int]] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str, str], tuple[Any, int]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -178,22 +35,26 @@ def set_model_cache_budget(nbytes: int) -> None:
     MODEL_CACHE_BYTES = nbytes
 
 
-def _weight_bytes(network: torch.nn.Module) -> int:
+def _weight_bytes(predictor: Any) -> int:
+    network = getattr(predictor, "network", None)
+    if not isinstance(network, torch.nn.Module):
+        return int(getattr(predictor, "nbytes", 0))
     tensors = [*network.parameters(), *network.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def load_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> AnyPredictor:
-    """A new predictor for ``card``: MeshNet cards get :class:`Predictor`, bundle cards
-    :class:`models.bundle_predictor.BundlePredictor` (by ``params["weights_format"]``)."""
-    if card.params.get("weights_format") == "monai-bundle":
-        from models.bundle_predictor import BundlePredictor
+def load_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any:
+    """A new predictor for ``card``: built-in MeshNet cards (``weights_format`` "tfjs-layers") get
+    :class:`models.meshnet.predictor.MeshNetPredictor`, installed models their format's predictor."""
+    fmt = format_named(str(card.params.get("weights_format", "")))
+    if fmt is not None:
+        return fmt.predictor_class().load(card, models_dir, device)
+    from models.meshnet.predictor import MeshNetPredictor
 
-        return BundlePredictor.load(card, models_dir, device)
-    return Predictor.load(card, models_dir, device)
+    return MeshNetPredictor.load(card, models_dir, device)
 
 
-def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> AnyPredictor:
+def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any:
     """A process-wide predictor for (card id, version, models dir, device): loaded once, then reused.
 
     Least recently used models are dropped when the loaded weights pass ``MODEL_CACHE_BYTES``.
@@ -205,7 +66,7 @@ def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any
             _cache.move_to_end(key)
             return entry[0]
         predictor = load_predictor(card, models_dir, device)
-        _cache[key] = (predictor, _weight_bytes(predictor.network))
+        _cache[key] = (predictor, _weight_bytes(predictor))
         _cache.move_to_end(key)
         while len(_cache) > 1 and sum(size for _, size in _cache.values()) > MODEL_CACHE_BYTES:
             _cache.popitem(last=False)

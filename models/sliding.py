@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map, dense_patch_slices
 
-from models.catalog import Cancelled
+from models.card import Cancelled
 from models.regions import region_bits_dtype
 
 Network = Callable[[torch.Tensor], torch.Tensor]

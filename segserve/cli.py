@@ -79,14 +79,15 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from models.bundle import BundleError
-    from models.catalog import Catalog, install_models
+    from models.catalog import Catalog
+    from models.install import install_models
+    from models.installed import InstallError
 
     models_dir = settings.resolved_models_dir
     if args.models_cmd == "install":
         try:
             installed = install_models(Path(args.path), models_dir)
-        except (BundleError, FileNotFoundError, NotADirectoryError) as exc:
+        except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         for path in installed:

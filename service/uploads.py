@@ -18,7 +18,7 @@ from typing import IO
 
 from python_multipart.multipart import parse_options_header
 
-from models.catalog import ModelCard, input_channels
+from models.card import ModelCard, input_channels
 from service.multipart_feed import feed_multipart
 from service.problems import Problem
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluation.report import evaluate_case
-from models.catalog import Catalog, ModelUnavailable, input_channels
+from models.card import ModelUnavailable, input_channels
+from models.catalog import Catalog
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
@@ -154,7 +155,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
 
         is_cancelled = _cancel_checker(settings, job.id)
         if channels:
-            from models.bundle_predictor import BundlePredictor
+            from models.bundle.predictor import BundlePredictor
 
             if not isinstance(predictor, BundlePredictor):
                 raise ModelUnavailable(f"model {card.id} lists input channels but is not a MONAI bundle")

@@ -205,10 +205,10 @@ def train_spleen(directory: Path, steps: int = 150, seed: int = 0) -> dict[str, 
     """
     import nibabel
 
-    from models.bundle import read_bundle
-    from models.bundle_install import card_from_bundle
-    from models.bundle_net import load_network
-    from models.bundle_predictor import BundlePredictor
+    from models.bundle.config import read_bundle
+    from models.bundle.install import card_from_bundle
+    from models.bundle.network import load_network
+    from models.bundle.predictor import BundlePredictor
     from models.grid import to_model_grid
     from segserve.imaging.volume import Volume
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from models.catalog import Catalog, ModelCard, input_channels
+from models.card import ModelCard, input_channels
+from models.catalog import Catalog
 from segserve.db import Job
 from service.problems import Problem
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle import read_bundle
-from models.bundle_install import card_from_bundle
-from models.bundle_net import load_network
-from models.bundle_predictor import BundlePredictor
+from models.bundle.config import read_bundle
+from models.bundle.install import card_from_bundle
+from models.bundle.network import load_network
+from models.bundle.predictor import BundlePredictor
 from models.testing.make_bundle import write_unet_bundle
 from segserve.imaging.volume import Volume
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.bundle import BundleError, read_bundle
-from models.bundle_net import load_network
+from models.bundle.config import BundleError, read_bundle
+from models.bundle.network import load_network
 from models.testing.make_bundle import write_unet_bundle
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog import Catalog, card_to_public, install_models
+from models.catalog import Catalog, card_to_public
+from models.install import install_models
 from models.testing.make_bundle import write_unet_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,8 +53,8 @@ def test_installed_bundle_is_listed_with_labels(installed: Path) -> None:
 
 
 def test_changed_file_makes_bundle_unavailable(installed: Path) -> None:
-    from models.bundle_predictor import BundlePredictor
-    from models.catalog import ModelUnavailable
+    from models.bundle.predictor import BundlePredictor
+    from models.card import ModelUnavailable
 
     catalog = Catalog(installed)
     assert catalog.status("abdomen_unet").available
@@ -88,7 +89,7 @@ def test_unreadable_bundle_is_listed_unavailable(tmp_path: Path) -> None:
 
 
 def test_install_refuses_a_bad_bundle(tmp_path: Path) -> None:
-    from models.bundle import BundleError
+    from models.bundle.config import BundleError
 
     bundle = write_unet_bundle(tmp_path / "src" / "bad")
     (bundle / "models" / "model.pt").unlink()
@@ -119,7 +120,7 @@ def test_catalog_with_bundles_does_not_import_torch(installed: Path) -> None:
 
 def test_get_predictor_dispatches_and_caches(installed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from models import predictor as predictor_module
-    from models.bundle_predictor import BundlePredictor
+    from models.bundle.predictor import BundlePredictor
 
     monkeypatch.setattr(predictor_module, "_cache", type(predictor_module._cache)())
     card = Catalog(installed).card("abdomen_unet")

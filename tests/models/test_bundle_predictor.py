@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.bundle import read_bundle
-from models.bundle_install import card_from_bundle
-from models.bundle_predictor import BundlePredictor
-from models.catalog import Cancelled, Catalog
+from models.bundle.config import read_bundle
+from models.bundle.install import card_from_bundle
+from models.bundle.predictor import BundlePredictor
+from models.card import Cancelled
+from models.catalog import Catalog
 from models.testing.make_bundle import write_unet_bundle
 from segserve.imaging.volume import Volume
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.conform import (
+from models.meshnet.conform import (
     CONFORMED_SHAPE,
     LIA_DIRECTIONS,
     conform,
@@ -13,7 +13,7 @@ from models.conform import (
     is_conformed,
     labels_to_source,
 )
-from models.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
+from models.meshnet.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
 from segserve.imaging.volume import Volume
 
 RAS_088 = np.diag([0.88, 0.88, 0.88, 1.0])

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from models import catalog as catalog_module
-from models.catalog import Catalog, ModelUnavailable, builtin_cards, card_to_public, install_models
+from models import card as card_module
+from models.card import ModelUnavailable
+from models.catalog import Catalog, builtin_cards, card_to_public
+from models.install import install_models
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STRUCTURES = "brain-mri-structures"
@@ -128,8 +130,8 @@ def test_sha256_is_cached(installed_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     catalog = Catalog(installed_dir)
     catalog.statuses()
     calls = []
-    real = catalog_module.hashlib.sha256
-    monkeypatch.setattr(catalog_module.hashlib, "sha256", lambda *a: calls.append(a) or real(*a))
+    real = card_module.hashlib.sha256
+    monkeypatch.setattr(card_module.hashlib, "sha256", lambda *a: calls.append(a) or real(*a))
     assert all(s.available for s in catalog.statuses())
     assert calls == []
 
@@ -158,7 +160,7 @@ def test_catalog_does_not_import_torch() -> None:
 def test_fake_predictor_follows_the_predictor_contract() -> None:
     import numpy as np
 
-    from models.catalog import Cancelled
+    from models.card import Cancelled
     from models.fake import FakePredictor
     from segserve.imaging.volume import Volume
 

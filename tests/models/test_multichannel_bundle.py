@@ -13,11 +13,11 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet, UNet
 from monai.transforms import NormalizeIntensity
 
-from models.bundle import BundleError, read_bundle
-from models.bundle_install import card_from_bundle
-from models.bundle_net import load_network
-from models.bundle_predictor import BundlePredictor, channels_intensity
-from models.catalog import input_channels
+from models.bundle.config import BundleError, read_bundle
+from models.bundle.install import card_from_bundle
+from models.bundle.network import load_network
+from models.bundle.predictor import BundlePredictor, channels_intensity
+from models.card import input_channels
 from models.sliding import sliding_window_labels
 from models.testing.make_multichannel_bundle import brats_like_case, write_brats_like_bundle
 from segserve.imaging.volume import Volume

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.catalog import Catalog, ModelCard, ModelUnavailable
-from models.conform import LIA_DIRECTIONS
-from models.predictor import Cancelled, Predictor, get_predictor
+from models.card import ModelCard, ModelUnavailable
+from models.catalog import Catalog
+from models.meshnet.conform import LIA_DIRECTIONS
+from models.meshnet.predictor import MeshNetPredictor
+from models.predictor import Cancelled, get_predictor
 from segserve.imaging.volume import Volume
 
 STRUCTURES = "brain-mri-structures"
@@ -34,7 +36,7 @@ def structures_card(shared_models_dir: Path) -> ModelCard:
 
 
 @pytest.fixture(scope="module")
-def predictor(structures_card: ModelCard, shared_models_dir: Path) -> Predictor:
+def predictor(structures_card: ModelCard, shared_models_dir: Path) -> MeshNetPredictor:
     return get_predictor(structures_card, shared_models_dir)
 
 
@@ -67,12 +69,12 @@ def test_progress_is_monotone_and_reaches_one(subject_a_prediction: tuple[np.nda
 
 
 def test_get_predictor_is_cached(
-    structures_card: ModelCard, shared_models_dir: Path, predictor: Predictor
+    structures_card: ModelCard, shared_models_dir: Path, predictor: MeshNetPredictor
 ) -> None:
     assert get_predictor(structures_card, shared_models_dir) is predictor
 
 
-def test_cancel_between_layers(predictor: Predictor) -> None:
+def test_cancel_between_layers(predictor: MeshNetPredictor) -> None:
     volume = _small_head(np.diag([1.0, 1.0, 1.0, 1.0]), (40, 40, 40))
     checks = []
 
@@ -86,7 +88,7 @@ def test_cancel_between_layers(predictor: Predictor) -> None:
     assert 0 < len(progress) < predictor.network.num_steps and max(progress) < 1.0
 
 
-def test_non_conformed_input_comes_back_on_its_own_grid(predictor: Predictor) -> None:
+def test_non_conformed_input_comes_back_on_its_own_grid(predictor: MeshNetPredictor) -> None:
     affine = np.diag([0.9, 0.9, 1.3, 1.0])
     volume = _small_head(affine, (50, 44, 36))
     labels = predictor.predict(volume)
@@ -99,7 +101,7 @@ def test_non_conformed_input_comes_back_on_its_own_grid(predictor: Predictor) ->
     assert far.any() and not labels[far].any()
 
 
-def test_empty_volume_gives_background(predictor: Predictor) -> None:
+def test_empty_volume_gives_background(predictor: MeshNetPredictor) -> None:
     affine = np.eye(4)
     affine[:3, :3] = LIA_DIRECTIONS
     progress: list[float] = []
@@ -112,4 +114,4 @@ def test_empty_volume_gives_background(predictor: Predictor) -> None:
 
 def test_load_refuses_missing_weights(structures_card: ModelCard, tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match=r"model30chan18cls/model\.(json|bin) is missing"):
-        Predictor.load(structures_card, tmp_path)
+        MeshNetPredictor.load(structures_card, tmp_path)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.meshnet import MeshNet
-from models.tfjs import load_tfjs_model
+from models.meshnet.network import MeshNet
+from models.meshnet.tfjs import load_tfjs_model
 from segserve.imaging.volume import Volume
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from models.catalog import Catalog, builtin_cards
-from models.predictor import Predictor
+from models.meshnet.predictor import MeshNetPredictor
 from segserve.imaging.volume import Volume
 
 
 @pytest.mark.parametrize("model_id", [card.id for card in builtin_cards()])
 def test_card_loads(shared_models_dir: Path, model_id: str) -> None:
     card = Catalog(shared_models_dir).card(model_id)
-    predictor = Predictor.load(card, shared_models_dir)
+    predictor = MeshNetPredictor.load(card, shared_models_dir)
     assert predictor.network.num_classes == card.num_classes == len(card.colors)
     assert predictor.axis_order == (0, 1, 2)
     # kept channels-last (1.43x faster on CPU, bench.inference): every 3D kernel, not the default layout
@@ -32,7 +32,7 @@ def test_tissue_model_on_subject_a(shared_models_dir: Path, subject_a: tuple[Vol
     """
     card = Catalog(shared_models_dir).card("brain-mri-tissue")
     volume, reference = subject_a
-    labels = Predictor.load(card, shared_models_dir).predict(volume)
+    labels = MeshNetPredictor.load(card, shared_models_dir).predict(volume)
     # white: cerebral + cerebellar white matter; grey: cerebral + cerebellar cortex.
     assert _dice(labels == 1, np.isin(reference, [1, 5])) >= 0.93
     assert _dice(labels == 2, np.isin(reference, [2, 6])) >= 0.85

@@ -10,7 +10,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
-from models.catalog import Cancelled
+from models.card import Cancelled
 from models.sliding import sliding_window_labels, stitch_buffer
 from models.testing.make_bundle import build_unet, unet_kwargs
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.meshnet import MeshNet
-from models.tfjs import Conv3DLayer, TfjsFormatError, load_tfjs_model, read_weights
+from models.meshnet.network import MeshNet
+from models.meshnet.tfjs import Conv3DLayer, TfjsFormatError, load_tfjs_model, read_weights
 
 MESHNET_DILATIONS = [1, 2, 4, 8, 16, 8, 4, 2, 1, 1]
 

@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from models.catalog import install_models
+from models.install import install_models
 from models.testing.make_bundle import write_unet_bundle
 from segserve.audit import AuditEvent
 from segserve.config import Settings

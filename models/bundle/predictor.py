@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.bundle import BundleError, BundleSpec, Intensity, read_bundle
-from models.bundle_net import load_network
-from models.catalog import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.bundle.config import BundleError, BundleSpec, Intensity, read_bundle
+from models.bundle.network import load_network
+from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.grid import to_model_grid
 from models.postprocess import keep_largest_component
 from models.regions import regions_to_labels

@@ -17,12 +17,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from models.installed import InstallError
+
 MAX_INPUT_CHANNELS = 16
 MAX_SIGMOID_REGIONS = 16  # regions are kept as bits of a uint16 per voxel (models.sliding)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 
 
-class BundleError(ValueError):
+class BundleError(InstallError):
     """A bundle directory cannot be used; the message names the file, the key and the bad value."""
 
 

@@ -17,7 +17,7 @@ import monai.networks.nets as monai_nets
 import torch
 from torch import nn
 
-from models.bundle import WEIGHTS_TS, BundleError, BundleSpec
+from models.bundle.config import WEIGHTS_TS, BundleError, BundleSpec
 
 
 def network_class(target: str) -> type[nn.Module]:

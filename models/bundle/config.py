@@ -7,7 +7,7 @@ reads the few values the service needs out of the JSON and resolves plain ``@key
     configs/metadata.json   name, version, description, task, network_data_format:
                             inputs.image (modality, num_channels, channel_def -> input channel
                             names, spatial_shape), outputs.pred (num_channels, channel_def -> labels;
-                            see models.bundle_channels)
+                            see models.bundle.channels)
     configs/inference.json  network_def (``_target_`` a class name in monai.networks.nets + JSON kwargs),
                             preprocessing.transforms: Orientationd.axcodes, Spacingd.pixdim,
                             ScaleIntensityRanged (a_min, a_max, b_min, b_max, clip),
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.bundle_channels import BundleError, input_channels, output_labels
+from models.bundle.channels import BundleError, input_channels, output_labels
 
 __all__ = ["BundleError", "BundleSpec", "Intensity", "is_bundle_dir", "read_bundle"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator
 import torch
 from torch import nn
 
-from models.tfjs import ActivationLayer, Conv3DLayer, TfjsModel
+from models.meshnet.tfjs import ActivationLayer, Conv3DLayer, TfjsModel
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
