@@ -165,7 +165,7 @@ def main() -> None:
         "SEGSERVE_REDIS_URL": "redis://127.0.0.1:9/0",
     }
     job_id = _seed_job(tmp / "data", env)
-    cli = [sys.executable, "-m", "segserve.cli"]
+    cli = [sys.executable, "-m", "shell.cli"]
     full_env = {**os.environ, **env}
     key = json.loads(
         subprocess.run(

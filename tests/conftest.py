@@ -89,7 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     tmp: Path = tmp_path_factory.mktemp("stack")
     models_dir = tmp / "models"
     subprocess.run(
-        [sys.executable, "-m", "segserve.cli", "models", "install", str(WEIGHTS)],
+        [sys.executable, "-m", "shell.cli", "models", "install", str(WEIGHTS)],
         env={**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp / "data")},
         check=True,
         capture_output=True,

@@ -81,7 +81,7 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     )
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "segserve.cli", "up"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "shell.cli", "up"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -113,7 +113,7 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             )
             job_id = resp.json()["id"]
             wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 120, "the forward pass")
-            worker = next(pid for pid in _children(up.pid) if "segserve.cli worker" in _cmdline(pid))
+            worker = next(pid for pid in _children(up.pid) if "shell.cli worker" in _cmdline(pid))
             os.kill(worker, signal.SIGKILL)
             done = wait_job(c, job_id, timeout=300)
             assert done["status"] == "succeeded" and done["attempts"] == 2, done
@@ -132,7 +132,7 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         print((tmp_path / "up.log").read_text()[-5000:])
     # a second start reuses the data dir and prints no new admin key
     second = subprocess.Popen(
-        [sys.executable, "-m", "segserve.cli", "up"],
+        [sys.executable, "-m", "shell.cli", "up"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -119,7 +119,7 @@ def test_cli_installs_a_zoo_bundle_and_the_worker_path_uses_it(tmp_path: Path) -
     models_dir = tmp_path / "models"
     env = {**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp_path / "data")}
     result = subprocess.run(
-        [sys.executable, "-m", "segserve.cli", "models", "install", str(source)],
+        [sys.executable, "-m", "shell.cli", "models", "install", str(source)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

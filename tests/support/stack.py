@@ -85,7 +85,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def segserve(*args: str) -> list[str]:
-    return [sys.executable, "-m", "segserve.cli", *args]
+    return [sys.executable, "-m", "shell.cli", *args]
 
 
 class Stack:

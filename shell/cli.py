@@ -14,7 +14,7 @@ from segserve.logging import setup_logging
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from segserve.up import run_up
+    from shell.up import run_up
 
     return run_up(settings, concurrency=args.concurrency, queue=args.queue)
 
@@ -104,7 +104,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation.dataset import DatasetError
-    from segserve.evaluate_cli import evaluate_dataset, evaluate_folders
+    from shell.evaluate import evaluate_dataset, evaluate_folders
 
     try:
         if args.dataset:

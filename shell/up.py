@@ -124,7 +124,7 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
             "worker": [
                 sys.executable,
                 "-m",
-                "segserve.cli",
+                "shell.cli",
                 "worker",
                 "--queue",
                 queue,
