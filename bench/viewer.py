@@ -59,8 +59,8 @@ def _seed_job(data_dir: Path, env: dict[str, str]) -> str:
     from segserve import jobs as job_states
     from segserve.config import get_settings
     from segserve.db import JobStatus, init_db, new_session, utcnow
-    from segserve.imaging.readers import read_image, read_labels
     from segserve.imaging.writers import write_labels_nifti
+    from segserve.scans.readers import read_image, read_labels
     from segserve.storage import JobFiles
 
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from evaluation.report import CONVENTIONS, evaluate_case
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_labels
+from segserve.scans.readers import check_same_grid, read_labels
 
 # our row field -> summary.json metric name
 METRIC_NAMES: dict[str, str] = {

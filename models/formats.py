@@ -1,64 +1,14 @@
-"""The installable model formats: one room of ``models/`` each, found here by the catalog and the installer.
+"""The installable model formats, one room of ``models/`` each: the catalog and the installer find them here.
 
-Torch-free (the web service imports the catalog). Each format says where its installed models live under a
-models directory, how to recognise and install a source folder, how to read the cards of what is installed,
-and which class predicts with it (imported only when a worker loads a model). Built-in MeshNet cards are
-not a format here: they ship as JSON cards with pinned weight files (see :mod:`models.catalog`).
+Built-in MeshNet cards are not a format here: they ship as JSON cards with pinned weight files (see
+:mod:`models.catalog`).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from models.format import InstallOptions, ModelFormat
 
-from models.card import ModelCard
-
-
-@dataclass(frozen=True)
-class InstallOptions:
-    """What an admin decides at install time.
-
-    Attributes:
-        trust_code: the model may run code of its own (bundle ``$`` expressions, ``scripts/``).
-        folds: nnU-Net folds to use (None: every fold present).
-        installed_by: who installed it (recorded in the manifest and the audit log).
-    """
-
-    trust_code: bool = False
-    folds: tuple[int, ...] | None = None
-    installed_by: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelFormat:
-    """One installable model format.
-
-    Attributes:
-        name: the cards' ``params["weights_format"]`` (e.g. "monai-bundle").
-        folder: where installed models of this format live under a models directory.
-        watched: files inside each installed model whose change makes the catalog re-read the cards.
-        find: the models of this format at or directly under a source path (``[]`` when none).
-        install: install one source model into a models directory; returns the installed relative paths.
-        cards: the cards of the installed models (unreadable ones as never-available cards, with the reason).
-        predictor: ``"module:Class"`` of the predictor; the class has ``load(card, models_dir, device)``.
-    """
-
-    name: str
-    folder: str
-    watched: tuple[str, ...]
-    find: Callable[[Path], list[Path]]
-    install: Callable[[Path, Path, InstallOptions], list[str]]
-    cards: Callable[[Path], list[ModelCard]]
-    predictor: str
-
-    def predictor_class(self) -> Any:
-        """The predictor class (imports its module, and with it torch)."""
-        module, _, name = self.predictor.partition(":")
-        return getattr(importlib.import_module(module), name)
+__all__ = ["InstallOptions", "ModelFormat", "format_named", "formats"]
 
 
 def formats() -> list[ModelFormat]:

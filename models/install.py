@@ -10,7 +10,8 @@ from pathlib import Path
 
 from models.card import ModelCard, check_file, file_sha256
 from models.catalog import builtin_cards
-from models.formats import InstallOptions, formats
+from models.format import InstallOptions
+from models.formats import formats
 
 
 def install_models(

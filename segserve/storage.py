@@ -55,7 +55,7 @@ class JobFiles:
 
     @property
     def seg(self) -> Path:
-        """The DICOM SEG of the result (DICOM inputs only; see segserve.dicom_seg)."""
+        """The DICOM SEG of the result (DICOM inputs only; see segserve.dicom.seg)."""
         return self.root / RESULT_SEG
 
     def image_paths(self, names: list[str]) -> list[Path]:

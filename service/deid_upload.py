@@ -1,6 +1,6 @@
 """De-identification of POST /v1/jobs uploads (SEGSERVE_DEIDENTIFY=true), before they are validated and
 stored: every DICOM file of the `image`, `image.<channel>` and `reference` fields is rewritten de-identified
-(segserve.deid).
+(segserve.dicom.deid).
 
 A .zip holding DICOM is unpacked: its DICOM members become de-identified files of their own (`0000.dcm`, ...;
 the job then lists those files instead of the zip), and its other members are dropped (DICOMDIRs too: their
@@ -18,11 +18,11 @@ from pathlib import Path, PurePosixPath
 
 from segserve.config import Settings
 from segserve.db import new_session
-from segserve.deid import DeidentificationError
-from segserve.deid_store import DeidOutcome, deidentify_file, save_uid_pairs, uid_key
-from segserve.imaging.archive import MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES
+from segserve.dicom.deid import DeidentificationError
+from segserve.dicom.deid_store import DeidOutcome, deidentify_file, save_uid_pairs, uid_key
 from segserve.imaging.detect import HEAD_BYTES, detect_format, sniff_bytes
 from segserve.imaging.errors import ArchiveTooLarge, CorruptImage, ImageError, UnsupportedFormat
+from segserve.scans.archive import MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES
 from service.uploads import ParsedUpload
 
 _DICOMDIR_NAMES = {"dicomdir"}

@@ -27,8 +27,8 @@ from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import Evaluation, Job, JobStatus, new_session, utcnow
-from segserve.imaging.readers import read_image
 from segserve.jobs import evaluation_case_counts as case_counts
+from segserve.scans.readers import read_image
 from segserve.storage import JobFiles
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, send_evaluation_task, send_run_job
 

@@ -36,8 +36,8 @@ from segserve.audit import record
 from segserve.config import Settings
 from segserve.db import IncomingSeries, IntakeState, Job, new_session
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import read_image
 from segserve.intake import claim_quiet, mark_failed, submitted_values
+from segserve.scans.readers import read_image
 from segserve.storage import JobFiles
 from workers.celery_app import publish_committed_job
 

@@ -20,8 +20,8 @@ from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.imaging.writers import write_labels_nifti
+from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         files.labels.parent.mkdir(parents=True, exist_ok=True)
         write_labels_nifti(labels, image, files.labels)
         if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job
-            from segserve.dicom_seg import try_export_job_seg
+            from segserve.scans.seg_export import try_export_job_seg
 
             seg = try_export_job_seg(  # with the volume read above: the series is decoded once per job
                 files.image_paths(job.input_files), files.labels, card, files.seg, job_id=job.id, volume=image

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.bundle.config import BundleError, BundleSpec, is_bundle_dir, read_bundle
 from models.card import ModelCard, WeightFile
-from models.formats import InstallOptions, ModelFormat
+from models.format import InstallOptions, ModelFormat
 from models.installed import (
     MANIFEST,
     MODEL_ID,

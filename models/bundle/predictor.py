@@ -179,7 +179,7 @@ class BundlePredictor:
 
         Args:
             volume: the scan, or one volume per input channel in ``spec.input_channels`` order, all on
-                the grid of the first (the caller checks that; see segserve.imaging.readers).
+                the grid of the first (the caller checks that; see segserve.scans.readers).
         Returns:
             labels with the first volume's shape, on its grid: uint8 for up to 256 classes.
         Raises:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from segserve.config import Settings
 from segserve.db import new_session
-from segserve.deid_store import save_uid_pairs
+from segserve.dicom.deid_store import save_uid_pairs
 from segserve.intake import collection_dir, open_collection, touch
 from service.dicomweb.instances import OUT_OF_RESOURCES, PROCESSING_FAILURE, Received, Rejected
 

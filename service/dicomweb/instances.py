@@ -27,9 +27,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from segserve.deid import DeidentificationError
-from segserve.deid_store import DeidOutcome, deidentify_file
-from segserve.imaging.dicom import why_not_an_image
+from segserve.dicom.deid import DeidentificationError
+from segserve.dicom.deid_store import DeidOutcome, deidentify_file
+from segserve.dicom.series import why_not_an_image
 from segserve.intake import SeriesFacts
 from service.dicomweb.multipart import DICOM, StowPart
 

@@ -26,7 +26,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from segserve.dicom_seg import read_dicom_volume_and_datasets, seg_result_path
+from segserve.scans.seg_export import read_dicom_volume_and_datasets, seg_result_path
 from segserve.storage import JobFiles
 from tests.support.paths import DATA
 from tests.support.seg_compare import seg_to_labels

@@ -25,7 +25,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from models.testing.make_bundle import write_unet_bundle
-from segserve.imaging.readers import read_image
+from segserve.scans.readers import read_image
 from tests.conftest import redis_db
 from tests.support.dicomweb import ct_series, related_body, to_bytes, without_pixels
 from tests.support.paths import require_shared

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from segserve.imaging.errors import UnsupportedFormat
-from segserve.imaging.readers import detect_format
+from segserve.scans.readers import detect_format
 from tests.imaging.conftest import shared
 
 

@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from segserve.imaging.errors import CorruptImage, ImageError, InvalidSeries, NotVolumetric, UnsupportedFormat
-from segserve.imaging.readers import check_same_grid, read_image
+from segserve.scans.readers import check_same_grid, read_image
 from tests.imaging.conftest import SeriesMaker, ipp_to_ras, shared, tilt_offsets
 
 

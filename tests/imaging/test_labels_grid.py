@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segserve.imaging.errors import GridMismatch, ImageError
-from segserve.imaging.readers import check_same_grid, read_image, read_labels
+from segserve.scans.readers import check_same_grid, read_image, read_labels
 from tests.imaging.conftest import shared
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segserve.imaging.errors import CorruptImage, NotVolumetric
-from segserve.imaging.readers import read_image
+from segserve.scans.readers import read_image
 from tests.imaging.conftest import shared
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segserve.imaging.errors import GridMismatch, ImageError
-from segserve.imaging.readers import read_channels
+from segserve.scans.readers import read_channels
 
 
 def _save(path: Path, shape: tuple[int, int, int], spacing: float = 1.0, fill: int = 1) -> Path:

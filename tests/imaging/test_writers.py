@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from segserve.imaging import writers
-from segserve.imaging.readers import read_image, read_labels
 from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
+from segserve.scans.readers import read_image, read_labels
 from tests.imaging.conftest import shared
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from segserve.imaging.archive import read_zip
 from segserve.imaging.errors import ArchiveTooLarge, CorruptImage, InvalidSeries, UnsupportedFormat
-from segserve.imaging.readers import read_image
+from segserve.scans.archive import read_zip
+from segserve.scans.readers import read_image, read_single_volume
 from tests.imaging.conftest import shared
 
 
@@ -80,11 +80,11 @@ def test_zip_bomb_caps(tmp_path: Path) -> None:
     bomb = _zip(tmp_path / "bomb.zip", {"zeros.dcm": b"\x00" * (8 * 1024 * 1024)})
     assert bomb.stat().st_size < 100_000  # highly compressed
     with pytest.raises(ArchiveTooLarge, match="unpacks to") as info:
-        read_zip(bomb, max_total_bytes=1024 * 1024)
+        read_zip(bomb, read_single_volume, max_total_bytes=1024 * 1024)
     assert info.value.status == 413
     many = _zip(tmp_path / "many.zip", {f"f{n}.txt": b"x" for n in range(5)})
     with pytest.raises(ArchiveTooLarge, match="5 entries"):
-        read_zip(many, max_entries=4)
+        read_zip(many, read_single_volume, max_entries=4)
 
 
 def test_truncated_zip_is_corrupt(ct3: list[Path], tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ from pydicom.sequence import Sequence
 from sqlalchemy import select
 
 from segserve.db import DeidUid, init_db, new_session
-from segserve.deid import DeidentificationError, UidMapper, deidentify
-from segserve.deid_store import deidentify_file, save_uid_pairs, uid_key
-from segserve.deid_table import BASIC_PROFILE, resolve
-from segserve.dicom_seg import build_seg, read_dicom_volume_and_datasets
-from segserve.imaging.readers import read_image
+from segserve.dicom.deid import DeidentificationError, UidMapper, deidentify
+from segserve.dicom.deid_store import deidentify_file, save_uid_pairs, uid_key
+from segserve.dicom.deid_table import BASIC_PROFILE, resolve
+from segserve.dicom.seg import build_seg
+from segserve.scans.readers import read_image
+from segserve.scans.seg_export import read_dicom_volume_and_datasets
 from tests.support.dicomweb import ct_series
 from tests.support.paths import require_shared
 

@@ -1,4 +1,4 @@
-"""DICOM SEG export (segserve.dicom_seg) on real DICOM series: references, segments and codes, and voxel-exact
+"""DICOM SEG export (segserve.dicom.seg) on real DICOM series: references, segments and codes, and voxel-exact
 round trips through highdicom and through dcmqi's segimage2itkimage."""
 
 from __future__ import annotations
@@ -19,20 +19,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from models.catalog import builtin_cards
-from segserve import dicom_seg
-from segserve.dicom_seg import (
-    EmptySegmentation,
-    SegExportError,
-    SegUnavailable,
-    build_seg,
+from segserve.dicom import seg as dicom_seg
+from segserve.dicom.seg import EmptySegmentation, SegExportError, SegUnavailable, build_seg, snomed_code_for
+from segserve.imaging.volume import Volume
+from segserve.imaging.writers import write_labels_nifti
+from segserve.scans.seg_export import (
     export_job_seg,
     read_dicom_volume_and_datasets,
     seg_result_path,
-    snomed_code_for,
     try_export_job_seg,
 )
-from segserve.imaging.volume import Volume
-from segserve.imaging.writers import write_labels_nifti
 from tests.support.paths import DATA
 from tests.support.seg_compare import dcmqi_read, place_on_grid, seg_to_labels
 

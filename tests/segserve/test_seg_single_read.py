@@ -11,10 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from segserve.dicom_seg import export_job_seg
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import read_image
 from segserve.imaging.writers import write_labels_nifti
+from segserve.scans.readers import read_image
+from segserve.scans.seg_export import export_job_seg
 from tests.support.dicomweb import ct_series
 from tests.support.paths import require_shared
 

@@ -26,7 +26,7 @@ from models.catalog import Catalog
 from segserve.audit import record
 from segserve.config import Settings
 from segserve.db import ApiKey, new_session
-from segserve.deid_store import uid_key
+from segserve.dicom.deid_store import uid_key
 from segserve.storage import new_staging_dir
 from service.api.deps import CanCreateJobs, CatalogDep, SettingsDep
 from service.api.lookup import single_image_card

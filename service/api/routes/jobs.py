@@ -20,9 +20,10 @@ from evaluation.report import to_csv
 from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, new_session
-from segserve.dicom_seg import SegUnavailable, seg_result_path
+from segserve.dicom.seg import SegUnavailable
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_channels, read_image, read_labels
+from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
+from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404

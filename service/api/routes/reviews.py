@@ -24,9 +24,9 @@ from models.catalog import Catalog
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, LabelVersion, Review, new_session
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import check_same_grid, read_labels
 from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
+from segserve.scans.readers import check_same_grid, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanReadJobs, CatalogDep, SessionDep, SettingsDep, require
 from service.api.lookup import job_or_404

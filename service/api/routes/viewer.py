@@ -23,8 +23,8 @@ from segserve.config import Settings
 from segserve.db import Job
 from segserve.imaging.detect import detect_format
 from segserve.imaging.errors import ImageError
-from segserve.imaging.readers import read_image, read_labels
 from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
+from segserve.scans.readers import read_image, read_labels
 from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
 from service.api.lookup import job_or_404

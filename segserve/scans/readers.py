@@ -9,13 +9,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from segserve.imaging.archive import read_zip
+from segserve.dicom.series import FileSource, read_dicom_series
 from segserve.imaging.detect import ACCEPTED_FORMATS, detect_format
-from segserve.imaging.dicom import FileSource, read_dicom_series
 from segserve.imaging.errors import GridMismatch, ImageError, UnsupportedFormat
 from segserve.imaging.nifti import read_nifti
 from segserve.imaging.nrrd import read_nrrd
 from segserve.imaging.volume import Volume
+from segserve.scans.archive import read_zip
 
 __all__ = ["check_same_grid", "detect_format", "read_channels", "read_image", "read_labels"]
 
@@ -41,7 +41,7 @@ def read_image(paths: Sequence[Path]) -> Volume:
     if len(files) == 1:
         fmt = detect_format(files[0])
         if fmt == "zip":
-            return read_zip(files[0])
+            return read_zip(files[0], read_single_volume)
         if fmt == "dicom":
             return read_dicom_series([FileSource(files[0], "the file")])
         return read_single_volume(files[0], fmt)

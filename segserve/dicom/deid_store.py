@@ -2,7 +2,8 @@
 
 - `uid_key(data_dir)`: the secret key of the UID mapping (`<data_dir>/deid/uid.key`, 32 random bytes,
   created once by whichever process needs it first; the API and the workers share the data directory).
-- `deidentify_file(src, dst, key)`: read a DICOM file, de-identify it (segserve.deid), write it to `dst`.
+- `deidentify_file(src, dst, key)`: read a DICOM file, de-identify it (segserve.dicom.deid), write it
+  to `dst`.
 - `save_uid_pairs(session, outcome)`: store replacement -> original UIDs (table `deid_uids`), so a job's
   results (whose UIDs are the replacements) can be tied back to the source study. The originals are
   patient data of a kind: only the database holds them, never a log line.
@@ -26,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from segserve.db import DeidUid
-from segserve.deid import DeidentificationError, UidMapper, deidentify
+from segserve.dicom.deid import DeidentificationError, UidMapper, deidentify
 
 KEY_BYTES = 32
 

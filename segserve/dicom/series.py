@@ -11,7 +11,6 @@ Nothing identifying (patient name, ID, birth date, ...) is ever put in messages,
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -25,26 +24,20 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from segserve.dicom.geometry import (
+    Geometry,
+    Plane,
+    as_int,
+    assemble_geometry,
+    classic_plane,
+    enhanced_planes,
+)
 from segserve.imaging._common import check_voxel_count, fmt_shape
 from segserve.imaging.errors import CorruptImage, ImageError, InvalidSeries, NotVolumetric
 from segserve.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 
-#: Two slices whose positions along the normal differ by less than this (mm) are at the same position.
-DUPLICATE_TOL_MM = 1e-3
-#: A step larger than this multiple of the median step means slices are missing.
-GAP_FACTOR = 1.5
-#: Steps may differ from the median step by this fraction (and at least SPACING_ATOL_MM) before the spacing
-#: counts as non-uniform.
-SPACING_RTOL = 0.01
-SPACING_ATOL_MM = 1e-3
-#: Largest angle (degrees) between the slice-position step and the slice normal that is not a gantry tilt.
-TILT_TOL_DEG = 0.1
-#: Component-wise tolerance for ImageOrientationPatient values to count as the same orientation.
-ORIENTATION_ATOL = 1e-3
-#: Relative tolerance for PixelSpacing values to count as equal.
-PIXEL_SPACING_RTOL = 1e-3
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -94,28 +87,6 @@ class _Object:
     n_frames: int
 
 
-@dataclass
-class _Plane:
-    """One 2D plane of the series: a single-frame object, or one frame of an enhanced multi-frame object."""
-
-    obj: int  # index into the series' objects
-    frame: int | None  # 0-based frame index for multi-frame objects
-    ipp: np.ndarray  # (3,) ImagePositionPatient, LPS mm
-    iop: np.ndarray  # (6,) ImageOrientationPatient: row cosine, column cosine
-    pixel_spacing: tuple[float, float]  # (row spacing, column spacing) mm
-    rows: int
-    cols: int
-    slope: float
-    intercept: float
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    order: list[int]  # plane indices in slice order (ascending along the normal)
-    affine_lps: np.ndarray  # (4, 4)
-    slice_step_mm: float
-
-
 def read_dicom_series(sources: Sequence[DicomSource]) -> Volume:
     """Assemble the DICOM objects in `sources` (one series) into a 3D Volume.
 
@@ -143,7 +114,7 @@ def read_dicom_series(sources: Sequence[DicomSource]) -> Volume:
             f"the upload holds a single 2D slice ({int(first.Columns)}x{int(first.Rows)}); "
             "segmentation needs a 3D volume: send all slices of the series"
         )
-    geometry = _assemble_geometry(planes)
+    geometry = assemble_geometry(planes)
     array = _load_pixels(series, planes, geometry.order)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ geometry.affine_lps
     meta = _series_meta(series, planes, geometry, array, skipped)
@@ -166,7 +137,7 @@ def _read_headers(sources: Sequence[DicomSource]) -> tuple[list[_Object], Counte
         for keyword in _PIXEL_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)
-        n_frames = _int(ds.get("NumberOfFrames"), 1)
+        n_frames = as_int(ds.get("NumberOfFrames"), 1)
         objects.append(_Object(source=source, ds=ds, n_frames=max(n_frames, 1)))
     return objects, skipped
 
@@ -247,7 +218,7 @@ def _pick_single_series(objects: list[_Object]) -> list[_Object]:
 # ------------------------------------------------------------------------------------------------ geometry
 
 
-def _planes_of(series: list[_Object]) -> list[_Plane]:
+def _planes_of(series: list[_Object]) -> list[Plane]:
     multi = [o for o in series if o.n_frames > 1]
     if multi and len(series) > 1:
         raise ImageError(
@@ -256,7 +227,7 @@ def _planes_of(series: list[_Object]) -> list[_Plane]:
             code="unsupported_dicom",
         )
     for obj in series:
-        samples = _int(obj.ds.get("SamplesPerPixel"), 1)
+        samples = as_int(obj.ds.get("SamplesPerPixel"), 1)
         if samples != 1:
             raise ImageError(
                 f"colour DICOM images ({samples} samples per pixel, "
@@ -264,179 +235,14 @@ def _planes_of(series: list[_Object]) -> list[_Plane]:
                 code="unsupported_dicom",
             )
     if multi:
-        return _enhanced_planes(multi[0])
-    return [_classic_plane(i, obj) for i, obj in enumerate(series)]
-
-
-def _classic_plane(index: int, obj: _Object) -> _Plane:
-    ds = obj.ds
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
-    if missing:
-        raise InvalidSeries(
-            f"{obj.source.label} lacks {', '.join(missing)}, so its slices cannot be placed in 3D "
-            f"(modality {ds.get('Modality', '?')}; projection images such as CR/DX are not volumes)",
-            code="missing_geometry",
-        )
-    return _Plane(
-        obj=index,
-        frame=None,
-        ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", obj.source.label),
-        iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", obj.source.label),
-        pixel_spacing=_spacing(ds.PixelSpacing, obj.source.label),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
-        slope=_float(ds.get("RescaleSlope"), 1.0),
-        intercept=_float(ds.get("RescaleIntercept"), 0.0),
-    )
-
-
-def _enhanced_planes(obj: _Object) -> list[_Plane]:
-    """Planes of an enhanced multi-frame object (per-frame / shared functional groups)."""
-    ds = obj.ds
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is None or len(per_frame) != obj.n_frames:
-        raise ImageError(
-            f"multi-frame DICOM objects without per-frame positions ({obj.n_frames} frames, "
-            f"modality {ds.get('Modality', '?')}) are not supported yet; send the series as single-frame "
-            "files",
-            code="unsupported_dicom",
-        )
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else Dataset()
-    label = obj.source.label
-
-    def lookup(frame_groups: Dataset, sequence: str, keyword: str) -> Any:
-        for groups in (frame_groups, shared):
-            seq = groups.get(sequence)
-            if seq and keyword in seq[0]:
-                return seq[0].get(keyword)
-        return None
-
-    planes = []
-    for f, groups in enumerate(per_frame):
-        ipp = lookup(groups, "PlanePositionSequence", "ImagePositionPatient")
-        iop = lookup(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = lookup(groups, "PixelMeasuresSequence", "PixelSpacing")
-        if ipp is None or iop is None or spacing is None:
-            raise ImageError(
-                f"frame {f + 1} of the multi-frame object lacks its position, orientation or pixel spacing; "
-                "this multi-frame layout is not supported yet",
-                code="unsupported_dicom",
-            )
-        planes.append(
-            _Plane(
-                obj=0,
-                frame=f,
-                ipp=_floats(ipp, 3, "ImagePositionPatient", label),
-                iop=_floats(iop, 6, "ImageOrientationPatient", label),
-                pixel_spacing=_spacing(spacing, label),
-                rows=int(ds.Rows),
-                cols=int(ds.Columns),
-                slope=_float(lookup(groups, "PixelValueTransformationSequence", "RescaleSlope"), 1.0),
-                intercept=_float(lookup(groups, "PixelValueTransformationSequence", "RescaleIntercept"), 0.0),
-            )
-        )
-    return planes
-
-
-def _assemble_geometry(planes: list[_Plane]) -> _Geometry:
-    """Check that `planes` form one regular stack and build its LPS affine (see `read_dicom_series`)."""
-    sizes = sorted({(p.cols, p.rows) for p in planes})
-    if len(sizes) > 1:
-        listed = ", ".join(f"{c}x{r}" for c, r in sizes)
-        raise InvalidSeries(f"the slices have different sizes ({listed}); they cannot form one volume")
-    iops = np.stack([p.iop for p in planes])
-    if np.max(np.abs(iops - iops[0])) > ORIENTATION_ATOL:
-        n_orient = len({tuple(np.round(v, 3)) for v in iops})
-        raise InvalidSeries(
-            f"the slices have {n_orient} different orientations (the series may mix a localizer or several "
-            "stacks); send a series of parallel slices",
-            code="mixed_orientation",
-        )
-    spacings = np.array([p.pixel_spacing for p in planes])
-    if not np.allclose(spacings, spacings[0], rtol=PIXEL_SPACING_RTOL, atol=1e-6):
-        raise InvalidSeries(
-            f"the slices have different pixel spacings (from {_fmt_pair(spacings.min(axis=0))} "
-            f"to {_fmt_pair(spacings.max(axis=0))} mm)"
-        )
-    row_cos, col_cos = iops[0][:3], iops[0][3:]
-    row_norm, col_norm = float(np.linalg.norm(row_cos)), float(np.linalg.norm(col_cos))
-    if not (0.99 < row_norm < 1.01 and 0.99 < col_norm < 1.01) or abs(float(row_cos @ col_cos)) > 1e-2:
-        raise InvalidSeries("ImageOrientationPatient does not hold two orthogonal unit vectors")
-    row_cos, col_cos = row_cos / row_norm, col_cos / col_norm
-    normal = np.cross(row_cos, col_cos)
-
-    positions = np.stack([p.ipp for p in planes])
-    along = positions @ normal
-    order = [int(i) for i in np.argsort(along, kind="stable")]
-    along_sorted = along[order]
-    steps = np.diff(along_sorted)
-
-    duplicates = int(np.sum(steps < DUPLICATE_TOL_MM))
-    if duplicates:
-        first = int(np.argmax(steps < DUPLICATE_TOL_MM))
-        raise InvalidSeries(
-            f"duplicate slice positions: {duplicates} of {len(planes)} slices repeat the position of another "
-            f"slice (e.g. {along_sorted[first]:.2f} mm along the slice normal); the series may hold several "
-            "echoes, phases or time points, or the same slice twice",
-            code="duplicate_slices",
-        )
-    median = float(np.median(steps))
-    gaps = np.nonzero(steps > GAP_FACTOR * median)[0]
-    if gaps.size:
-        g = int(gaps[0])
-        missing = max(1, round(float(steps[g]) / median) - 1)
-        raise InvalidSeries(
-            f"slices are missing: a gap of {steps[g]:.2f} mm between slices {g + 1} and {g + 2} (of "
-            f"{len(planes)}, at {along_sorted[g]:.2f} and {along_sorted[g + 1]:.2f} mm along the normal) "
-            f"where the slice spacing is {median:.2f} mm: about {missing} "
-            f"slice{'s' if missing != 1 else ''} missing",
-            code="missing_slices",
-        )
-    tolerance = max(SPACING_RTOL * median, SPACING_ATOL_MM)
-    deviation = np.abs(steps - median)
-    if float(deviation.max()) > tolerance:
-        worst = int(np.argmax(deviation))
-        raise InvalidSeries(
-            f"the slice spacing is not uniform: steps range from {steps.min():.3f} to {steps.max():.3f} mm "
-            f"(e.g. {steps[worst]:.3f} mm between slices {worst + 1} and {worst + 2}, "
-            f"median {median:.3f} mm)",
-            code="non_uniform_spacing",
-        )
-
-    sorted_positions = positions[order]
-    total = sorted_positions[-1] - sorted_positions[0]
-    normal_part = float(total @ normal)
-    in_plane = float(np.linalg.norm(total - normal_part * normal))
-    tilt = math.degrees(math.atan2(in_plane, abs(normal_part)))
-    if tilt > TILT_TOL_DEG:
-        raise InvalidSeries(
-            f"the series has a gantry tilt of {tilt:.1f} degrees (the slice positions step at an angle to "
-            "the slice normal); resample it to an untilted grid (e.g. with dcm2niix) before uploading",
-            code="gantry_tilt",
-        )
-    step = total / (len(planes) - 1)
-    expected = sorted_positions[0] + np.arange(len(planes))[:, None] * step
-    off_line = float(np.max(np.linalg.norm(sorted_positions - expected, axis=1)))
-    if off_line > max(0.5 * float(spacings[0].min()), tolerance):
-        raise InvalidSeries(
-            f"the slice positions do not lie on a straight line (off by up to {off_line:.2f} mm)",
-            code="irregular_positions",
-        )
-
-    row_spacing, col_spacing = planes[0].pixel_spacing
-    affine = np.eye(4)
-    affine[:3, 0] = row_cos * col_spacing  # I: along a row = next column, spaced PixelSpacing[1]
-    affine[:3, 1] = col_cos * row_spacing  # J: down a column = next row, spaced PixelSpacing[0]
-    affine[:3, 2] = step
-    affine[:3, 3] = sorted_positions[0]
-    return _Geometry(order=order, affine_lps=affine, slice_step_mm=float(np.linalg.norm(step)))
+        return enhanced_planes(multi[0].ds, multi[0].n_frames, multi[0].source.label)
+    return [classic_plane(i, obj.ds, obj.source.label) for i, obj in enumerate(series)]
 
 
 # ------------------------------------------------------------------------------------------ pass 2: pixels
 
 
-def _load_pixels(series: list[_Object], planes: list[_Plane], order: list[int]) -> np.ndarray:
+def _load_pixels(series: list[_Object], planes: list[Plane], order: list[int]) -> np.ndarray:
     """Decode the planes in slice order into a (Columns, Rows, K) array and apply the modality rescale."""
     cols, rows, n = planes[0].cols, planes[0].rows, len(order)
     check_voxel_count((cols, rows, n))
@@ -522,7 +328,7 @@ def _rescale(raw: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> np.
 
 
 def _series_meta(
-    series: list[_Object], planes: list[_Plane], geometry: _Geometry, array: np.ndarray, skipped: Counter[str]
+    series: list[_Object], planes: list[Plane], geometry: Geometry, array: np.ndarray, skipped: Counter[str]
 ) -> dict[str, Any]:
     ds = series[0].ds
     syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
@@ -571,39 +377,3 @@ def _syntax_name(uid: Any) -> str:
 
 def _describe_counts(counts: Counter[str]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return default
-
-
-def _float(value: Any, default: float) -> float:
-    try:
-        result = float(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return default
-    return result if math.isfinite(result) else default
-
-
-def _floats(value: Any, n: int, keyword: str, label: str) -> np.ndarray:
-    try:
-        arr = np.array([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidSeries(f"{label} has an unreadable {keyword}") from exc
-    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise InvalidSeries(f"{label} has an invalid {keyword} (expected {n} numbers)")
-    return arr
-
-
-def _spacing(value: Any, label: str) -> tuple[float, float]:
-    arr = _floats(value, 2, "PixelSpacing", label)
-    if np.any(arr <= 0):
-        raise InvalidSeries(f"{label} has a non-positive PixelSpacing")
-    return float(arr[0]), float(arr[1])
-
-
-def _fmt_pair(values: np.ndarray) -> str:
-    return "x".join(f"{float(v):.4g}" for v in values)

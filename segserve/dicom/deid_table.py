@@ -1,5 +1,5 @@
 """The attributes that DICOM PS3.15 Annex E, Table E.1-1 (Basic Application Level Confidentiality Profile)
-acts on, with the profile's action code, as used by `segserve.deid`.
+acts on, with the profile's action code, as used by `segserve.dicom.deid`.
 
 Action codes (PS3.15 E.3.1): D replace with a dummy value, Z replace with a zero-length value, X remove,
 U replace a UID with one derived consistently, and combinations (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) whose choice
@@ -11,7 +11,7 @@ depends on the attribute's type in the IOD. `resolve()` picks one per code witho
                      (Referenced SOP Instance UID, ...) are replaced like everywhere else
 
 Only attributes commonly found in CT and MR objects and their references are listed here; anything not
-listed is kept, except private attributes and curve / overlay groups, which `segserve.deid` removes
+listed is kept, except private attributes and curve / overlay groups, which `segserve.dicom.deid` removes
 whole. Beyond the table (stricter than the profile): Instance Creation Date/Time are removed as well, so
 that no date of the examination remains.
 """

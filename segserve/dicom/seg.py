@@ -26,8 +26,8 @@ multi-frame image (each slice goes to its source frame, `Volume.meta["frame_numb
 Quirks handled: an empty SpecificCharacterSet (real scanners write it; highdicom refuses it) is dropped on a
 copy of each source; private tags are left in the sources and not copied into the SEG.
 
-For the API (`GET /v1/jobs/{id}/result?format=dicom-seg`): `seg_result_path(JobFiles(...).seg)` returns the
-file or raises `SegUnavailable` (`.code`, message in words).
+A job's SEG is written by :mod:`segserve.scans.seg_export` (which re-reads the job's stored DICOM files);
+the API finds it, or the recorded reason why there is none, with its `seg_result_path`.
 
 Nothing identifying is logged. The SEG itself carries the source's patient and study attributes, as DICOM
 requires.
@@ -36,30 +36,17 @@ requires.
 from __future__ import annotations
 
 import copy
-import io
-import json
 import logging
-import os
-import uuid
 import warnings
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
-from pathlib import Path
 from typing import Protocol
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-
-from segserve.imaging.detect import detect_format
-from segserve.imaging.readers import read_image
-from segserve.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
 # highdicom logs each source's SOP Instance UID at INFO while building; UIDs are identifiers: keep them out.
@@ -365,168 +352,3 @@ def _carry_deidentification(source: Dataset, seg: Dataset) -> None:
     for keyword in _DEID_KEYWORDS:
         if keyword in source:
             seg[keyword] = copy.deepcopy(source[keyword])
-
-
-# ------------------------------------------------------------------------------------ reading sources
-
-
-def _iter_dicom_headers(paths: Sequence[Path]) -> Iterator[Dataset]:
-    """Every readable DICOM object in `paths` (files, or the members of a .zip), without pixel data."""
-    for path in paths:
-        if detect_format(path) == "zip":
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if not info.is_dir():
-                        ds = _try_read(archive.read(info))
-                        if ds is not None:
-                            yield ds
-        else:
-            ds = _try_read(path)  # from the file: the pixel data is never read
-            if ds is not None:
-                yield ds
-
-
-def _try_read(data: bytes | Path) -> Dataset | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            source = io.BytesIO(data) if isinstance(data, bytes) else data
-            return pydicom.dcmread(source, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-
-def read_dicom_volume_and_datasets(
-    paths: Sequence[Path], volume: Volume | None = None
-) -> tuple[Volume, list[Dataset]]:
-    """Read a stored DICOM upload (several files, or one .zip) into (volume, datasets in slice order).
-
-    The volume comes from `segserve.imaging.readers.read_image` (its grouping, checks and slice sorting),
-    unless the caller already read `paths` with it and passes that `volume` (the worker does: decoding a
-    series twice would double the cost of reading it); the datasets (headers only, no pixel data) are then
-    matched to its `meta["sop_instance_uids"]`, so `datasets[k]` is the source of slice K = k. For one
-    enhanced multi-frame object, `datasets` is that one object and `volume.meta["frame_numbers"]` gives each
-    slice's frame. Raises ImageError from the reader, and SegExportError when the input is not DICOM or an
-    object cannot be found again.
-    """
-    if volume is None:
-        volume = read_image(list(paths))
-    if volume.source_format != "dicom":
-        raise SegExportError("the input is not a DICOM series", code="not_dicom")
-    wanted: list[str] = list(dict.fromkeys(volume.meta["sop_instance_uids"]))  # one per multi-frame object
-    by_uid: dict[str, Dataset] = {}
-    want = set(wanted)
-    for ds in _iter_dicom_headers(paths):
-        uid = str(ds.get("SOPInstanceUID", ""))
-        if uid in want:
-            by_uid.setdefault(uid, ds)
-    missing = [uid for uid in wanted if uid not in by_uid]
-    if missing:
-        raise SegExportError(
-            f"{len(missing)} of the series' {len(wanted)} images could not be read again", code="sources_lost"
-        )
-    return volume, [by_uid[uid] for uid in wanted]
-
-
-# ------------------------------------------------------------------------------------------ job export
-
-
-def _error_path(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".error.json")
-
-
-def export_job_seg(
-    job_files_image_paths: Sequence[Path],
-    labels_path: Path,
-    card: ModelCardLike,
-    out_path: Path,
-    volume: Volume | None = None,
-) -> Path:
-    """Write the SEG of a finished job to `out_path` atomically and return `out_path`.
-
-    Args:
-        job_files_image_paths: the job's stored image files (`JobFiles.image_paths(...)`): DICOM files of
-            one series, or one .zip of it.
-        labels_path: the job's result label volume (NIfTI, shape (I, J, K) on the DICOM volume's grid).
-        card: the model card.
-        out_path: where the SEG goes (`JobFiles.seg`).
-        volume: the input as `read_image(job_files_image_paths)` returned it, when the caller has it
-            (only the headers are then read again).
-
-    Raises:
-        ImageError (re-reading the input), SegExportError / EmptySegmentation, OSError.
-    """
-    volume, datasets = read_dicom_volume_and_datasets(job_files_image_paths, volume)
-    image = nib.load(str(labels_path))
-    labels = np.asarray(image.dataobj)  # type: ignore[attr-defined]
-    if labels.shape != volume.shape:
-        raise SegExportError(
-            f"the result's shape {labels.shape} is not the series' shape {volume.shape}", code="grid_mismatch"
-        )
-    affine = np.asarray(image.affine, dtype=np.float64)  # type: ignore[attr-defined]
-    if not np.allclose(affine, volume.affine, atol=1e-3):  # float32 in the NIfTI sform
-        raise SegExportError("the result's affine is not the series' affine", code="grid_mismatch")
-    seg = build_seg(labels, datasets, card, frame_numbers=volume.meta.get("frame_numbers"))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        seg.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _error_path(out_path).unlink(missing_ok=True)
-    return out_path
-
-
-def try_export_job_seg(
-    job_files_image_paths: Sequence[Path],
-    labels_path: Path,
-    card: ModelCardLike,
-    out_path: Path,
-    *,
-    job_id: str = "",
-    volume: Volume | None = None,
-) -> Path | None:
-    """`export_job_seg`, but never raising: on failure it logs (no patient data) and records the reason
-    next to `out_path` (`<out_path>.error.json`: {"code", "detail"}) for `seg_result_path`; returns None."""
-    try:
-        return export_job_seg(job_files_image_paths, labels_path, card, out_path, volume)
-    except Exception as exc:
-        from celery.exceptions import SoftTimeLimitExceeded
-
-        if isinstance(exc, SoftTimeLimitExceeded):  # the job's time is up: that is the job's failure
-            raise
-        code = getattr(exc, "code", None) or "seg_export_failed"
-        if isinstance(exc, SegExportError):
-            detail = str(exc)
-            log.warning("job %s: no DICOM SEG (%s): %s", job_id, code, detail)
-        else:
-            detail = f"the DICOM SEG could not be made ({type(exc).__name__})"
-            log.warning("job %s: DICOM SEG export failed (%s)", job_id, type(exc).__name__, exc_info=True)
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            _error_path(out_path).write_text(json.dumps({"code": code, "detail": detail}), encoding="utf-8")
-        except OSError:
-            log.warning("job %s: could not record why the SEG is missing", job_id)
-        return None
-
-
-def seg_result_path(seg_path: Path) -> Path:
-    """The job's SEG file (`JobFiles.seg`) if it exists, for the API's `?format=dicom-seg`.
-
-    Raises SegUnavailable with a stable `code` and a message in words: the recorded reason of a failed
-    export ("empty_segmentation": all background -> answer 422; others -> 422 too), or
-    "seg_not_available" when nothing was recorded (the job has not finished, or its input was not DICOM).
-    """
-    if seg_path.is_file():
-        return seg_path
-    try:
-        recorded = json.loads(_error_path(seg_path).read_text(encoding="utf-8"))
-        raise SegUnavailable(str(recorded["detail"]), code=str(recorded["code"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        raise SegUnavailable(
-            "no DICOM SEG for this job: SEGs are made only for finished jobs whose input was a DICOM series",
-            code="seg_not_available",
-        ) from None

@@ -1,5 +1,5 @@
 """De-identification of DICOM objects following DICOM PS3.15 Annex E, the Basic Application Level
-Confidentiality Profile (the attribute table is `segserve.deid_table`).
+Confidentiality Profile (the attribute table is `segserve.dicom.deid_table`).
 
 What `deidentify(ds, uids)` does to a data set, in place, recursively into every sequence item:
 
@@ -31,7 +31,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from segserve.deid_table import BASIC_PROFILE, Action, resolve
+from segserve.dicom.deid_table import BASIC_PROFILE, Action, resolve
 
 METHOD = "segserve PS3.15 E.1 Basic Profile"
 PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")

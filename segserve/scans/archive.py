@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from segserve.dicom.series import read_dicom_series
 from segserve.imaging.detect import HEAD_BYTES, describe_bytes, sniff_bytes
-from segserve.imaging.dicom import read_dicom_series
 from segserve.imaging.errors import (
     ArchiveTooLarge,
     CorruptImage,
@@ -59,14 +59,14 @@ class ZipMemberSource:
 
 def read_zip(
     path: Path,
-    read_volume: Callable[[Path, str], Volume] | None = None,
+    read_volume: Callable[[Path, str], Volume],
     *,
     max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
     max_entries: int = MAX_ZIP_ENTRIES,
 ) -> Volume:
     """Read the one DICOM series, or the one volume file, held in the zip archive at `path`.
 
-    `read_volume(path, format)` reads a single NIfTI/MGZ/NRRD file (default: the readers module's). Raises
+    `read_volume(path, format)` reads a single NIfTI/MGZ/NRRD file (the readers module passes its own). Raises
     CorruptImage for a damaged archive, ArchiveTooLarge past the caps, InvalidSeries when the archive holds
     several series or volumes, UnsupportedFormat when it holds nothing we read.
     """
@@ -117,10 +117,6 @@ def read_zip(
                 code="multiple_volumes",
             )
         if volumes:
-            if read_volume is None:  # imported here: readers imports this module
-                from segserve.imaging import readers
-
-                read_volume = readers.read_single_volume
             info, fmt = volumes[0]
             return _read_volume_member(archive, info, fmt, read_volume)
         found = ", ".join(f"{n} x {kind}" for kind, n in others.most_common()) or "no files"
