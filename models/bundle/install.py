@@ -68,6 +68,8 @@ def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
             "'segserve models install PATH' so its files are hashed and it is checked"
         )
     input_spec: dict[str, object] = {
+        "orientation": info.orientation,
+        "spacing_mm": list(info.spacing_mm) if info.spacing_mm else None,
         "roi_size": list(info.roi_size) if info.roi_size else None,
         "channels": list(info.input_channels),
         "expects": info.description or info.name,
