@@ -184,10 +184,15 @@ def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeli
     parser = ConfigParser(parsed_config)
     for key, value in overrides.items():
         parser[key] = value
-    network = _parsed(parser, scan.network_root)
-    if not isinstance(network, nn.Module):
-        raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
     file, key = _weights(parsed_config, parser, directory, overrides, trusted)
+    if scan.network_root in config:
+        network = _parsed(parser, scan.network_root)
+        if not isinstance(network, nn.Module):
+            raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
+    elif file.suffix == ".ts":
+        network = nn.Identity()  # replaced by the TorchScript module
+    else:
+        raise BundleError(f"{info.config_path} has no network_def for the weights {file.name}")
     network = load_weights(network, file, key, torch.device(device))
     preprocessing = _parsed(parser, "preprocessing") if "preprocessing" in config else Compose([])
     if "inferer" in config:
