@@ -177,7 +177,9 @@ def read_bundle(directory: Path) -> BundleInfo:
         network_target=target.rsplit(".", 1)[-1] if isinstance(target, str) and "$" not in target else "",
         roi_size=_plain_roi(config),
         run_id=run_id,
-        orientation=axcodes if isinstance(axcodes := _plain_step(config, "Orientationd", "axcodes"), str) else None,
+        orientation=axcodes
+        if isinstance(axcodes := _plain_step(config, "Orientationd", "axcodes"), str)
+        else None,
         spacing_mm=tuple(float(v) for v in pixdim)
         if isinstance(pixdim := _plain_step(config, "Spacingd", "pixdim"), list)
         and all(isinstance(v, int | float) for v in pixdim)

@@ -99,7 +99,9 @@ def run_case(
     report(_PRE)
     batch = list_data_collate([data])
     image = batch[IMAGE_KEY].to(device)
-    network = _Watched(pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled)
+    network = _Watched(
+        pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled
+    )
     amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
     pipeline.network.eval()
     with torch.no_grad(), amp:
@@ -110,7 +112,9 @@ def run_case(
     item = decollate_batch(batch, detach=True)[0]
     with torch.no_grad():
         out = pipeline.postprocessing(item)
-    return out["pred"].detach().cpu() if isinstance(out["pred"], torch.Tensor) else torch.as_tensor(out["pred"])
+    return (
+        out["pred"].detach().cpu() if isinstance(out["pred"], torch.Tensor) else torch.as_tensor(out["pred"])
+    )
 
 
 def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:
@@ -126,9 +130,10 @@ def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:
     same_affine = np.allclose(np.asarray(pred.affine, dtype=np.float64), volume.affine, atol=1e-4)
     if tuple(pred.shape[1:]) == tuple(volume.shape) and same_affine:
         return pred
-    resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float64)
-    moved = resample(pred, dst_affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-                     spatial_size=volume.shape)
+    resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float64)
+    moved = resample(
+        pred, dst_affine=torch.as_tensor(volume.affine, dtype=torch.float64), spatial_size=volume.shape
+    )
     return torch.as_tensor(moved)
 
 

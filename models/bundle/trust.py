@@ -38,7 +38,9 @@ ROOTS = ("network_def", "preprocessing", "inferer", "postprocessing")
 _REF = re.compile(r"@((?:#|::)*[\w]+(?:(?:#|::)[\w]+)*)")
 _JOIN_PART = re.compile(r"\s*(?:@([\w]+(?:(?:#|::)[\w]+)*)|'([^'\\]*)'|\"([^\"\\]*)\")\s*")
 
-INERT_IMPORTS = frozenset({"glob", "os", "json", "math", "numpy", "torch", "monai", "pandas", "pathlib", "re"})
+INERT_IMPORTS = frozenset(
+    {"glob", "os", "json", "math", "numpy", "torch", "monai", "pandas", "pathlib", "re"}
+)
 _IMPORT = re.compile(r"\$\s*(?:import\s+([\w.]+)(?:\s+as\s+\w+)?|from\s+([\w.]+)\s+import\s+[\w, ]+)")
 
 ComponentLookup = Callable[[str], str | None]
@@ -90,8 +92,11 @@ def without_saving(config: dict[str, Any]) -> dict[str, Any]:
     post = out.get("postprocessing")
     items = post.get("transforms") if isinstance(post, dict) else post
     if isinstance(items, list):
-        items[:] = [t for t in items if not (isinstance(t, dict) and short_target(t.get("_target_")) in (
-            "SaveImaged", "SaveImage"))]
+        items[:] = [
+            t
+            for t in items
+            if not (isinstance(t, dict) and short_target(t.get("_target_")) in ("SaveImaged", "SaveImage"))
+        ]
     return out
 
 
@@ -144,13 +149,19 @@ def _target_finding(target: object, where: str, component: ComponentLookup) -> F
         return Finding(f"{where}#_target_", _shorten(target), "a computed _target_ runs code")
     module = target.rsplit(".", 1)[0] + "." if "." in target else component(target)
     if module is None:
-        return Finding(f"{where}#_target_", target, "not a MONAI component: it would import code from "
-                       "outside MONAI (scripts/ or another package)")
+        return Finding(
+            f"{where}#_target_",
+            target,
+            "not a MONAI component: it would import code from outside MONAI (scripts/ or another package)",
+        )
     module = module.rstrip(".") + "."
     if module.startswith(SAFE_MODULES) or SAFE_APP_TRANSFORMS.fullmatch(module.rstrip(".")):
         return None
-    origin = "outside MONAI" if not module.startswith("monai.") else f"in {module.rstrip('.')}, not a MONAI " \
-        "transform, network, inferer or dataset"
+    origin = (
+        "outside MONAI"
+        if not module.startswith("monai.")
+        else f"in {module.rstrip('.')}, not a MONAI transform, network, inferer or dataset"
+    )
     return Finding(f"{where}#_target_", target, f"a component {origin} runs code")
 
 
@@ -192,8 +203,10 @@ class _Scanner:
                 if join_value(text, self.config, self.overrides) is None:
                     yield Finding(where, _shorten(text), "a $ expression runs Python")
             elif text.startswith("%"):
-                if "::" in text[1:].split("#")[0] or text[1:].split("::")[0].endswith((".json", ".yaml")):
+                if re.search(r"\.(json|yaml|yml)(::|#|$)", text[1:]):
                     yield Finding(where, _shorten(text), "a macro reading another file")
+                elif split_id(text[1:]):  # a same-file macro copies that entry in: scan it
+                    yield from self.entry(split_id(text[1:])[0])
             for ref in _REF.findall(text):
                 if ref.startswith(("#", ":")):
                     continue  # relative ids stay inside the entry being scanned

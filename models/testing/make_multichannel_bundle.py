@@ -10,7 +10,8 @@
                                          logits, so each region is where its channel is brighter than the
                                          channel's non-zero mean.
     brats_like_case(shape)               the four channels of a synthetic case and the label map the
-                                         service must return for it (1 TC not ET, 2 WT not TC, 4 ET: the bundle's Lambdad).
+                                         service must return for it (1 TC not ET, 2 WT not TC, 4 ET:
+                                         the bundle's Lambdad).
 
 The T2 channel holds a decoy region the network never reads: swapping any two channels changes the result.
 """

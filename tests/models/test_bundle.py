@@ -44,7 +44,11 @@ def test_declarative_bundle_is_built_by_monai(tmp_path: Path) -> None:
     pipeline = build(bundle)
     names = [type(t).__name__ for t in pipeline.postprocessing.transforms]  # type: ignore[attr-defined]
     assert names == ["Activationsd", "AsDiscreted", "KeepLargestConnectedComponentd"]
-    assert type(pipeline.inferer).__name__ == "SlidingWindowInferer" and pipeline.inferer.roi_size == [32, 32, 16]
+    assert type(pipeline.inferer).__name__ == "SlidingWindowInferer" and pipeline.inferer.roi_size == [
+        32,
+        32,
+        16,
+    ]
 
 
 def test_wrapped_state_dict_loads(tmp_path: Path) -> None:
@@ -68,15 +72,29 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     ("change", "named"),
     [
         (  # a $ expression
-            {"postprocessing": {"_target_": "Compose", "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x.argmax(0, keepdim=True)"}]}},
+            {
+                "postprocessing": {
+                    "_target_": "Compose",
+                    "transforms": [
+                        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                        {
+                            "_target_": "Lambdad",
+                            "keys": "pred",
+                            "func": "$lambda x: x.argmax(0, keepdim=True)",
+                        },
+                    ],
+                }
+            },
             r"postprocessing#transforms#1#func: \$lambda x: x\.argmax",
         ),
         (  # a class from the bundle's scripts/
-            {"postprocessing": {"_target_": "Compose", "transforms": [
-                {"_target_": "scripts.my_transforms.MergeClassesd", "keys": "pred"}]}},
-            r"postprocessing#transforms#0#_target_: scripts\.my_transforms\.MergeClassesd \(a component outside",
+            {
+                "postprocessing": {
+                    "_target_": "Compose",
+                    "transforms": [{"_target_": "scripts.my_transforms.MergeClassesd", "keys": "pred"}],
+                }
+            },
+            r"postprocessing#transforms#0#_target_: scripts\.my_transforms\.MergeClassesd \(a component out",
         ),
         (  # an import of code that is not MONAI's
             {"imports": ["$import glob", "$import scripts.register"]},
@@ -113,7 +131,10 @@ def test_nothing_from_an_untrusted_bundle_runs(tmp_path: Path) -> None:
     (bundle / "scripts").mkdir()
     (bundle / "scripts" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     _edit(bundle, imports=["$import scripts"], output_dir=f"$open({str(marker)!r}, 'w')")
-    _post(bundle, {"_target_": "Lambdad", "keys": "pred", "func": f"$open({str(marker)!r}, 'w') and (lambda x: x)"})
+    _post(
+        bundle,
+        {"_target_": "Lambdad", "keys": "pred", "func": f"$open({str(marker)!r}, 'w') and (lambda x: x)"},
+    )
     with pytest.raises(BundleError, match=r"imports#0: \$import scripts"):
         install_models(bundle, tmp_path / "models")
     with pytest.raises(BundleError, match="--trust-code"):
@@ -135,13 +156,30 @@ def test_trusted_install_records_who_and_shows_executes_code(tmp_path: Path) -> 
     env = {**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp_path / "data")}
     refused = subprocess.run(
         [sys.executable, "-m", "shell.cli", "models", "install", str(bundle)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert refused.returncode == 2 and "postprocessing#transforms#2#func: $lambda x: x * 2" in refused.stderr
     done = subprocess.run(
-        [sys.executable, "-m", "shell.cli", "models", "install", "--trust-code", "--installed-by", "dr-admin",
-         str(bundle)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "shell.cli",
+            "models",
+            "install",
+            "--trust-code",
+            "--installed-by",
+            "dr-admin",
+            str(bundle),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     manifest = read_manifest(models_dir / "bundles" / "coded")
@@ -157,8 +195,9 @@ def test_trusted_install_records_who_and_shows_executes_code(tmp_path: Path) -> 
     with session_scope(f"sqlite:///{tmp_path / 'data' / 'segserve.db'}") as session:
         (event,) = query(session, resource_id="coded", action="model.install")
         assert event.detail["installed_by"] == "dr-admin" and event.detail["trusted_code"] is True
-        assert event.detail["manifest_sha256"] == file_sha256(models_dir / "bundles" / "coded" /
-                                                              ".segserve-manifest.json")
+        assert event.detail["manifest_sha256"] == file_sha256(
+            models_dir / "bundles" / "coded" / ".segserve-manifest.json"
+        )
 
 
 def test_weights_that_do_not_fit_are_refused_and_never_listed(tmp_path: Path) -> None:
