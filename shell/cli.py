@@ -106,8 +106,15 @@ def _audit_installs(settings: Settings, models_dir: Path, installed: list[str], 
     init_db(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         for model_id, detail in rows:
-            record(session, key_id=None, action="model.install", resource_type="model", resource_id=model_id,
-                   client_address="cli", detail=detail)
+            record(
+                session,
+                key_id=None,
+                action="model.install",
+                resource_type="model",
+                resource_id=model_id,
+                client_address="cli",
+                detail=detail,
+            )
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
