@@ -27,7 +27,7 @@ def case(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[s
     """The bundle installed into the stack's models dir; the case's channel files, expected labels and
     expected labels as a NIfTI reference."""
     tmp = tmp_path_factory.mktemp("brats_like")
-    stack.cli("models", "install", str(write_brats_like_bundle(tmp / MODEL)))
+    stack.cli("models", "install", "--trust-code", str(write_brats_like_bundle(tmp / MODEL)))
     channels, expected = brats_like_case()
     paths = {}
     for name, data in zip(CHANNELS, channels, strict=True):
@@ -54,8 +54,9 @@ def test_channels_in_the_catalog_and_a_job_gives_the_exact_label_map(
             "0": "background",
             "1": "Tumor core",
             "2": "Whole tumor",
-            "3": "Enhancing tumor",
+            "4": "Enhancing tumor",
         }
+        assert card["executes_code"] is True
         # the parts in another order than the model's: the form names, not the order, say which is which
         parts = [*reversed(_parts(paths)), ("reference", ("ref.nii.gz", reference.read_bytes()))]
         resp = c.post("/v1/jobs", data={"model": MODEL}, files=parts)
@@ -73,7 +74,7 @@ def test_channels_in_the_catalog_and_a_job_gives_the_exact_label_map(
     assert np.array_equal(np.asarray(labels.dataobj), expected)
     # the viewer's scan is the first channel (T1c)
     assert np.array_equal(np.asarray(nib.load(shown).dataobj), np.asarray(nib.load(paths["t1c"]).dataobj))
-    assert {r["label"]: r["dice"] for r in metrics["structures"]} == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert {r["label"]: r["dice"] for r in metrics["structures"]} == {1: 1.0, 2: 1.0, 4: 1.0}
 
 
 @pytest.fixture
