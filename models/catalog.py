@@ -133,6 +133,7 @@ def card_to_public(status: ModelStatus) -> dict[str, object]:
         "files": [{"path": w.path, "sha256": w.sha256, "source_url": w.source_url} for w in card.files],
         "licence": card.licence,
         "citation": card.citation,
+        "executes_code": bool(card.params.get("executes_code", False)),
         "available": status.available,
         "unavailable_reason": status.reason,
     }

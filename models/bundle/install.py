@@ -1,7 +1,9 @@
 """MONAI bundles in the catalog: install into ``<models_dir>/bundles/<id>/``, hash manifest, model cards.
 
-Torch-free. Installing copies the bundle directory, then writes ``.segserve-manifest.json`` with each
-file's size and sha256; the bundle's card lists those files, so the catalog's usual check (size, sha256)
+Torch-free to import (the catalog reads cards here); installing imports MONAI (models.bundle.build) to check
+the bundle first: built by MONAI, weights loaded strictly, one tiny forward pass, label values probed; code
+in the bundle only with ``trust_code`` (models.bundle.trust). Installing copies the bundle directory, then
+writes ``.segserve-manifest.json`` with each file's size and sha256 and those findings; the bundle's card lists those files, so the catalog's usual check (size, sha256)
 marks the model unavailable when any of them changes later. A bundle without a manifest (copied by hand)
 is listed as unavailable, with the reason.
 """
@@ -9,10 +11,10 @@ is listed as unavailable, with the reason.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from typing import Any
 from pathlib import Path
 
-from models.bundle.config import BundleError, BundleSpec, is_bundle_dir, read_bundle
+from models.bundle.config import CONFIG_NAMES, METADATA, BundleError, BundleInfo, is_bundle_dir, load_config, read_bundle
 from models.card import ModelCard, WeightFile
 from models.formats import InstallOptions, ModelFormat
 from models.installed import (
@@ -42,48 +44,46 @@ def bundle_id(directory: Path) -> str:
         raise BundleError(str(exc)) from None
 
 
-def card_from_bundle(spec: BundleSpec, models_dir: Path) -> ModelCard:
-    """The catalog card of an installed bundle; files and sha256 come from its manifest."""
-    directory = spec.directory
+def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
+    """The catalog card of an installed bundle; files, label values and trust come from its manifest."""
+    directory = info.directory
     model_id = bundle_id(directory)
     rel_dir = f"{BUNDLES}/{model_id}"
-    params: dict[str, object] = {
-        "weights_format": WEIGHTS_FORMAT,
-        "bundle_dir": rel_dir,
-        "weights": spec.weights,
-        "largest_component": list(spec.largest_component),
-        "activation": spec.activation,
-    }
+    params: dict[str, object] = {"weights_format": WEIGHTS_FORMAT, "bundle_dir": rel_dir}
     files: tuple[WeightFile, ...] = ()
+    labels = dict(info.labels)
     try:
-        files = manifest_files(read_manifest(directory), rel_dir)
+        manifest = read_manifest(directory)
+        files = manifest_files(manifest, rel_dir)
+        stored = manifest.get("labels")
+        if isinstance(stored, dict) and stored:
+            labels = {int(k): str(v) for k, v in stored.items()}
+        params["executes_code"] = bool(manifest.get("executes_code", False))
+        params["weights"] = str(manifest.get("weights", ""))
+        if manifest.get("executes_code") and not manifest.get("trusted_code"):
+            params["unavailable_reason"] = f"bundle {model_id} runs code and was not installed with --trust-code"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         params["unavailable_reason"] = (
             f"bundle {model_id} has no valid {MANIFEST} ({type(exc).__name__}); install it with "
-            "'segserve models install PATH' so its files are hashed"
+            "'segserve models install PATH' so its files are hashed and it is checked"
         )
     input_spec: dict[str, object] = {
-        "orientation": spec.axcodes,
-        "spacing_mm": list(spec.pixdim) if spec.pixdim else None,
-        "roi_size": list(spec.roi_size),
-        "channels": list(spec.input_channels),
-        "expects": spec.description or spec.name,
-        "output": "sigmoid multi-label: region c is label c + 1, the smallest region containing a voxel wins"
-        if spec.activation == "sigmoid"
-        else "softmax: one class per voxel (argmax)",
+        "roi_size": list(info.roi_size) if info.roi_size else None,
+        "channels": list(info.input_channels),
+        "expects": info.description or info.name,
+        "config": info.config_path,
+        "run_id": info.run_id,
     }
-    if spec.intensity is not None:
-        input_spec["intensity"] = asdict(spec.intensity)
     return ModelCard(
         id=model_id,
-        version=spec.version,
-        name=spec.name,
-        description=spec.description,
-        modality=spec.modality,
-        task=spec.task,
-        architecture=spec.network_target or "torchscript",
-        labels=dict(spec.labels),
-        colors=label_colors(spec.num_classes),
+        version=info.version,
+        name=info.name,
+        description=info.description,
+        modality=info.modality,
+        task=info.task,
+        architecture=info.network_target or "bundle network",
+        labels=labels,
+        colors=label_colors(max(labels) + 1 if labels else 1),
         input=input_spec,
         files=files,
         licence="see the bundle's LICENSE" if (directory / "LICENSE").is_file() else "not stated",
@@ -109,23 +109,55 @@ def bundle_cards(models_dir: Path) -> list[ModelCard]:
     return cards
 
 
-def install_bundle(source: Path, models_dir: Path) -> list[str]:
-    """Copy a bundle directory to ``<models_dir>/bundles/<folder name>/`` and write its manifest.
-
-    The bundle is checked first (:func:`read_bundle`), copied to a temporary folder next to the target
-    and renamed into place, replacing an older copy. Returns the installed paths relative to models_dir.
+def check_bundle(source: Path, trust_code: bool, device: str = "cpu") -> dict[str, Any]:
+    """Build the bundle with MONAI, load its weights strictly, run one tiny forward pass and probe its label
+    values. Returns the manifest entries (executes_code, labels, weights...).
 
     Raises:
-        BundleError: the source is not a usable bundle.
+        BundleError: it runs code and ``trust_code`` is False (naming the first element); an element cannot
+            be honoured or built; the weights are missing or do not fit; the forward pass fails.
+    """
+    from models.bundle.build import build, probe_labels, tiny_forward
+
+    info = read_bundle(source)
+    pipeline = build(source, device, trusted=trust_code)
+    out_channels = tiny_forward(pipeline, device)
+    metadata = load_config(Path(source) / METADATA)
+    pred = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {})
+    channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
+    names = {int(k): str(v) for k, v in channel_def.items()} if isinstance(channel_def, dict) else {}
+    labels = probe_labels(pipeline, names, out_channels) if pipeline.postprocessing else dict(info.labels)
+    first = pipeline.scan.first()
+    return {
+        "executes_code": pipeline.scan.executes_code,
+        "trusted_code": bool(trust_code and pipeline.scan.executes_code),
+        "first_code_element": first.message() if first is not None else "",
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "weights": pipeline.weights,
+        "out_channels": out_channels,
+    }
+
+
+def install_bundle(source: Path, models_dir: Path, options: InstallOptions | None = None) -> list[str]:
+    """Check a bundle (:func:`check_bundle`), then copy it to ``<models_dir>/bundles/<folder name>/`` with its
+    manifest (file hashes, who installed it, whether its code is trusted, its label values).
+
+    Copied to a temporary folder next to the target and renamed into place, replacing an older copy.
+    Returns the installed paths relative to models_dir.
+
+    Raises:
+        BundleError: the source is not a usable bundle, or runs code without ``options.trust_code``.
     """
     source, models_dir = Path(source), Path(models_dir)
-    read_bundle(source)
+    options = options or InstallOptions()
     model_id = bundle_id(source)
+    extra = check_bundle(source, options.trust_code)
+    extra["installed_by"] = options.installed_by
     try:
         files = model_files(source)
     except InstallError as exc:
         raise BundleError(str(exc)) from None
-    if not install_folder(source, models_dir / BUNDLES, model_id, files):
+    if not install_folder(source, models_dir / BUNDLES, model_id, files, extra):
         return []
     return [f"{BUNDLES}/{model_id}/{rel}" for rel in files]
 
@@ -142,13 +174,13 @@ def find_bundles(source: Path) -> list[Path]:
 
 
 def _install(source: Path, models_dir: Path, options: InstallOptions) -> list[str]:
-    return install_bundle(source, models_dir)
+    return install_bundle(source, models_dir, options)
 
 
 BUNDLE_FORMAT = ModelFormat(
     name=WEIGHTS_FORMAT,
     folder=BUNDLES,
-    watched=(MANIFEST, "configs/metadata.json", "configs/inference.json"),
+    watched=(MANIFEST, METADATA, *CONFIG_NAMES),
     find=find_bundles,
     install=_install,
     cards=bundle_cards,

@@ -1,157 +1,163 @@
-"""BundlePredictor: a MONAI bundle (3D U-Net, SegResNet, ...) behind the Predictor contract.
+"""BundlePredictor: one installed MONAI bundle behind the Predictor contract, run as MONAI runs it.
 
-Pipeline for one case (C input channels, each a volume on one shared grid; C = 1 for most bundles):
-    inputs C x (I, J, K) --reorient to the bundle's axcodes, resample to its pixdim (models.grid)-->
-    C x (X, Y, Z) --per window: intensity (CT window, or z-score per channel), zero padding--> (C, *roi)
-    --network, sliding window with Gaussian blending, bounded stitching buffer (models.sliding)-->
-    labels (X, Y, Z) (softmax: argmax; sigmoid: region bits -> innermost region wins, models.regions)
-    --largest connected component of chosen structures--> --nearest neighbour--> (I, J, K) of channel 0
+One case, as MONAI's ``SupervisedEvaluator`` runs one batch of the bundle's own inference config:
+    the job's volumes -> temporary NIfTI files (array and affine as given; one per input channel, in the
+    order of ``channel_def``, read by the bundle's own LoadImaged as a list, as in its datalist)
+    -> the bundle's preprocessing (MONAI Compose from the config) -> collate to a batch of one
+    -> the bundle's inferer (e.g. MONAI's SlidingWindowInferer: its windows, blending mode, padding) on the
+       network, under ``torch.no_grad`` (and CUDA autocast where the evaluator has ``amp`` and the device
+       is a GPU); progress is reported and cancellation checked between windows
+    -> decollate -> the bundle's postprocessing without SaveImaged (Activationsd, Invertd back onto the
+       input grid, AsDiscreted, Lambdad, KeepLargestConnectedComponentd, ... exactly as configured)
+    -> the ``pred`` label map, channel axis dropped: the bundle's own output values (e.g. BraTS 1/2/4).
+Label names come from the install-time probe (models.bundle.build.probe_labels) kept in the manifest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
 
-from models.bundle.config import BundleError, BundleSpec, Intensity, read_bundle
-from models.bundle.network import load_network
+from models.bundle.build import IMAGE_KEY, Pipeline, build
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
-from models.grid import to_model_grid
-from models.postprocess import keep_largest_component
-from models.regions import regions_to_labels
-from models.sliding import IntensityFn, sliding_window_labels
+from models.installed import InstallError, read_manifest
 from segserve.imaging.volume import Volume
 
-# Share of the progress bar before / after the windows (resampling; post-processing and mapping back).
+# Share of the progress bar before / after the windows (pre-processing; post-processing).
 _PRE, _POST = 0.05, 0.05
 
+ProgressFn = Callable[[float], None]
+CancelFn = Callable[[], bool]
 
-def intensity_function(
-    spec: Intensity | None, image: np.ndarray | Sequence[np.ndarray]
-) -> IntensityFn | None:
-    """A per-window function (float32 in, float32 out, may work in place) for ``spec`` on ``image``.
 
-    Statistics the transform needs (z-score mean/std, min/max) are taken once over the whole image:
-    one (X, Y, Z) array, or several taken together (channels normalised jointly).
-    """
-    if spec is None:
+def window_count(inferer: Any, spatial: Sequence[int]) -> int | None:
+    """Windows MONAI's SlidingWindowInferer visits on an image of ``spatial`` size (None for others)."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers import SlidingWindowInferer
+    from monai.inferers.utils import _get_scan_interval
+    from monai.utils import ensure_tuple_rep, fall_back_tuple
+
+    if not isinstance(inferer, SlidingWindowInferer):
         return None
-    images = [image] if isinstance(image, np.ndarray) else list(image)
-    if spec.kind == "range":
-        scale = np.float32((spec.b_max - spec.b_min) / (spec.a_max - spec.a_min))
-        a_min, b_min = np.float32(spec.a_min), np.float32(spec.b_min)
-        low, high = sorted((spec.b_min, spec.b_max))
-
-        def window(x: np.ndarray) -> np.ndarray:
-            x -= a_min
-            x *= scale
-            x += b_min
-            if spec.clip:
-                np.clip(x, low, high, out=x)
-            return x
-
-        return window
-    if spec.kind == "zscore":
-        mean, std = _moments(images, spec.nonzero)
-
-        def zscore(x: np.ndarray) -> np.ndarray:
-            mask = x != 0 if spec.nonzero else None
-            out = (x - np.float32(mean)) / np.float32(std)
-            return np.where(mask, out, 0).astype(np.float32) if mask is not None else out
-
-        return zscore
-    if spec.kind == "minmax":
-        lo, hi = min(float(np.min(i)) for i in images), max(float(np.max(i)) for i in images)
-        span = hi - lo if hi > lo else 1.0
-
-        def minmax(x: np.ndarray) -> np.ndarray:
-            return ((x - np.float32(lo)) / np.float32(span) * (spec.b_max - spec.b_min) + spec.b_min).astype(
-                np.float32
-            )
-
-        return minmax
-    raise ValueError(f"intensity kind must be 'range', 'zscore' or 'minmax', got {spec.kind!r}")
+    roi = fall_back_tuple(inferer.roi_size, tuple(spatial))
+    padded = tuple(max(int(s), int(r)) for s, r in zip(spatial, roi, strict=True))
+    interval = _get_scan_interval(padded, roi, len(padded), ensure_tuple_rep(inferer.overlap, len(padded)))
+    return len(dense_patch_slices(padded, roi, interval))
 
 
-def channels_intensity(spec: Intensity | None, channels: Sequence[np.ndarray]) -> IntensityFn | None:
-    """A per-window function on (C, *window) float32 patches for ``spec`` on C (X, Y, Z) channels.
+class _Watched:
+    """The network as the inferer calls it: checks cancellation before and reports progress after each
+    batch of windows."""
 
-    Statistics (z-score mean/std, min/max) are per channel when ``spec.channel_wise``, otherwise taken over
-    all channels together, as MONAI's NormalizeIntensityd does without ``channel_wise``. CT windowing has
-    none, so it is the same either way.
-    """
-    if spec is None:
-        return None
-    if spec.channel_wise:
-        functions = [intensity_function(spec, channel) for channel in channels]
-    else:
-        functions = [intensity_function(spec, channels)] * len(channels)
+    def __init__(
+        self, network: nn.Module, total: int | None, report: ProgressFn, is_cancelled: CancelFn | None
+    ) -> None:
+        self.network, self.total, self.report, self.is_cancelled = network, total, report, is_cancelled
+        self.done = 0
 
-    def per_channel(x: np.ndarray) -> np.ndarray:
-        for index, function in enumerate(functions):
-            if function is not None:
-                x[index] = function(x[index])
-        return x
-
-    return per_channel
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.is_cancelled is not None and self.is_cancelled():
+            raise Cancelled()
+        out = self.network(x, *args, **kwargs)
+        self.done += int(x.shape[0])
+        if self.total:
+            self.report(_PRE + (1.0 - _PRE - _POST) * min(self.done / self.total, 1.0))
+        return out
 
 
-def _moments(images: Sequence[np.ndarray], nonzero: bool) -> tuple[float, float]:
-    """Mean and standard deviation over all voxels of ``images`` (float64 sums, one slab at a time, no
-    full-size copies); std 0 becomes 1, as in MONAI."""
-    count, total, squares = 0, 0.0, 0.0
-    for plane in (np.asarray(p, dtype=np.float64) for image in images for p in image):
-        if nonzero:
-            plane = plane[plane != 0]
-        count += plane.size
-        total += float(plane.sum())
-        squares += float(np.square(plane).sum())
-    if count == 0:
-        return 0.0, 1.0
-    mean = total / count
-    std = max(squares / count - mean * mean, 0.0) ** 0.5
-    return mean, std if std > 0 else 1.0
+def write_inputs(volumes: Sequence[Volume], directory: Path) -> list[Path]:
+    """Each volume as an uncompressed NIfTI (its own dtype and affine) for the bundle's LoadImaged."""
+    paths = []
+    for index, volume in enumerate(volumes):
+        path = Path(directory) / f"channel{index}.nii"
+        nib.save(nib.Nifti1Image(np.asarray(volume.array), np.asarray(volume.affine, dtype=np.float64)), path)
+        paths.append(path)
+    return paths
+
+
+def run_case(
+    pipeline: Pipeline,
+    paths: Sequence[Path],
+    device: torch.device,
+    report: ProgressFn | None = None,
+    is_cancelled: CancelFn | None = None,
+) -> torch.Tensor:
+    """The bundle's ``pred`` for one case of input files, after its postprocessing (SaveImaged left out)."""
+    from monai.data import decollate_batch, list_data_collate
+
+    report = report or (lambda _fraction: None)
+    data: dict[str, Any] = {IMAGE_KEY: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
+    data = pipeline.preprocessing(data)
+    report(_PRE)
+    batch = list_data_collate([data])
+    image = batch[IMAGE_KEY].to(device)
+    network = _Watched(pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled)
+    amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
+    pipeline.network.eval()
+    with torch.no_grad(), amp:
+        pred = pipeline.inferer(image, network)
+    if is_cancelled is not None and is_cancelled():
+        raise Cancelled()
+    batch.update({IMAGE_KEY: image, "label": batch.get("label"), "pred": pred})
+    item = decollate_batch(batch, detach=True)[0]
+    with torch.no_grad():
+        out = pipeline.postprocessing(item)
+    return torch.as_tensor(out["pred"]).detach().cpu()
+
+
+def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.ndarray:
+    """``pred`` (1, I, J, K) or (I, J, K) as uint8/uint16 labels of ``shape``; ValueError otherwise."""
+    array = pred.numpy()
+    if array.ndim == len(shape) + 1 and array.shape[0] == 1:
+        array = array[0]
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"model {model_id} returned a {array.shape} label map for a {tuple(shape)} input")
+    values = np.rint(array)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"model {model_id} returned label values outside 0..65535")
+    return values.astype(np.uint8 if values.size == 0 or values.max() < 256 else np.uint16)
 
 
 class BundlePredictor:
-    """A loaded bundle network and its pre/post-processing. Not thread-safe: one ``predict`` at a time."""
+    """A bundle's MONAI pipeline with its weights loaded. Not thread-safe: one ``predict`` at a time."""
 
-    def __init__(
-        self,
-        card: ModelCard,
-        spec: BundleSpec,
-        network: nn.Module,
-        device: str = "cpu",
-        largest_component: Iterable[int] | None = None,
-    ) -> None:
+    def __init__(self, card: ModelCard, pipeline: Pipeline, device: str = "cpu") -> None:
         self.card = card
-        self.spec = spec
-        self.network = network
+        self.pipeline = pipeline
+        self.network = pipeline.network
         self.device = torch.device(device)
-        chosen = card.params.get("largest_component") if largest_component is None else largest_component
-        self.largest_component = tuple(int(v) for v in chosen) if isinstance(chosen, list | tuple) else ()
 
     @classmethod
     def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> BundlePredictor:
-        """Verify the bundle's files against its manifest, read its configs and build the network.
+        """Verify the bundle's files against its manifest and build its MONAI pipeline.
+
+        Code in the bundle runs only when its manifest records that an admin trusted it at install.
 
         Raises:
-            ModelUnavailable: a file is missing or changed, or the bundle cannot be used (the reason).
+            ModelUnavailable: a file is missing or changed, or the bundle cannot be built (the reason).
         """
         reason = check_card(card, models_dir)
         if reason is not None:
             raise ModelUnavailable(reason)
+        directory = Path(models_dir) / str(card.params["bundle_dir"])
         try:
-            spec = read_bundle(Path(models_dir) / str(card.params["bundle_dir"]))
-            network = load_network(spec, device)
-        except (BundleError, KeyError) as exc:
+            trusted = bool(read_manifest(directory).get("trusted_code"))
+            pipeline = build(directory, device, trusted=trusted)
+        except (InstallError, OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"model {card.id}: {exc}") from exc
-        return cls(card, spec, network, device)
+        return cls(card, pipeline, device)
+
+    @property
+    def input_channels(self) -> tuple[str, ...]:
+        return self.pipeline.info.input_channels
 
     @property
     def nbytes(self) -> int:
@@ -159,70 +165,36 @@ class BundlePredictor:
         tensors = [*self.network.parameters(), *self.network.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            context: torch.autocast | nullcontext[None] = torch.autocast("cuda", dtype=dtype)
-        else:
-            context = nullcontext()
-        with context:
-            return self.network(x)
-
     def predict(
         self,
         volume: Volume | Sequence[Volume],
         *,
-        on_progress: Callable[[float], None] | None = None,
-        is_cancelled: Callable[[], bool] | None = None,
+        on_progress: ProgressFn | None = None,
+        is_cancelled: CancelFn | None = None,
     ) -> np.ndarray:
         """Segment one case.
 
         Args:
-            volume: the scan, or one volume per input channel in ``spec.input_channels`` order, all on
-                the grid of the first (the caller checks that; see segserve.imaging.readers).
+            volume: the scan, or one volume per input channel in ``input_channels`` order, all on the grid
+                of the first (the caller checks that; see segserve.imaging.readers).
         Returns:
-            labels with the first volume's shape, on its grid: uint8 for up to 256 classes.
+            labels with the first volume's shape, on its grid: the bundle's own output values, uint8
+            (uint16 above 255).
         Raises:
             ValueError: the number of volumes is not the bundle's number of input channels.
             Cancelled: ``is_cancelled()`` returned True (checked between batches of windows).
         """
         report = on_progress or (lambda _fraction: None)
-        spec = self.spec
         volumes = [volume] if isinstance(volume, Volume) else list(volume)
-        if len(volumes) != spec.in_channels:
+        channels = self.input_channels
+        if len(volumes) != len(channels):
             raise ValueError(
-                f"model {self.card.id} takes {spec.in_channels} input channels "
-                f"({', '.join(spec.input_channels)}), got {len(volumes)} volumes"
+                f"model {self.card.id} takes {len(channels)} input channels "
+                f"({', '.join(channels)}), got {len(volumes)} volumes"
             )
-        grids = [to_model_grid(v, spec.axcodes, spec.pixdim) for v in volumes]
-        grid, channels = grids[0], [g.array for g in grids]
-        report(_PRE)
-
-        def on_window(done: int, total: int) -> None:
-            report(_PRE + (1.0 - _PRE - _POST) * done / total)
-
-        with torch.inference_mode():
-            labels = sliding_window_labels(
-                channels,
-                self._forward,
-                num_classes=spec.out_channels,
-                activation="sigmoid" if spec.activation == "sigmoid" else "softmax",
-                roi_size=spec.roi_size,
-                overlap=spec.overlap,
-                sw_batch_size=spec.sw_batch_size,
-                blend=spec.blend,
-                sigma_scale=spec.sigma_scale,
-                intensity=channels_intensity(spec.intensity, channels),
-                device=self.device,
-                on_window=on_window,
-                is_cancelled=is_cancelled,
-            )
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled()
-        del channels, grids
-        if spec.activation == "sigmoid":
-            labels = regions_to_labels(labels, spec.out_channels)
-        keep_largest_component(labels, self.largest_component)
-        out = grid.labels_to_source(labels)
+        with tempfile.TemporaryDirectory(prefix="segserve-case-") as tmp:
+            paths = write_inputs(volumes, Path(tmp))
+            pred = run_case(self.pipeline, paths, self.device, report, is_cancelled)
+        labels = to_label_map(pred, volumes[0].shape, self.card.id)
         report(1.0)
-        return out
+        return labels
