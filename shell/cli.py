@@ -90,7 +90,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             return code
     if args.models_cmd == "install":
         try:
-            installed = install_models(Path(args.path), models_dir)
+            from models.formats import InstallOptions
+
+            options = InstallOptions(trust_code=args.trust_code, installed_by="cli")
+            installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "install", help="copy weight files from a folder into the models directory"
     )
     install.add_argument("path")
+    install.add_argument(
+        "--trust-code", action="store_true", help="allow a bundle that runs code ($ expressions, scripts/)"
+    )
     pull = models_sub.add_parser(
         "pull", help="fetch a MONAI Model Zoo bundle (NAME[@VERSION]), check its hashes, install it"
     )

@@ -152,18 +152,25 @@ def _write_search_code(path: Path, parser: Any, seed: int) -> None:
     )
 
 
-def seed_bundle(src: Path, dest: Path, seed: int = 0) -> Path:
+def seed_bundle(src: Path, dest: Path, seed: int = 0, without: tuple[str, ...] = ()) -> Path:
     """Copy the Zoo bundle ``src`` to ``dest`` and write seeded random weights where its config loads them.
 
     The network is the config's own ``network_def`` (instantiated by MONAI's ConfigParser with
     ``torch.manual_seed(seed)``); batch-norm running statistics are perturbed (seeded) so that eval mode is
-    not an identity. Returns ``dest``.
+    not an identity. ``without``: config ids left out when building the weights only (the copied config is
+    unchanged), for a definition that today's MONAI no longer builds although its published weights load
+    (swin_unetr_btcv_segmentation's ``network_def#img_size``). Returns ``dest``.
     """
     import torch
 
     src, dest = Path(src), Path(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
     parser = _parser(dest, cpu_overrides(dest))
+    for config_id in without:
+        parent, _, key = config_id.rpartition("#")
+        node = dict(parser.get(parent))
+        node.pop(key, None)
+        parser[parent] = node
     if "arch_ckpt_path" in parser:
         _write_search_code(Path(parser.get_parsed_content("arch_ckpt_path")), parser, seed)
     sys.path.insert(0, str(dest))  # configs that `import scripts` (vista3d) need the bundle on the path

@@ -1,0 +1,122 @@
+"""Zoo conformance: every real Model Zoo bundle in ../shared/zoo, run by the service and by MONAI's own runner.
+
+For each bundle: seeded random weights built from the bundle's own ``network_def`` (models/testing/zoo.py), a
+real scan of its modality cropped so that the bundle's own roi covers it in one or a few windows (the roi and
+overlap are never changed), then
+
+    (a) the service: ``segserve models install --trust-code`` into the running stack, POST /v1/jobs, the result;
+    (b) MONAI: ``python -m monai.bundle run`` on the same files and weights;
+
+and the two label maps, both on the input scan's grid, must agree on at least 99.9 % of voxels. A bundle the
+service cannot honour must be refused at install with the element named (and MONAI's runner is asked too, so
+that the refusal is shown to be honest).
+
+Heavy bundles (a DiNTS network at 1 mm, VISTA-3D's 127-class foundation model) are marked ``zoo_heavy``: they
+run in the default suite (CI too) but can be deselected locally with ``-m "not zoo_heavy"``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from models.testing.zoo import Case, make_case, run_monai, seed_bundle
+from tests.support.paths import DATA, SHARED
+from tests.support.stack import Stack, wait_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.zoo]
+ZOO = SHARED / "zoo"
+SEED = 7
+AGREEMENT = 0.999
+
+# What the service must do with each bundle: run it, or refuse it at install naming the element.
+# swin_unetr_btcv_segmentation: its network_def passes `img_size`, which MONAI 1.6's SwinUNETR no longer
+# takes; MONAI's own runner fails on it too (asserted below).
+REFUSED = {"swin_unetr_btcv_segmentation": ("img_size", "network_def")}
+HEAVY = {"multi_organ_segmentation", "vista3d"}
+BUNDLES = [
+    "spleen_ct_segmentation",
+    "swin_unetr_btcv_segmentation",
+    "wholeBody_ct_segmentation",
+    "multi_organ_segmentation",
+    "renalStructures_CECT_segmentation",
+    "brats_mri_segmentation",
+    "vista3d",
+    "spleen_deepedit_annotation",
+]
+
+
+def _param(name: str) -> Any:
+    return pytest.param(name, id=name, marks=[pytest.mark.zoo_heavy] if name in HEAVY else [])
+
+
+def _parts(card: dict[str, Any], case: Case) -> list[tuple[str, tuple[str, bytes]]]:
+    """One form part per input channel: by name where the card's names are the case's, else in order."""
+    names = list(card["input"]["channels"])
+    files = list(case.channels.items())
+    if len(names) == 1:
+        return [("image", (files[0][1].name, files[0][1].read_bytes()))]
+    by_name = {k.lower(): p for k, p in files}
+    paths = [by_name[n] for n in names] if set(names) == set(by_name) else [p for _, p in files]
+    return [(f"image.{n}", (p.name, p.read_bytes())) for n, p in zip(names, paths, strict=True)]
+
+
+def _service_labels(stack: Stack, model: str, case: Case, out: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    with stack.client() as c:
+        card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == model)
+        assert card["available"] is True, card
+        start = time.monotonic()
+        resp = c.post("/v1/jobs", data={"model": model}, files=_parts(card, case))
+        assert resp.status_code == 202, resp.text
+        done = wait_job(c, resp.json()["id"], timeout=900)
+        seconds = time.monotonic() - start
+        assert done["status"] == "succeeded", done
+        out.write_bytes(c.get(f"/v1/jobs/{done['id']}/result").content)
+    img: Any = nib.load(str(out))
+    return np.asarray(img.dataobj).squeeze(), np.asarray(img.affine), seconds
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in BUNDLES])
+def test_service_agrees_with_monai_runner(name: str, stack: Stack, tmp_path: Path) -> None:
+    if not (ZOO / name).is_dir():
+        pytest.fail(f"{ZOO / name} is missing: the conformance suite covers every bundle of ../shared/zoo")
+    # a refused bundle still gets weights of its network, as a user downloads them with it
+    without = ("network_def#img_size",) if name == "swin_unetr_btcv_segmentation" else ()
+    bundle = seed_bundle(ZOO / name, tmp_path / name, seed=SEED, without=without)
+    case = make_case(name, DATA, tmp_path / "case")
+    installed = stack.cli("models", "install", str(bundle), "--trust-code", check=False)
+
+    if name in REFUSED:
+        assert installed.returncode != 0, f"{name} was installed:\n{installed.stdout}"
+        for element in REFUSED[name]:
+            assert element in installed.stderr, installed.stderr
+        with stack.client() as c:
+            ids = {m["id"]: m["available"] for m in c.get("/v1/models").json()["items"]}
+        assert ids.get(name) in (None, False)
+        with pytest.raises(RuntimeError, match=REFUSED[name][0]):
+            run_monai(bundle, case, tmp_path / "monai")
+        return
+
+    assert installed.returncode == 0, installed.stderr
+    labels, affine, seconds = _service_labels(stack, name, case, tmp_path / "service.nii.gz")
+    start = time.monotonic()
+    reference = run_monai(bundle, case, tmp_path / "monai")
+    monai_seconds = time.monotonic() - start
+
+    source: Any = nib.load(str(case.first))
+    assert labels.shape == reference.shape == source.shape[:3]
+    np.testing.assert_allclose(affine, source.affine, atol=1e-4)
+    agree = float(np.mean(labels.astype(np.float64) == reference.astype(np.float64)))
+    values, counts = np.unique(reference, return_counts=True)
+    print(
+        f"\n{name}: agreement {agree:.5%} on {reference.size} voxels; service {seconds:.1f} s, "
+        f"MONAI runner {monai_seconds:.1f} s; MONAI labels {dict(zip(values.tolist(), counts.tolist()))}"
+    )
+    # the weights are random but the labels must not be trivial, or agreement would prove nothing
+    assert len(values) >= 2, f"{name}: MONAI's runner gave one label only ({values}); pick another seed"
+    assert agree >= AGREEMENT, f"{name}: service and MONAI agree on {agree:.4%} of voxels"
