@@ -78,6 +78,45 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit_installs(settings: Settings, models_dir: Path, installed: list[str], installed_by: str) -> None:
+    """One audit row per installed model folder: who installed it, the sha256 of its manifest (which pins
+    every file), and whether its code was trusted."""
+    from models.card import file_sha256
+    from models.installed import MANIFEST, read_manifest
+    from segserve.audit import record
+
+    folders = sorted({"/".join(p.split("/")[:2]) for p in installed if p.count("/") >= 2})
+    rows = []
+    for folder in folders:
+        manifest_path = models_dir / folder / MANIFEST
+        if not manifest_path.is_file():
+            continue
+        manifest = read_manifest(manifest_path.parent)
+        detail = {
+            "installed_by": installed_by,
+            "manifest_sha256": file_sha256(manifest_path),
+            "executes_code": bool(manifest.get("executes_code", False)),
+            "trusted_code": bool(manifest.get("trusted_code", False)),
+        }
+        rows.append((folder.split("/")[1], detail))
+    if not rows:
+        return
+    if settings.resolved_database_url.startswith("sqlite:///"):
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    init_db(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        for model_id, detail in rows:
+            record(
+                session,
+                key_id=None,
+                action="model.install",
+                resource_type="model",
+                resource_id=model_id,
+                client_address="cli",
+                detail=detail,
+            )
+
+
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.catalog import Catalog
     from models.install import install_models
@@ -85,14 +124,15 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
     models_dir = settings.resolved_models_dir
     if args.models_cmd == "pull":
-        code = _models_pull(args, models_dir)
+        code = _models_pull(args, settings, models_dir)
         if code:
             return code
     if args.models_cmd == "install":
-        try:
-            from models.formats import InstallOptions
+        from models.formats import InstallOptions
 
-            options = InstallOptions(trust_code=args.trust_code, installed_by="cli")
+        installed_by = args.installed_by or os.environ.get("USER") or "unknown"
+        options = InstallOptions(trust_code=args.trust_code, installed_by=installed_by)
+        try:
             installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -100,6 +140,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         for path in installed:
             print(f"installed {path}")
         print(f"{len(installed)} file(s) installed into {models_dir}")
+        _audit_installs(settings, models_dir, installed, installed_by)
     catalog = Catalog(models_dir)
     failures = 0
     for status in catalog.statuses():
@@ -109,7 +150,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if args.models_cmd == "verify" and failures else 0
 
 
-def _models_pull(args: argparse.Namespace, models_dir: Path) -> int:
+def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path) -> int:
     """`segserve models pull NAME[@VERSION]` (see models/bundle/pull.py); 0 when installed, 2 on error."""
     from models.bundle.pull import PullError, ZooSource, pull_bundle
     from models.formats import InstallOptions
@@ -117,7 +158,8 @@ def _models_pull(args: argparse.Namespace, models_dir: Path) -> int:
 
     try:
         source = ZooSource(args.source, args.base_url, args.repo, args.index_url)
-        options = InstallOptions(trust_code=args.trust_code, installed_by="cli")
+        installed_by = args.installed_by or os.environ.get("USER") or "unknown"
+        options = InstallOptions(trust_code=args.trust_code, installed_by=installed_by)
         pulled = pull_bundle(args.ref, models_dir, source, options)
     except (PullError, InstallError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -127,6 +169,7 @@ def _models_pull(args: argparse.Namespace, models_dir: Path) -> int:
     for rel in pulled.unverified:
         print(f"warning: {rel} has no hash in large_files; not verified", file=sys.stderr)
     print(f"pulled {pulled.name} {pulled.version} ({len(pulled.verified)} large file(s) hash-checked)")
+    _audit_installs(settings, models_dir, pulled.installed, installed_by)
     return 0
 
 
@@ -206,8 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("path")
     install.add_argument(
-        "--trust-code", action="store_true", help="allow a bundle that runs code ($ expressions, scripts/)"
+        "--trust-code",
+        action="store_true",
+        help="allow a bundle that runs code of its own ($ expressions, scripts/, non-MONAI components); "
+        "admins only: the code runs in every worker",
     )
+    install.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
     pull = models_sub.add_parser(
         "pull", help="fetch a MONAI Model Zoo bundle (NAME[@VERSION]), check its hashes, install it"
     )
@@ -221,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--index-url", help="the Zoo index model_info.json (default: the Zoo's, or BASE/model_info.json)"
     )
     pull.add_argument(
-        "--trust-code", action="store_true", help="allow a bundle that runs code ($ expressions, scripts/)"
+        "--trust-code",
+        action="store_true",
+        help="allow a bundle that runs code (as for install); admins only",
     )
+    pull.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
     models.set_defaults(func=_cmd_models)
 
     ev = sub.add_parser("evaluate", help="batch evaluation: folders here, or a dataset through a model")

@@ -77,7 +77,9 @@ class Pipeline:
 def _cuda_to(value: Any, device: str) -> Any:
     if isinstance(value, str) and value.startswith("$"):
         for quote in ("'", '"'):
-            value = value.replace(f"torch.device({quote}cuda{quote})", f"torch.device({quote}{device}{quote})")
+            value = value.replace(
+                f"torch.device({quote}cuda{quote})", f"torch.device({quote}{device}{quote})"
+            )
         return value
     if isinstance(value, dict):
         return {k: _cuda_to(v, device) for k, v in value.items()}
@@ -118,7 +120,9 @@ def _weights(
         for name in (WEIGHTS_PT, WEIGHTS_TS):
             if (directory / name).is_file():
                 return directory / name, None
-        raise BundleError(f"bundle {directory.name} has no weights loader and neither {WEIGHTS_PT} nor {WEIGHTS_TS}")
+        raise BundleError(
+            f"bundle {directory.name} has no weights loader and neither {WEIGHTS_PT} nor {WEIGHTS_TS}"
+        )
     where, item = loader
     raw = item.get("load_path")
     path = raw if isinstance(raw, str) and not raw.startswith(("$", "@")) else None
@@ -182,12 +186,17 @@ def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeli
     else:
         parsed_config = {k: config[k] for k in scan.used}
     parser = ConfigParser(parsed_config)
-    for key, value in overrides.items():
-        parser[key] = value
-    network = _parsed(parser, scan.network_root)
-    if not isinstance(network, nn.Module):
-        raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
+    for name, value in overrides.items():
+        parser[name] = value
     file, key = _weights(parsed_config, parser, directory, overrides, trusted)
+    if scan.network_root in config:
+        network = _parsed(parser, scan.network_root)
+        if not isinstance(network, nn.Module):
+            raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
+    elif file.suffix == ".ts":
+        network = nn.Identity()  # replaced by the TorchScript module
+    else:
+        raise BundleError(f"{info.config_path} has no network_def for the weights {file.name}")
     network = load_weights(network, file, key, torch.device(device))
     preprocessing = _parsed(parser, "preprocessing") if "preprocessing" in config else Compose([])
     if "inferer" in config:
@@ -261,16 +270,18 @@ def tiny_forward(pipeline: Pipeline, device: str = "cpu") -> int:
     size = [32, 32, 32]
     inferer = pipeline.inferer
     if isinstance(inferer, SlidingWindowInferer):
-        roi = inferer.roi_size
-        roi_list = list(roi) if isinstance(roi, list | tuple) else [roi] * 3
-        size = [min(32, int(r)) if int(r) > 0 else 32 for r in roi_list]
+        roi: Any = inferer.roi_size
+        roi_list = [int(r) for r in roi] if isinstance(roi, list | tuple) else [int(roi)] * 3
+        size = [min(32, r) if r > 0 else 32 for r in roi_list]
     x = torch.zeros(1, len(pipeline.info.input_channels), *size, device=torch.device(device))
     try:
         with torch.no_grad():
             out = pipeline.network(x)
     except Exception as exc:  # any failure of the bundle's network is an install error
-        raise BundleError(f"network {pipeline.info.network_target or 'network'} fails on a "
-                          f"{tuple(x.shape)} input: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise BundleError(
+            f"network {pipeline.info.network_target or 'network'} fails on a "
+            f"{tuple(x.shape)} input: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
     if isinstance(out, list | tuple):
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.ndim != x.ndim:

@@ -59,6 +59,8 @@ class BundleInfo:
     network_target: str
     roi_size: tuple[int, ...] | None
     run_id: str
+    orientation: str | None = None
+    spacing_mm: tuple[float, ...] | None = None
 
 
 def find_config(directory: Path) -> str | None:
@@ -109,6 +111,18 @@ def _plain_roi(config: dict[str, Any]) -> tuple[int, ...] | None:
     roi = inferer.get("roi_size") if isinstance(inferer, dict) else None
     if isinstance(roi, list) and roi and all(isinstance(v, int) and not isinstance(v, bool) for v in roi):
         return tuple(roi)
+    return None
+
+
+def _plain_step(config: dict[str, Any], name: str, key: str) -> Any:
+    """A plain (not ``$``/``@``) argument of the first preprocessing step ``name``, for the card only."""
+    pre = config.get("preprocessing")
+    items = pre.get("transforms") if isinstance(pre, dict) else pre
+    for item in items if isinstance(items, list) else []:
+        target = item.get("_target_") if isinstance(item, dict) else None
+        if isinstance(target, str) and target.rsplit(".", 1)[-1] == name:
+            value = item.get(key)
+            return None if isinstance(value, str) and value.startswith(("$", "@", "%")) else value
     return None
 
 
@@ -163,4 +177,11 @@ def read_bundle(directory: Path) -> BundleInfo:
         network_target=target.rsplit(".", 1)[-1] if isinstance(target, str) and "$" not in target else "",
         roi_size=_plain_roi(config),
         run_id=run_id,
+        orientation=axcodes
+        if isinstance(axcodes := _plain_step(config, "Orientationd", "axcodes"), str)
+        else None,
+        spacing_mm=tuple(float(v) for v in pixdim)
+        if isinstance(pixdim := _plain_step(config, "Spacingd", "pixdim"), list)
+        and all(isinstance(v, int | float) for v in pixdim)
+        else None,
     )

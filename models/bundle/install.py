@@ -3,18 +3,27 @@
 Torch-free to import (the catalog reads cards here); installing imports MONAI (models.bundle.build) to check
 the bundle first: built by MONAI, weights loaded strictly, one tiny forward pass, label values probed; code
 in the bundle only with ``trust_code`` (models.bundle.trust). Installing copies the bundle directory, then
-writes ``.segserve-manifest.json`` with each file's size and sha256 and those findings; the bundle's card lists those files, so the catalog's usual check (size, sha256)
-marks the model unavailable when any of them changes later. A bundle without a manifest (copied by hand)
+writes ``.segserve-manifest.json`` with each file's size and sha256 and those findings; the bundle's card
+lists those files, so the catalog's usual check (size, sha256) marks the model unavailable when any of them
+changes later. A bundle without a manifest (copied by hand)
 is listed as unavailable, with the reason.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-from models.bundle.config import CONFIG_NAMES, METADATA, BundleError, BundleInfo, is_bundle_dir, load_config, read_bundle
+from models.bundle.config import (
+    CONFIG_NAMES,
+    METADATA,
+    BundleError,
+    BundleInfo,
+    is_bundle_dir,
+    load_config,
+    read_bundle,
+)
 from models.card import ModelCard, WeightFile
 from models.formats import InstallOptions, ModelFormat
 from models.installed import (
@@ -61,13 +70,17 @@ def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
         params["executes_code"] = bool(manifest.get("executes_code", False))
         params["weights"] = str(manifest.get("weights", ""))
         if manifest.get("executes_code") and not manifest.get("trusted_code"):
-            params["unavailable_reason"] = f"bundle {model_id} runs code and was not installed with --trust-code"
+            params["unavailable_reason"] = (
+                f"bundle {model_id} runs code and was not installed with --trust-code"
+            )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         params["unavailable_reason"] = (
             f"bundle {model_id} has no valid {MANIFEST} ({type(exc).__name__}); install it with "
             "'segserve models install PATH' so its files are hashed and it is checked"
         )
     input_spec: dict[str, object] = {
+        "orientation": info.orientation,
+        "spacing_mm": list(info.spacing_mm) if info.spacing_mm else None,
         "roi_size": list(info.roi_size) if info.roi_size else None,
         "channels": list(info.input_channels),
         "expects": info.description or info.name,
@@ -119,14 +132,13 @@ def check_bundle(source: Path, trust_code: bool, device: str = "cpu") -> dict[st
     """
     from models.bundle.build import build, probe_labels, tiny_forward
 
-    info = read_bundle(source)
     pipeline = build(source, device, trusted=trust_code)
     out_channels = tiny_forward(pipeline, device)
     metadata = load_config(Path(source) / METADATA)
     pred = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {})
     channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
     names = {int(k): str(v) for k, v in channel_def.items()} if isinstance(channel_def, dict) else {}
-    labels = probe_labels(pipeline, names, out_channels) if pipeline.postprocessing else dict(info.labels)
+    labels = probe_labels(pipeline, names, out_channels)
     first = pipeline.scan.first()
     return {
         "executes_code": pipeline.scan.executes_code,

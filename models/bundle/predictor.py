@@ -99,7 +99,9 @@ def run_case(
     report(_PRE)
     batch = list_data_collate([data])
     image = batch[IMAGE_KEY].to(device)
-    network = _Watched(pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled)
+    network = _Watched(
+        pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled
+    )
     amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
     pipeline.network.eval()
     with torch.no_grad(), amp:
@@ -110,12 +112,34 @@ def run_case(
     item = decollate_batch(batch, detach=True)[0]
     with torch.no_grad():
         out = pipeline.postprocessing(item)
-    return torch.as_tensor(out["pred"]).detach().cpu()
+    return (
+        out["pred"].detach().cpu() if isinstance(out["pred"], torch.Tensor) else torch.as_tensor(out["pred"])
+    )
+
+
+def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:
+    """``pred`` (1, X, Y, Z) on the input's grid. A bundle whose postprocessing inverts its spatial
+    pre-processing (Invertd) already gives that and is returned unchanged; otherwise MONAI's runner would
+    write it on the model grid, and the service maps it by nearest neighbour with MONAI's SpatialResample
+    from the MetaTensor's affine to the input's (labels are never interpolated)."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    if not isinstance(pred, MetaTensor) or pred.ndim != 4:
+        return pred
+    same_affine = np.allclose(np.asarray(pred.affine, dtype=np.float64), volume.affine, atol=1e-4)
+    if tuple(pred.shape[1:]) == tuple(volume.shape) and same_affine:
+        return pred
+    resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float64)
+    moved = resample(
+        pred, dst_affine=torch.as_tensor(volume.affine, dtype=torch.float64), spatial_size=volume.shape
+    )
+    return torch.as_tensor(moved)
 
 
 def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.ndarray:
     """``pred`` (1, I, J, K) or (I, J, K) as uint8/uint16 labels of ``shape``; ValueError otherwise."""
-    array = pred.numpy()
+    array = pred.as_tensor().numpy() if hasattr(pred, "as_tensor") else pred.numpy()
     if array.ndim == len(shape) + 1 and array.shape[0] == 1:
         array = array[0]
     if tuple(array.shape) != tuple(shape):
@@ -194,7 +218,7 @@ class BundlePredictor:
             )
         with tempfile.TemporaryDirectory(prefix="segserve-case-") as tmp:
             paths = write_inputs(volumes, Path(tmp))
-            pred = run_case(self.pipeline, paths, self.device, report, is_cancelled)
+            pred = onto_grid(run_case(self.pipeline, paths, self.device, report, is_cancelled), volumes[0])
         labels = to_label_map(pred, volumes[0].shape, self.card.id)
         report(1.0)
         return labels

@@ -15,7 +15,9 @@ What needs code execution (``--trust-code`` at install), in the order met:
       (evaluated here without ``eval``, see :func:`join_value`),
     * a ``_target_`` outside MONAI's transforms/networks/inferers/data (``scripts.x.MergeClassesd``,
       ``os.system``, ``monai.utils.run_cmd``), or one MONAI does not have,
-    * ``imports`` of the config when anything else needs code (they are evaluated first by MONAI),
+    * an ``imports`` entry of a module other than inert ones (stdlib names, numpy, torch, monai, pandas),
+      which MONAI evaluates before anything else; inert imports of a declarative bundle are never evaluated
+      (it is parsed without them),
     * a ``%`` macro that reads another file.
 What can never be honoured, trusted or not: ``_mode_: debug`` (a debugger on a worker).
 """
@@ -35,6 +37,11 @@ SAFE_APP_TRANSFORMS = re.compile(r"^monai\.apps\.[a-z_.]+\.transforms$")
 ROOTS = ("network_def", "preprocessing", "inferer", "postprocessing")
 _REF = re.compile(r"@((?:#|::)*[\w]+(?:(?:#|::)[\w]+)*)")
 _JOIN_PART = re.compile(r"\s*(?:@([\w]+(?:(?:#|::)[\w]+)*)|'([^'\\]*)'|\"([^\"\\]*)\")\s*")
+
+INERT_IMPORTS = frozenset(
+    {"glob", "os", "json", "math", "numpy", "torch", "monai", "pandas", "pathlib", "re"}
+)
+_IMPORT = re.compile(r"\$\s*(?:import\s+([\w.]+)(?:\s+as\s+\w+)?|from\s+([\w.]+)\s+import\s+[\w, ]+)")
 
 ComponentLookup = Callable[[str], str | None]
 
@@ -85,8 +92,11 @@ def without_saving(config: dict[str, Any]) -> dict[str, Any]:
     post = out.get("postprocessing")
     items = post.get("transforms") if isinstance(post, dict) else post
     if isinstance(items, list):
-        items[:] = [t for t in items if not (isinstance(t, dict) and short_target(t.get("_target_")) in (
-            "SaveImaged", "SaveImage"))]
+        items[:] = [
+            t
+            for t in items
+            if not (isinstance(t, dict) and short_target(t.get("_target_")) in ("SaveImaged", "SaveImage"))
+        ]
     return out
 
 
@@ -139,13 +149,19 @@ def _target_finding(target: object, where: str, component: ComponentLookup) -> F
         return Finding(f"{where}#_target_", _shorten(target), "a computed _target_ runs code")
     module = target.rsplit(".", 1)[0] + "." if "." in target else component(target)
     if module is None:
-        return Finding(f"{where}#_target_", target, "not a MONAI component: it would import code from "
-                       "outside MONAI (scripts/ or another package)")
+        return Finding(
+            f"{where}#_target_",
+            target,
+            "not a MONAI component: it would import code from outside MONAI (scripts/ or another package)",
+        )
     module = module.rstrip(".") + "."
     if module.startswith(SAFE_MODULES) or SAFE_APP_TRANSFORMS.fullmatch(module.rstrip(".")):
         return None
-    origin = "outside MONAI" if not module.startswith("monai.") else f"in {module.rstrip('.')}, not a MONAI " \
-        "transform, network, inferer or dataset"
+    origin = (
+        "outside MONAI"
+        if not module.startswith("monai.")
+        else f"in {module.rstrip('.')}, not a MONAI transform, network, inferer or dataset"
+    )
     return Finding(f"{where}#_target_", target, f"a component {origin} runs code")
 
 
@@ -187,12 +203,29 @@ class _Scanner:
                 if join_value(text, self.config, self.overrides) is None:
                     yield Finding(where, _shorten(text), "a $ expression runs Python")
             elif text.startswith("%"):
-                if "::" in text[1:].split("#")[0] or text[1:].split("::")[0].endswith((".json", ".yaml")):
+                if re.search(r"\.(json|yaml|yml)(::|#|$)", text[1:]):
                     yield Finding(where, _shorten(text), "a macro reading another file")
+                elif split_id(text[1:]):  # a same-file macro copies that entry in: scan it
+                    yield from self.entry(split_id(text[1:])[0])
             for ref in _REF.findall(text):
                 if ref.startswith(("#", ":")):
                     continue  # relative ids stay inside the entry being scanned
                 yield from self.entry(split_id(ref)[0])
+
+
+def _import_findings(imports: Any) -> Iterator[Finding]:
+    """Imports of modules other than the inert ones (names for expressions, no effect on MONAI: the stdlib
+    modules below, numpy, torch, monai, pandas); a declarative bundle's inert imports are not evaluated."""
+    if imports is None:
+        return
+    if not isinstance(imports, list):
+        yield Finding("imports", _shorten(imports), "imports must be a list of $import statements")
+        return
+    for index, statement in enumerate(imports):
+        match = _IMPORT.fullmatch(statement.strip()) if isinstance(statement, str) else None
+        module = match.group(1) or match.group(2) if match else None
+        if module is None or module.split(".")[0] not in INERT_IMPORTS:
+            yield Finding(f"imports#{index}", _shorten(statement), "imports code from outside MONAI")
 
 
 @dataclass(frozen=True)
@@ -221,7 +254,7 @@ def scan_config(
     overrides = overrides or {}
     scanner = _Scanner(config, component, overrides)
     network_root = "network_def" if "network_def" in config else "network"
-    findings: list[Finding] = []
+    findings: list[Finding] = list(_import_findings(config.get("imports")))
     for root in (network_root, *ROOTS[1:]):
         if root in config:
             findings += scanner.entry(root)
@@ -231,7 +264,5 @@ def scan_config(
         for key in ("load_path", "map_location"):
             if key in item:
                 findings += scanner.value(item[key], f"{where}#{key}")
-    if findings and "imports" in config:
-        findings.append(Finding("imports", _shorten(config["imports"]), "imports run with the code above"))
     used = tuple(dict.fromkeys(scanner.used))
     return Scan(findings=tuple(findings), used=used, network_root=network_root)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -58,7 +59,7 @@ def write_seeded_weights(bundle: Path, seed: int = 0, name: str = "models/model.
 
 def write_crop(scan: Path, target: Path, box: Sequence[slice], dtype: type | None = None) -> Path:
     """Write ``scan[box]`` (voxel slices) to ``target`` with the affine moved to the box's corner."""
-    image = nib.load(str(scan))
+    image: Any = nib.load(str(scan))
     array = np.asanyarray(image.dataobj)[tuple(box)]
     if dtype is not None:
         array = array.astype(dtype)

@@ -4,12 +4,14 @@
                                          Zoo's brats_mri_segmentation (channel_def T1c, T1, T2, FLAIR;
                                          outputs TC, WT, ET; NormalizeIntensityd nonzero channel_wise;
                                          Activationsd sigmoid, AsDiscreted threshold 0.5, a ``$lambda``
-                                         Lambdad the service must ignore), and models/model.ts: TorchScript
+                                         Lambdad: ET 4, TC 1, WT 2, so installing it needs
+                                         --trust-code), and models/model.ts: TorchScript
                                          that returns input channels (T1c, FLAIR, T1) as the (TC, WT, ET)
                                          logits, so each region is where its channel is brighter than the
                                          channel's non-zero mean.
     brats_like_case(shape)               the four channels of a synthetic case and the label map the
-                                         service must return for it (1 TC not ET, 2 WT not TC, 3 ET).
+                                         service must return for it (1 TC not ET, 2 WT not TC, 4 ET:
+                                         the bundle's Lambdad).
 
 The T2 channel holds a decoy region the network never reads: swapping any two channels changes the result.
 """
@@ -30,14 +32,17 @@ PICK = (0, 3, 1)
 
 
 class ChannelPick(nn.Module):
-    """Logits (B, len(index), X, Y, Z): the chosen input channels of (B, C, X, Y, Z), unchanged."""
+    """Logits (B, len(index), X, Y, Z): the chosen input channels of (B, C, X, Y, Z), minus 0.01.
+
+    The shift keeps background (0 after the non-zero z-score) out of every region: MONAI's AsDiscreted
+    thresholds with ``>=``, and sigmoid(0) is exactly 0.5."""
 
     def __init__(self, index: tuple[int, ...]) -> None:
         super().__init__()
         self.index = nn.Parameter(torch.tensor(index, dtype=torch.long), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.index_select(x, 1, self.index)
+        return torch.index_select(x, 1, self.index) - 0.01
 
 
 def write_brats_like_bundle(directory: Path, roi_size: tuple[int, int, int] = (24, 24, 24)) -> Path:
@@ -121,7 +126,7 @@ def brats_like_case(shape: tuple[int, int, int] = (40, 36, 30)) -> tuple[list[np
     Every channel is 100 inside a head box (0 outside) and 300 in its own box: T1c the tumour core, T1 the
     enhancing part (inside the core), FLAIR the whole tumour (around the core), T2 a decoy elsewhere.
     After the per-channel non-zero z-score, 300 is positive and 100 negative, so the bundle's regions are
-    exactly those boxes, and background (0) stays 0, which is not > 0.
+    exactly those boxes, and background (0) stays 0, then -0.01 (ChannelPick), which is below 0.
     """
     x, y, z = shape
     head = (slice(2, x - 2), slice(2, y - 2), slice(2, z - 2))
@@ -138,5 +143,5 @@ def brats_like_case(shape: tuple[int, int, int] = (40, 36, 30)) -> tuple[list[np
     expected = np.zeros(shape, np.uint8)
     expected[whole] = 2
     expected[core] = 1
-    expected[enhancing] = 3
+    expected[enhancing] = 4
     return channels, expected

@@ -27,7 +27,7 @@ def case(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[s
     """The bundle installed into the stack's models dir; the case's channel files, expected labels and
     expected labels as a NIfTI reference."""
     tmp = tmp_path_factory.mktemp("brats_like")
-    stack.cli("models", "install", str(write_brats_like_bundle(tmp / MODEL)))
+    stack.cli("models", "install", "--trust-code", str(write_brats_like_bundle(tmp / MODEL)))
     channels, expected = brats_like_case()
     paths = {}
     for name, data in zip(CHANNELS, channels, strict=True):
@@ -54,8 +54,9 @@ def test_channels_in_the_catalog_and_a_job_gives_the_exact_label_map(
             "0": "background",
             "1": "Tumor core",
             "2": "Whole tumor",
-            "3": "Enhancing tumor",
+            "4": "Enhancing tumor",
         }
+        assert card["executes_code"] is True
         # the parts in another order than the model's: the form names, not the order, say which is which
         parts = [*reversed(_parts(paths)), ("reference", ("ref.nii.gz", reference.read_bytes()))]
         resp = c.post("/v1/jobs", data={"model": MODEL}, files=parts)

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.bundle.build import build
 from models.bundle.config import read_bundle
 from models.bundle.install import card_from_bundle
-from models.bundle.network import load_network
 from models.bundle.predictor import BundlePredictor
 from models.testing.make_bundle import write_unet_bundle
 from segserve.imaging.volume import Volume
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             overlap=0.25,
             sw_batch_size=4,
         )
-        spec = read_bundle(bundle)
-        predictor = BundlePredictor(card_from_bundle(spec, Path(tmp)), spec, load_network(spec))
+        predictor = BundlePredictor(card_from_bundle(read_bundle(bundle), Path(tmp)), build(bundle))
     volume = Volume(synthetic_ct(shape), np.diag([*SPACING, 1.0]), "nifti")
     before = vm_hwm_mb()
     windows: list[int] = []

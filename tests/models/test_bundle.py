@@ -1,47 +1,59 @@
-"""Reading MONAI bundles (Zoo layout): configs, references, refused targets, weights layouts."""
+"""Installing MONAI bundles: MONAI builds them, code needs --trust-code (named), install-time validation."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from models.bundle.build import build
 from models.bundle.config import BundleError, read_bundle
-from models.bundle.network import load_network
+from models.bundle.install import check_bundle
+from models.catalog import Catalog
+from models.formats import InstallOptions
+from models.install import install_models
+from models.installed import read_manifest
 from models.testing.make_bundle import write_unet_bundle
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-def _edit_inference(bundle: Path, **changes: object) -> None:
+
+def _edit(bundle: Path, **changes: object) -> None:
     path = bundle / "configs" / "inference.json"
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
 
 
-def test_good_bundle_is_read(tmp_path: Path) -> None:
-    bundle = write_unet_bundle(
-        tmp_path / "spleen_unet", roi_size=(32, 32, 16), overlap=0.5, sw_batch_size=2, largest_component=[1]
-    )
-    spec = read_bundle(bundle)
-    assert spec.labels == {0: "background", 1: "spleen"} and spec.num_classes == 2
-    assert spec.network_target == "UNet" and spec.network_kwargs["channels"] == [8, 16, 32]
-    assert spec.weights == "models/model.pt" and spec.version == "0.1.0" and spec.modality == "CT"
-    assert spec.axcodes == "RAS" and spec.pixdim == (1.5, 1.5, 2.0)  # pixdim came through "@pixdim"
-    assert spec.intensity is not None and spec.intensity.kind == "range" and spec.intensity.clip
-    assert (spec.intensity.a_min, spec.intensity.a_max) == (-57.0, 164.0)
-    assert spec.roi_size == (32, 32, 16) and spec.overlap == 0.5 and spec.sw_batch_size == 2
-    assert spec.blend == "gaussian" and spec.largest_component == (1,)
-    network = load_network(spec)
-    out = network(torch.zeros(1, 1, 32, 32, 16))
-    assert out.shape == (1, 2, 32, 32, 16)
+def _post(bundle: Path, step: dict[str, object]) -> None:
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"].append(step)
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+
+
+def test_declarative_bundle_is_built_by_monai(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "spleen_unet", roi_size=(32, 32, 16), largest_component=[1])
+    checked = check_bundle(bundle, trust_code=False)
+    assert checked["executes_code"] is False and checked["weights"] == "models/model.pt"
+    assert checked["labels"] == {"0": "background", "1": "spleen"} and checked["out_channels"] == 2
+    pipeline = build(bundle)
+    names = [type(t).__name__ for t in pipeline.postprocessing.transforms]  # type: ignore[attr-defined]
+    assert names == ["Activationsd", "AsDiscreted", "KeepLargestConnectedComponentd"]
+    assert type(pipeline.inferer).__name__ == "SlidingWindowInferer" and pipeline.inferer.roi_size == [
+        32,
+        32,
+        16,
+    ]
 
 
 def test_wrapped_state_dict_loads(tmp_path: Path) -> None:
-    bundle = write_unet_bundle(tmp_path / "wrapped", wrap_state=True)
-    plain = write_unet_bundle(tmp_path / "plain")
-    a, b = load_network(read_bundle(bundle)), load_network(read_bundle(plain))
+    a = build(write_unet_bundle(tmp_path / "wrapped", wrap_state=True)).network
+    b = build(write_unet_bundle(tmp_path / "plain")).network
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
@@ -50,78 +62,169 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     bundle = write_unet_bundle(tmp_path / "b")
     (bundle / "models" / "model.pt").unlink()
     with pytest.raises(BundleError, match=r"model\.pt"):
-        read_bundle(bundle)
+        build(bundle)
     (bundle / "configs" / "metadata.json").unlink()
     with pytest.raises(BundleError, match=r"metadata\.json is missing"):
         read_bundle(bundle)
-    with pytest.raises(BundleError, match="does not exist"):
-        read_bundle(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize(
-    ("target", "match"),
+    ("change", "named"),
     [
-        ("os.system", "'os.system' is refused"),
-        ("monai.transforms.Compose", "'monai.transforms.Compose' is refused"),
-        ("torch.nn.Module", "is refused"),
-        ("$__import__('os').system('touch /tmp/pwned')", "expression"),
+        (  # a $ expression
+            {
+                "postprocessing": {
+                    "_target_": "Compose",
+                    "transforms": [
+                        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                        {
+                            "_target_": "Lambdad",
+                            "keys": "pred",
+                            "func": "$lambda x: x.argmax(0, keepdim=True)",
+                        },
+                    ],
+                }
+            },
+            r"postprocessing#transforms#1#func: \$lambda x: x\.argmax",
+        ),
+        (  # a class from the bundle's scripts/
+            {
+                "postprocessing": {
+                    "_target_": "Compose",
+                    "transforms": [{"_target_": "scripts.my_transforms.MergeClassesd", "keys": "pred"}],
+                }
+            },
+            r"postprocessing#transforms#0#_target_: scripts\.my_transforms\.MergeClassesd \(a component out",
+        ),
+        (  # an import of code that is not MONAI's
+            {"imports": ["$import glob", "$import scripts.register"]},
+            r"imports#1: \$import scripts\.register",
+        ),
+        (  # a callable outside MONAI
+            {"network_def": {"_target_": "os.system", "command": "touch /tmp/segserve-pwned"}},
+            r"network_def#_target_: os\.system \(a component outside MONAI",
+        ),
+        (  # a MONAI function that is not a transform, network, inferer or dataset
+            {"inferer": {"_target_": "run_cmd", "cmd_list": ["true"]}},
+            r"inferer#_target_: run_cmd \(a component in monai\.utils",
+        ),
+        (  # a reference to an expression
+            {"pixdim": "$[1.5, 1.5, 2.0]"},
+            r"pixdim: \$\[1\.5, 1\.5, 2\.0\]",
+        ),
     ],
 )
-def test_target_outside_monai_nets_is_refused(tmp_path: Path, target: str, match: str) -> None:
+def test_code_needs_trust_and_the_refusal_names_the_first_element(
+    tmp_path: Path, change: dict[str, object], named: str
+) -> None:
     bundle = write_unet_bundle(tmp_path / "b")
-    _edit_inference(bundle, network_def={"_target_": target, "spatial_dims": 3})
-    with pytest.raises(BundleError, match=match):
-        read_bundle(bundle)
+    _edit(bundle, **change)
+    with pytest.raises(BundleError, match=named):
+        install_models(bundle, tmp_path / "models")
+    assert not (tmp_path / "models" / "bundles" / "b").exists()
+    assert "b" not in Catalog(tmp_path / "models").ids()
 
 
-def test_name_not_a_network_class_is_refused_at_load(tmp_path: Path) -> None:
+def test_nothing_from_an_untrusted_bundle_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
     bundle = write_unet_bundle(tmp_path / "b")
-    _edit_inference(bundle, network_def={"_target_": "Compose"})
-    spec = read_bundle(bundle)
-    with pytest.raises(BundleError, match=r"'Compose' is not a network class of monai\.networks\.nets"):
-        load_network(spec)
-
-
-def test_expressions_and_private_keys_in_network_def_are_refused(tmp_path: Path) -> None:
-    bundle = write_unet_bundle(tmp_path / "b")
-    _edit_inference(bundle, network_def={"_target_": "UNet", "spatial_dims": "$1+2"})
-    with pytest.raises(BundleError, match=r"network_def\.spatial_dims is an expression"):
-        read_bundle(bundle)
-    _edit_inference(bundle, network_def={"_target_": "UNet", "_mode_": "debug"})
-    with pytest.raises(BundleError, match="'_mode_' is not supported"):
-        read_bundle(bundle)
-    _edit_inference(bundle, network_def={"_target_": "UNet", "act": {"_target_": "os.system"}})
-    with pytest.raises(BundleError, match="nested _target_"):
-        read_bundle(bundle)
-
-
-def test_bad_values_are_reported(tmp_path: Path) -> None:
-    bundle = write_unet_bundle(tmp_path / "b")
-    _edit_inference(
-        bundle, inferer={"_target_": "SlidingWindowInferer", "roi_size": [32, 32], "overlap": 0.5}
-    )
-    with pytest.raises(BundleError, match=r"roi_size must be 3 numbers, got \[32, 32\]"):
-        read_bundle(bundle)
-    _edit_inference(bundle, inferer={"roi_size": [32, 32, 32], "overlap": 1.5})
-    with pytest.raises(BundleError, match=r"overlap must be in \[0, 1\), got 1.5"):
-        read_bundle(bundle)
-    _edit_inference(bundle, inferer={"roi_size": [32, 32, 32]}, pixdim="@nowhere")
-    with pytest.raises(BundleError, match="@nowhere does not resolve"):
-        read_bundle(bundle)
-
-
-def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
-    bundle = write_unet_bundle(tmp_path / "b", channels=(8, 16, 32))
-    _edit_inference(
+    (bundle / "scripts").mkdir()
+    (bundle / "scripts" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _edit(bundle, imports=["$import scripts"], output_dir=f"$open({str(marker)!r}, 'w')")
+    _post(
         bundle,
-        network_def={
-            "_target_": "UNet",
-            "spatial_dims": 3,
-            "in_channels": 1,
-            "out_channels": 2,
-            "channels": [4, 8, 16],
-            "strides": [2, 2],
-        },
+        {"_target_": "Lambdad", "keys": "pred", "func": f"$open({str(marker)!r}, 'w') and (lambda x: x)"},
     )
-    with pytest.raises(BundleError, match="does not fit UNet"):
-        load_network(read_bundle(bundle))
+    with pytest.raises(BundleError, match=r"imports#0: \$import scripts"):
+        install_models(bundle, tmp_path / "models")
+    with pytest.raises(BundleError, match="--trust-code"):
+        build(bundle)
+    assert not marker.exists()
+
+
+def test_debug_mode_is_refused_even_when_trusted(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "b")
+    _post(bundle, {"_target_": "AsDiscreted", "keys": "pred", "_mode_": "debug"})
+    with pytest.raises(BundleError, match=r"cannot be honoured: postprocessing#transforms#2#_mode_"):
+        install_models(bundle, tmp_path / "models", options=InstallOptions(trust_code=True))
+
+
+def test_trusted_install_records_who_and_shows_executes_code(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "coded")
+    _post(bundle, {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x * 2"})
+    models_dir = tmp_path / "models"
+    env = {**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp_path / "data")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "shell.cli", "models", "install", str(bundle)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "postprocessing#transforms#2#func: $lambda x: x * 2" in refused.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shell.cli",
+            "models",
+            "install",
+            "--trust-code",
+            "--installed-by",
+            "dr-admin",
+            str(bundle),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    manifest = read_manifest(models_dir / "bundles" / "coded")
+    assert manifest["trusted_code"] is True and manifest["installed_by"] == "dr-admin"
+    assert manifest["labels"] == {"0": "background", "2": "spleen"}  # the Lambdad's values
+    from models.card import file_sha256
+    from models.catalog import card_to_public
+    from segserve.audit import query
+    from segserve.db import session_scope
+
+    public = card_to_public(Catalog(models_dir).status("coded"))
+    assert public["executes_code"] is True and public["available"] is True
+    with session_scope(f"sqlite:///{tmp_path / 'data' / 'segserve.db'}") as session:
+        (event,) = query(session, resource_id="coded", action="model.install")
+        assert event.detail["installed_by"] == "dr-admin" and event.detail["trusted_code"] is True
+        assert event.detail["manifest_sha256"] == file_sha256(
+            models_dir / "bundles" / "coded" / ".segserve-manifest.json"
+        )
+
+
+def test_weights_that_do_not_fit_are_refused_and_never_listed(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "b", channels=(8, 16, 32))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["channels"] = [4, 8, 16]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=r"model\.pt does not fit the network"):
+        install_models(bundle, tmp_path / "models")
+    assert Catalog(tmp_path / "models").ids() == [c for c in Catalog(tmp_path / "models").ids() if c != "b"]
+
+
+def test_network_argument_monai_cannot_take_is_named_at_install(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "b")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["img_size"] = [96, 96, 96]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=r"network_def cannot be built by MONAI.*img_size"):
+        install_models(bundle, tmp_path / "models")
+    assert not (tmp_path / "models" / "bundles" / "b").exists()
+
+
+def test_forward_failure_is_an_install_error(tmp_path: Path) -> None:
+    bundle = write_unet_bundle(tmp_path / "b")
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["inputs"]["image"]["num_channels"] = 2
+    meta["network_data_format"]["inputs"]["image"]["channel_def"] = {"0": "a", "1": "b"}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"network_def\.in_channels is 1|fails on a \(1, 2"):
+        install_models(bundle, tmp_path / "models")

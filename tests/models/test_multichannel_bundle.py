@@ -1,4 +1,5 @@
-"""Multi-channel, sigmoid (BraTS-like) bundles: reading, channel order, per-channel z-score, stitching."""
+"""Multi-channel, sigmoid (BraTS-like) bundles: reading, channel order, the bundle's own Lambdad values,
+sigmoid stitching (models.sliding)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet, UNet
-from monai.transforms import NormalizeIntensity
 
+from models.bundle.build import build
 from models.bundle.config import BundleError, read_bundle
-from models.bundle.install import card_from_bundle
-from models.bundle.network import load_network
-from models.bundle.predictor import BundlePredictor, channels_intensity
+from models.bundle.install import card_from_bundle, check_bundle
+from models.bundle.predictor import BundlePredictor
 from models.card import input_channels
 from models.sliding import sliding_window_labels
 from models.testing.make_multichannel_bundle import brats_like_case, write_brats_like_bundle
@@ -28,24 +28,25 @@ AFFINE = np.diag([1.2, 1.0, 1.5, 1.0])
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> BundlePredictor:
     bundle = write_brats_like_bundle(tmp_path_factory.mktemp("bundles") / "brats_like")
-    spec = read_bundle(bundle)
-    return BundlePredictor(card_from_bundle(spec, bundle.parent), spec, load_network(spec))
+    return BundlePredictor(card_from_bundle(read_bundle(bundle), bundle.parent), build(bundle, trusted=True))
 
 
 def test_brats_like_bundle_is_read(predictor: BundlePredictor) -> None:
-    spec, card = predictor.spec, predictor.card
-    assert spec.input_channels == ("t1c", "t1", "t2", "flair") and spec.activation == "sigmoid"
-    assert spec.labels == {0: "background", 1: "Tumor core", 2: "Whole tumor", 3: "Enhancing tumor"}
-    assert spec.out_channels == 3 and spec.weights == "models/model.ts"
-    assert spec.intensity is not None and spec.intensity.nonzero and spec.intensity.channel_wise
-    assert input_channels(card) == ("t1c", "t1", "t2", "flair") and "sigmoid" in str(card.input["output"])
+    info, card = predictor.pipeline.info, predictor.card
+    assert info.input_channels == ("t1c", "t1", "t2", "flair")
+    assert predictor.pipeline.weights == "models/model.ts"
+    assert input_channels(card) == ("t1c", "t1", "t2", "flair")
+    checked = check_bundle(info.directory, trust_code=True)
+    # the values the bundle's own Lambdad writes, named after the channel each one comes from
+    assert checked["labels"] == {"0": "background", "1": "Tumor core", "2": "Whole tumor", "4": "Enhancing tumor"}
+    assert checked["executes_code"] and "postprocessing#transforms#2#func" in checked["first_code_element"]
 
 
 def test_case_gives_the_exact_label_map(predictor: BundlePredictor) -> None:
     channels, expected = brats_like_case()
     labels = predictor.predict([Volume(c, AFFINE, "nifti") for c in channels])
     assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
-    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    assert set(np.unique(labels)) == {0, 1, 2, 4}
 
 
 @pytest.mark.parametrize("order", [p for p in itertools.permutations(range(4)) if p != (0, 1, 2, 3)][::4])
@@ -59,24 +60,6 @@ def test_wrong_number_of_channels_is_refused(predictor: BundlePredictor) -> None
     channels, _ = brats_like_case()
     with pytest.raises(ValueError, match=r"takes 4 input channels \(t1c, t1, t2, flair\), got 3"):
         predictor.predict([Volume(c, AFFINE, "nifti") for c in channels[:3]])
-
-
-@pytest.mark.parametrize("channel_wise", [True, False])
-def test_zscore_per_window_matches_monai(predictor: BundlePredictor, channel_wise: bool) -> None:
-    rng = np.random.default_rng(0)
-    channels = [
-        np.where(rng.random((12, 10, 8)) < 0.3, 0, rng.normal(50 * (c + 1), 10 * (c + 1), (12, 10, 8)))
-        for c in range(3)
-    ]
-    spec = predictor.spec.intensity
-    assert spec is not None
-    function = channels_intensity(type(spec)("zscore", nonzero=True, channel_wise=channel_wise), channels)
-    assert function is not None
-    ours = function(np.stack(channels).astype(np.float32))
-    theirs = NormalizeIntensity(nonzero=True, channel_wise=channel_wise)(
-        np.stack(channels).astype(np.float32)
-    )
-    np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-4, atol=1e-4)
 
 
 def test_sigmoid_stitching_agrees_with_monai() -> None:
@@ -111,11 +94,10 @@ def test_segresnet_bundle_with_four_channels_loads_and_runs(tmp_path: Path) -> N
     path = bundle / "configs" / "inference.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "network_def": {"_target_": "SegResNet", **kwargs}}))
-    spec = read_bundle(bundle)
-    labels = BundlePredictor(card_from_bundle(spec, tmp_path), spec, load_network(spec)).predict(
+    labels = BundlePredictor(card_from_bundle(read_bundle(bundle), tmp_path), build(bundle, trusted=True)).predict(
         [Volume(c, AFFINE, "nifti") for c in brats_like_case((20, 18, 16))[0]]
     )
-    assert labels.shape == (20, 18, 16) and labels.max() <= 3
+    assert labels.shape == (20, 18, 16) and set(np.unique(labels)) <= {0, 1, 2, 4}
 
     path.write_text(
         json.dumps({**config, "network_def": {"_target_": "SegResNet", **kwargs, "in_channels": 2}})
