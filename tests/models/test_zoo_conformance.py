@@ -1,10 +1,10 @@
-"""Zoo conformance: every real Model Zoo bundle in ../shared/zoo, run by the service and by MONAI's own runner.
+"""Zoo conformance: every real Model Zoo bundle in ../shared/zoo, run by the service and by MONAI's runner.
 
 For each bundle: seeded random weights built from the bundle's own ``network_def`` (models/testing/zoo.py), a
 real scan of its modality cropped so that the bundle's own roi covers it in one or a few windows (the roi and
 overlap are never changed), then
 
-    (a) the service: ``segserve models install --trust-code`` into the running stack, POST /v1/jobs, the result;
+    (a) the service: ``segserve models install --trust-code`` into the running stack, POST /v1/jobs, result;
     (b) MONAI: ``python -m monai.bundle run`` on the same files and weights;
 
 and the two label maps, both on the input scan's grid, must agree on at least 99.9 % of voxels. A bundle the
@@ -39,6 +39,19 @@ AGREEMENT = 0.999
 # takes; MONAI's own runner fails on it too (asserted below).
 REFUSED = {"swin_unetr_btcv_segmentation": ("img_size", "network_def")}
 HEAVY = {"multi_organ_segmentation", "vista3d"}
+# Known service bugs (bundle-runtime @ 8c1f45b), each with the exact failure: strict, so a fix shows up.
+_SCRIPTS = (
+    "models.bundle install cannot import the bundle's own scripts/ package: `segserve models install "
+    "--trust-code` fails with 'preprocessing cannot be built by MONAI: Cannot locate class or function "
+    "path: {path}' (MONAI's runner, with the bundle folder on sys.path as `python -m monai.bundle run` from "
+    "the bundle root has it, builds it)"
+)
+XFAIL = {
+    "renalStructures_CECT_segmentation": _SCRIPTS.format(path="'scripts.my_transforms.ConcatImages'"),
+    "spleen_deepedit_annotation": _SCRIPTS.format(
+        path="'scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd'"
+    ),
+}
 BUNDLES = [
     "spleen_ct_segmentation",
     "swin_unetr_btcv_segmentation",
@@ -52,7 +65,10 @@ BUNDLES = [
 
 
 def _param(name: str) -> Any:
-    return pytest.param(name, id=name, marks=[pytest.mark.zoo_heavy] if name in HEAVY else [])
+    marks = [pytest.mark.zoo_heavy] if name in HEAVY else []
+    if name in XFAIL:
+        marks.append(pytest.mark.xfail(reason=XFAIL[name], strict=True))
+    return pytest.param(name, id=name, marks=marks)
 
 
 def _parts(card: dict[str, Any], case: Case) -> list[tuple[str, tuple[str, bytes]]]:
@@ -113,9 +129,10 @@ def test_service_agrees_with_monai_runner(name: str, stack: Stack, tmp_path: Pat
     np.testing.assert_allclose(affine, source.affine, atol=1e-4)
     agree = float(np.mean(labels.astype(np.float64) == reference.astype(np.float64)))
     values, counts = np.unique(reference, return_counts=True)
+    histogram = dict(zip(values.tolist(), counts.tolist(), strict=True))
     print(
         f"\n{name}: agreement {agree:.5%} on {reference.size} voxels; service {seconds:.1f} s, "
-        f"MONAI runner {monai_seconds:.1f} s; MONAI labels {dict(zip(values.tolist(), counts.tolist()))}"
+        f"MONAI runner {monai_seconds:.1f} s; MONAI labels {histogram}"
     )
     # the weights are random but the labels must not be trivial, or agreement would prove nothing
     assert len(values) >= 2, f"{name}: MONAI's runner gave one label only ({values}); pick another seed"
