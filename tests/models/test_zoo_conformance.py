@@ -51,6 +51,20 @@ XFAIL = {
     "spleen_deepedit_annotation": _SCRIPTS.format(
         path="'scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd'"
     ),
+    # The searched architecture holds numpy arrays (TopologySearch.decode() returns them, and the config
+    # calls torch.from_numpy on node_a); torch >= 2.6 loads with weights_only=True by default, so the
+    # config's own torch.load fails everywhere, MONAI's runner included, unless arch_ckpt is overridden with
+    # weights_only=False (models.testing.zoo.cpu_overrides, for a trusted bundle, as the runner here does).
+    "multi_organ_segmentation": (
+        "models.bundle install overrides map_location but loads arch_ckpt with torch.load's default "
+        "weights_only=True: 'network_def cannot be built by MONAI: Failed to evaluate ConfigExpression: : "
+        "Weights only load failed ... Unsupported global: GLOBAL numpy._core.multiarray._reconstruct'"
+    ),
+    "vista3d": (
+        "models.bundle install misreads the real metadata: 'vista3d/configs/metadata.json: num_channels is 1 "
+        "but channel_def names 133 channels' (outputs.pred.channel_def maps label VALUES to names for a "
+        "one-channel label map; MONAI's runner does not read it)"
+    ),
 }
 BUNDLES = [
     "spleen_ct_segmentation",
@@ -134,6 +148,7 @@ def test_service_agrees_with_monai_runner(name: str, stack: Stack, tmp_path: Pat
         f"\n{name}: agreement {agree:.5%} on {reference.size} voxels; service {seconds:.1f} s, "
         f"MONAI runner {monai_seconds:.1f} s; MONAI labels {histogram}"
     )
-    # the weights are random but the labels must not be trivial, or agreement would prove nothing
-    assert len(values) >= 2, f"{name}: MONAI's runner gave one label only ({values}); pick another seed"
+    # the weights are random, but the labels must not be near-constant: a service that returned MONAI's most
+    # frequent label everywhere must not reach the agreement threshold
+    assert counts.max() / reference.size < AGREEMENT, f"{name}: near-constant labels {histogram}; change SEED"
     assert agree >= AGREEMENT, f"{name}: service and MONAI agree on {agree:.4%} of voxels"
