@@ -72,6 +72,9 @@ class Pipeline:
     amp: bool
     weights: str
     workdir: tempfile.TemporaryDirectory[str]
+    out_channels: int | None = None  # known after tiny_forward or from the manifest: enables the label path
+    label_path: bool = True  # models.bundle.stitching where it is exact; False: always MONAI's inferer
+    last_path: str = ""  # which path the last case took: "labels" or "monai" (for tests and logs)
 
 
 def _cuda_to(value: Any, device: str) -> Any:
@@ -286,4 +289,5 @@ def tiny_forward(pipeline: Pipeline, device: str = "cpu") -> int:
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.ndim != x.ndim:
         raise BundleError(f"network returns {type(out).__name__}, not a (1, C, X, Y, Z) tensor")
-    return int(out.shape[1])
+    pipeline.out_channels = int(out.shape[1])
+    return pipeline.out_channels

@@ -5,7 +5,8 @@ One case, as MONAI's ``SupervisedEvaluator`` runs one batch of the bundle's own 
     order of ``channel_def``, read by the bundle's own LoadImaged as a list, as in its datalist)
     -> the bundle's preprocessing (MONAI Compose from the config) -> collate to a batch of one
     -> the bundle's inferer (e.g. MONAI's SlidingWindowInferer: its windows, blending mode, padding) on the
-       network, under ``torch.no_grad`` (and CUDA autocast where the evaluator has ``amp`` and the device
+       network, or, where that is exact, the memory-bounded label path (models.bundle.stitching), under
+       ``torch.no_grad`` (and CUDA autocast where the evaluator has ``amp`` and the device
        is a GPU); progress is reported and cancellation checked between windows
     -> decollate -> the bundle's postprocessing without SaveImaged (Activationsd, Invertd back onto the
        input grid, AsDiscreted, Lambdad, KeepLargestConnectedComponentd, ... exactly as configured)
@@ -26,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.bundle.build import IMAGE_KEY, Pipeline, build
+from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
+from models.bundle.stitching import label_steps, stitched_pred
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.installed import InstallError, read_manifest
 from segserve.imaging.volume import Volume
@@ -92,6 +94,7 @@ def run_case(
 ) -> torch.Tensor:
     """The bundle's ``pred`` for one case of input files, after its postprocessing (SaveImaged left out)."""
     from monai.data import decollate_batch, list_data_collate
+    from monai.transforms import apply_transform
 
     report = report or (lambda _fraction: None)
     data: dict[str, Any] = {IMAGE_KEY: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
@@ -99,19 +102,35 @@ def run_case(
     report(_PRE)
     batch = list_data_collate([data])
     image = batch[IMAGE_KEY].to(device)
-    network = _Watched(
-        pipeline.network, window_count(pipeline.inferer, image.shape[2:]), report, is_cancelled
-    )
     amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
     pipeline.network.eval()
-    with torch.no_grad(), amp:
-        pred = pipeline.inferer(image, network)
+    replaced = label_steps(pipeline) if pipeline.label_path and pipeline.out_channels else None
+    pred = None
+    if replaced is not None and pipeline.out_channels is not None:
+
+        def on_window(done: int, total: int) -> None:
+            report(_PRE + (1.0 - _PRE - _POST) * done / total)
+
+        with torch.no_grad(), amp:
+            pred = stitched_pred(pipeline, image, pipeline.out_channels, device, on_window, is_cancelled)
+    pipeline.last_path = "labels" if pred is not None else "monai"
+    if pred is None:
+        replaced = 0
+        total = window_count(pipeline.inferer, image.shape[2:])
+        network = _Watched(pipeline.network, total, report, is_cancelled)
+        with torch.no_grad(), amp:
+            pred = pipeline.inferer(image, network)
     if is_cancelled is not None and is_cancelled():
         raise Cancelled()
     batch.update({IMAGE_KEY: image, "label": batch.get("label"), "pred": pred})
     item = decollate_batch(batch, detach=True)[0]
     with torch.no_grad():
-        out = pipeline.postprocessing(item)
+        if replaced:
+            for step in post_transforms(pipeline)[replaced:]:
+                item = apply_transform(step, item)
+            out = item
+        else:
+            out = pipeline.postprocessing(item)
     return (
         out["pred"].detach().cpu() if isinstance(out["pred"], torch.Tensor) else torch.as_tensor(out["pred"])
     )
@@ -173,8 +192,10 @@ class BundlePredictor:
             raise ModelUnavailable(reason)
         directory = Path(models_dir) / str(card.params["bundle_dir"])
         try:
-            trusted = bool(read_manifest(directory).get("trusted_code"))
-            pipeline = build(directory, device, trusted=trusted)
+            manifest = read_manifest(directory)
+            pipeline = build(directory, device, trusted=bool(manifest.get("trusted_code")))
+            out_channels = manifest.get("out_channels")
+            pipeline.out_channels = out_channels if isinstance(out_channels, int) else None
         except (InstallError, OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"model {card.id}: {exc}") from exc
         return cls(card, pipeline, device)

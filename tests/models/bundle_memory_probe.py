@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.bundle.build import build
+from models.bundle.build import build, tiny_forward
 from models.bundle.config import read_bundle
 from models.bundle.install import card_from_bundle
 from models.bundle.predictor import BundlePredictor
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             overlap=0.25,
             sw_batch_size=4,
         )
-        predictor = BundlePredictor(card_from_bundle(read_bundle(bundle), Path(tmp)), build(bundle))
+        pipeline = build(bundle)
+        tiny_forward(pipeline)  # output channels, as install keeps them: enables the label path
+        predictor = BundlePredictor(card_from_bundle(read_bundle(bundle), Path(tmp)), pipeline)
     volume = Volume(synthetic_ct(shape), np.diag([*SPACING, 1.0]), "nifti")
     before = vm_hwm_mb()
     windows: list[int] = []
