@@ -188,6 +188,8 @@ def _run_side(
     cmd += ["--out", str(out), "--device", args.device, "--threads", str(args.threads)]
     cmd += ["--inputs", *map(str, inputs)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if args.device == "cpu":  # the Zoo configs pick cuda:0 whenever one is visible: hide it from both sides
+        env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout)[-1500:]}
