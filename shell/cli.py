@@ -123,6 +123,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.installed import InstallError
 
     models_dir = settings.resolved_models_dir
+    if args.models_cmd == "pull":
+        code = _models_pull(args, settings, models_dir)
+        if code:
+            return code
     if args.models_cmd == "install":
         from models.formats import InstallOptions
 
@@ -144,6 +148,29 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{status.card.id}\t{status.card.version}\t{mark}")
         failures += 0 if status.available else 1
     return 1 if args.models_cmd == "verify" and failures else 0
+
+
+def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path) -> int:
+    """`segserve models pull NAME[@VERSION]` (see models/bundle/pull.py); 0 when installed, 2 on error."""
+    from models.bundle.pull import PullError, ZooSource, pull_bundle
+    from models.formats import InstallOptions
+    from models.installed import InstallError
+
+    try:
+        source = ZooSource(args.source, args.base_url, args.repo, args.index_url)
+        installed_by = args.installed_by or os.environ.get("USER") or "unknown"
+        options = InstallOptions(trust_code=args.trust_code, installed_by=installed_by)
+        pulled = pull_bundle(args.ref, models_dir, source, options)
+    except (PullError, InstallError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in pulled.installed:
+        print(f"installed {path}")
+    for rel in pulled.unverified:
+        print(f"warning: {rel} has no hash in large_files; not verified", file=sys.stderr)
+    print(f"pulled {pulled.name} {pulled.version} ({len(pulled.verified)} large file(s) hash-checked)")
+    _audit_installs(settings, models_dir, pulled.installed, installed_by)
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
         "admins only: the code runs in every worker",
     )
     install.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
+    pull = models_sub.add_parser(
+        "pull", help="fetch a MONAI Model Zoo bundle (NAME[@VERSION]), check its hashes, install it"
+    )
+    pull.add_argument("ref", metavar="NAME[@VERSION]")
+    pull.add_argument("--source", default="github", choices=["github", "monaihosting", "ngc"])
+    pull.add_argument("--base-url", help="a stand-in host for the source (a mirror, a local server)")
+    pull.add_argument(
+        "--repo", default="Project-MONAI/model-zoo/hosting_storage_v1", help="github owner/name/tag"
+    )
+    pull.add_argument(
+        "--index-url", help="the Zoo index model_info.json (default: the Zoo's, or BASE/model_info.json)"
+    )
+    pull.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a bundle that runs code (as for install); admins only",
+    )
+    pull.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
     models.set_defaults(func=_cmd_models)
 
     ev = sub.add_parser("evaluate", help="batch evaluation: folders here, or a dataset through a model")

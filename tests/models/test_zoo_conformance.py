@@ -1,0 +1,154 @@
+"""Zoo conformance: every real Model Zoo bundle in ../shared/zoo, run by the service and by MONAI's runner.
+
+For each bundle: seeded random weights built from the bundle's own ``network_def`` (models/testing/zoo.py), a
+real scan of its modality cropped so that the bundle's own roi covers it in one or a few windows (the roi and
+overlap are never changed), then
+
+    (a) the service: ``segserve models install --trust-code`` into the running stack, POST /v1/jobs, result;
+    (b) MONAI: ``python -m monai.bundle run`` on the same files and weights;
+
+and the two label maps, both on the input scan's grid, must agree on at least 99.9 % of voxels. A bundle the
+service cannot honour must be refused at install with the element named (and MONAI's runner is asked too, so
+that the refusal is shown to be honest).
+
+Heavy bundles (a DiNTS network at 1 mm, VISTA-3D's 127-class foundation model) are marked ``zoo_heavy``: they
+run in the default suite (CI too) but can be deselected locally with ``-m "not zoo_heavy"``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from models.testing.zoo import Case, make_case, run_monai, seed_bundle
+from tests.support.paths import DATA, SHARED
+from tests.support.stack import Stack, wait_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.zoo]
+ZOO = SHARED / "zoo"
+SEED = 7
+AGREEMENT = 0.999
+
+# What the service must do with each bundle: run it, or refuse it at install naming the element.
+# swin_unetr_btcv_segmentation: its network_def passes `img_size`, which MONAI 1.6's SwinUNETR no longer
+# takes; MONAI's own runner fails on it too (asserted below).
+REFUSED = {"swin_unetr_btcv_segmentation": ("img_size", "network_def")}
+HEAVY = {"multi_organ_segmentation", "vista3d"}
+# Known service bugs (bundle-runtime @ 8c1f45b), each with the exact failure: strict, so a fix shows up.
+_SCRIPTS = (
+    "models.bundle install cannot import the bundle's own scripts/ package: `segserve models install "
+    "--trust-code` fails with 'preprocessing cannot be built by MONAI: Cannot locate class or function "
+    "path: {path}' (MONAI's runner, with the bundle folder on sys.path as `python -m monai.bundle run` from "
+    "the bundle root has it, builds it)"
+)
+XFAIL = {
+    "renalStructures_CECT_segmentation": _SCRIPTS.format(path="'scripts.my_transforms.ConcatImages'"),
+    "spleen_deepedit_annotation": _SCRIPTS.format(
+        path="'scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd'"
+    ),
+    # The searched architecture holds numpy arrays (TopologySearch.decode() returns them, and the config
+    # calls torch.from_numpy on node_a); torch >= 2.6 loads with weights_only=True by default, so the
+    # config's own torch.load fails everywhere, MONAI's runner included, unless arch_ckpt is overridden with
+    # weights_only=False (models.testing.zoo.cpu_overrides, for a trusted bundle, as the runner here does).
+    "multi_organ_segmentation": (
+        "models.bundle install overrides map_location but loads arch_ckpt with torch.load's default "
+        "weights_only=True: 'network_def cannot be built by MONAI: Failed to evaluate ConfigExpression: : "
+        "Weights only load failed ... Unsupported global: GLOBAL numpy._core.multiarray._reconstruct'"
+    ),
+    "vista3d": (
+        "models.bundle install misreads the real metadata: 'vista3d/configs/metadata.json: num_channels is 1 "
+        "but channel_def names 133 channels' (outputs.pred.channel_def maps label VALUES to names for a "
+        "one-channel label map; MONAI's runner does not read it)"
+    ),
+}
+BUNDLES = [
+    "spleen_ct_segmentation",
+    "swin_unetr_btcv_segmentation",
+    "wholeBody_ct_segmentation",
+    "multi_organ_segmentation",
+    "renalStructures_CECT_segmentation",
+    "brats_mri_segmentation",
+    "vista3d",
+    "spleen_deepedit_annotation",
+]
+
+
+def _param(name: str) -> Any:
+    marks = [pytest.mark.zoo_heavy] if name in HEAVY else []
+    if name in XFAIL:
+        marks.append(pytest.mark.xfail(reason=XFAIL[name], strict=True))
+    return pytest.param(name, id=name, marks=marks)
+
+
+def _parts(card: dict[str, Any], case: Case) -> list[tuple[str, tuple[str, bytes]]]:
+    """One form part per input channel: by name where the card's names are the case's, else in order."""
+    names = list(card["input"]["channels"])
+    files = list(case.channels.items())
+    if len(names) == 1:
+        return [("image", (files[0][1].name, files[0][1].read_bytes()))]
+    by_name = {k.lower(): p for k, p in files}
+    paths = [by_name[n] for n in names] if set(names) == set(by_name) else [p for _, p in files]
+    return [(f"image.{n}", (p.name, p.read_bytes())) for n, p in zip(names, paths, strict=True)]
+
+
+def _service_labels(stack: Stack, model: str, case: Case, out: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    with stack.client() as c:
+        card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == model)
+        assert card["available"] is True, card
+        start = time.monotonic()
+        resp = c.post("/v1/jobs", data={"model": model}, files=_parts(card, case))
+        assert resp.status_code == 202, resp.text
+        done = wait_job(c, resp.json()["id"], timeout=900)
+        seconds = time.monotonic() - start
+        assert done["status"] == "succeeded", done
+        out.write_bytes(c.get(f"/v1/jobs/{done['id']}/result").content)
+    img: Any = nib.load(str(out))
+    return np.asarray(img.dataobj).squeeze(), np.asarray(img.affine), seconds
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in BUNDLES])
+def test_service_agrees_with_monai_runner(name: str, stack: Stack, tmp_path: Path) -> None:
+    if not (ZOO / name).is_dir():
+        pytest.fail(f"{ZOO / name} is missing: the conformance suite covers every bundle of ../shared/zoo")
+    # a refused bundle still gets weights of its network, as a user downloads them with it
+    without = ("network_def#img_size",) if name == "swin_unetr_btcv_segmentation" else ()
+    bundle = seed_bundle(ZOO / name, tmp_path / name, seed=SEED, without=without)
+    case = make_case(name, DATA, tmp_path / "case")
+    installed = stack.cli("models", "install", str(bundle), "--trust-code", check=False)
+
+    if name in REFUSED:
+        assert installed.returncode != 0, f"{name} was installed:\n{installed.stdout}"
+        for element in REFUSED[name]:
+            assert element in installed.stderr, installed.stderr
+        with stack.client() as c:
+            ids = {m["id"]: m["available"] for m in c.get("/v1/models").json()["items"]}
+        assert ids.get(name) in (None, False)
+        with pytest.raises(RuntimeError, match=REFUSED[name][0]):
+            run_monai(bundle, case, tmp_path / "monai")
+        return
+
+    assert installed.returncode == 0, installed.stderr
+    labels, affine, seconds = _service_labels(stack, name, case, tmp_path / "service.nii.gz")
+    start = time.monotonic()
+    reference = run_monai(bundle, case, tmp_path / "monai")
+    monai_seconds = time.monotonic() - start
+
+    source: Any = nib.load(str(case.first))
+    assert labels.shape == reference.shape == source.shape[:3]
+    np.testing.assert_allclose(affine, source.affine, atol=1e-4)
+    agree = float(np.mean(labels.astype(np.float64) == reference.astype(np.float64)))
+    values, counts = np.unique(reference, return_counts=True)
+    histogram = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    print(
+        f"\n{name}: agreement {agree:.5%} on {reference.size} voxels; service {seconds:.1f} s, "
+        f"MONAI runner {monai_seconds:.1f} s; MONAI labels {histogram}"
+    )
+    # the weights are random, but the labels must not be near-constant: a service that returned MONAI's most
+    # frequent label everywhere must not reach the agreement threshold
+    assert counts.max() / reference.size < AGREEMENT, f"{name}: near-constant labels {histogram}; change SEED"
+    assert agree >= AGREEMENT, f"{name}: service and MONAI agree on {agree:.4%} of voxels"
