@@ -14,8 +14,9 @@ __all__ = ["InstallOptions", "ModelFormat", "format_named", "formats"]
 def formats() -> list[ModelFormat]:
     """Every installable format, in the order sources are tried at install."""
     from models.bundle.install import BUNDLE_FORMAT
+    from models.nnunet.install import NNUNET_FORMAT
 
-    return [BUNDLE_FORMAT]
+    return [BUNDLE_FORMAT, NNUNET_FORMAT]
 
 
 def format_named(name: str) -> ModelFormat | None:

@@ -117,8 +117,23 @@ def _audit_installs(settings: Settings, models_dir: Path, installed: list[str], 
             )
 
 
+def _folds(text: str | None) -> tuple[int | str, ...] | None:
+    """``--folds 0,1`` -> (0, 1); "all" stays "all" (nnU-Net's fold_all); None when not given."""
+    from models.installed import InstallError
+
+    if not text:
+        return None
+    folds: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part != "all" and not part.isdigit():
+            raise InstallError(f"--folds takes fold numbers or 'all', separated by commas; got {part!r}")
+        folds.append(part if part == "all" else int(part))
+    return tuple(folds)
+
+
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.catalog import Catalog
+    from models.formats import InstallOptions
     from models.install import install_models
     from models.installed import InstallError
 
@@ -131,8 +146,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         from models.formats import InstallOptions
 
         installed_by = args.installed_by or os.environ.get("USER") or "unknown"
-        options = InstallOptions(trust_code=args.trust_code, installed_by=installed_by)
         try:
+            options = InstallOptions(
+                trust_code=args.trust_code, installed_by=installed_by, folds=_folds(args.folds)
+            )
             installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -255,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "admins only: the code runs in every worker",
     )
     install.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
+    install.add_argument(
+        "--folds", help="nnU-Net models: folds to install, e.g. 0,1 or all (default: every trained fold)"
+    )
     pull = models_sub.add_parser(
         "pull", help="fetch a MONAI Model Zoo bundle (NAME[@VERSION]), check its hashes, install it"
     )

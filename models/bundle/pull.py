@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.formats import InstallOptions
+from models.format import InstallOptions
 
 log = logging.getLogger(__name__)
 
