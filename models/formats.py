@@ -64,8 +64,9 @@ class ModelFormat:
 def formats() -> list[ModelFormat]:
     """Every installable format, in the order sources are tried at install."""
     from models.bundle.install import BUNDLE_FORMAT
+    from models.totalseg.tasks import TOTALSEG_FORMAT
 
-    return [BUNDLE_FORMAT]
+    return [BUNDLE_FORMAT, TOTALSEG_FORMAT]
 
 
 def format_named(name: str) -> ModelFormat | None:

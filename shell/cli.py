@@ -84,6 +84,8 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.installed import InstallError
 
     models_dir = settings.resolved_models_dir
+    if args.models_cmd == "pull":
+        return _cmd_models_pull(args, models_dir)
     if args.models_cmd == "install":
         try:
             installed = install_models(Path(args.path), models_dir)
@@ -100,6 +102,16 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{status.card.id}\t{status.card.version}\t{mark}")
         failures += 0 if status.available else 1
     return 1 if args.models_cmd == "verify" and failures else 0
+
+
+def _cmd_models_pull(args: argparse.Namespace, models_dir: Path) -> int:
+    """Dispatch by name: ``totalseg-*`` are TotalSegmentator tasks (models/totalseg/pull.py)."""
+    if not args.model_id.startswith("totalseg-"):
+        print(f"error: no pullable model {args.model_id!r} (known: totalseg-*)", file=sys.stderr)
+        return 2
+    from models.totalseg.cli import pull_command
+
+    return pull_command(args.model_id, models_dir, base=args.base_url)
 
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         "install", help="copy weight files from a folder into the models directory"
     )
     install.add_argument("path")
+    pull = models_sub.add_parser(
+        "pull", help="download a catalog model from its public source (TotalSegmentator: totalseg-*)"
+    )
+    pull.add_argument("model_id")
+    pull.add_argument(
+        "--base-url", help="releases base URL (mirror); default $SEGSERVE_TOTALSEG_BASE_URL or the public one"
+    )
     models.set_defaults(func=_cmd_models)
 
     ev = sub.add_parser("evaluate", help="batch evaluation: folders here, or a dataset through a model")
