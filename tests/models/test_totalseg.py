@@ -7,14 +7,11 @@ label names and count (tests/support/totalseg_standin.py), zipped and served lik
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,41 +38,22 @@ GITHUB = "https://github.com/wasserth/TotalSegmentator/releases/download"
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A local HTTP server holding stand-in release zips for totalseg-total and totalseg-total-fast."""
-    from tests.support.totalseg_standin import write_release
+    from tests.support.totalseg_standin import serve, write_release
 
     root = tmp_path_factory.mktemp("release")
     for card_id in ("totalseg-total", "totalseg-total-fast"):
         write_release(tasks.task_card(card_id), root)
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    with serve(root) as base:
+        yield base, root
 
 
 @pytest.fixture(scope="module")
 def ct_crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 30x26x10 crop (3 mm) of the TotalSegmentator example CT, stored flipped left-right (LAS) so that
-    TotalSegmentator's reorientation to RAS and back is exercised."""
-    nib = pytest.importorskip("nibabel")
+    from tests.support.totalseg_standin import write_ct_crop
+
     if not CT.is_file():
         pytest.skip(f"{CT} not found (set SEGSERVE_SHARED_DIR)")
-    img = nib.load(CT)
-    start = np.array([40, 30, 8])
-    arr = np.asanyarray(img.dataobj)[40:70, 30:56, 8:18][::-1].copy()
-    affine = img.affine.copy()
-    affine[:3, 3] += affine[:3, :3] @ start + affine[:3, 0] * (arr.shape[0] - 1)
-    affine[:3, 0] *= -1
-    path = tmp_path_factory.mktemp("ct") / "crop.nii.gz"
-    nib.save(nib.Nifti1Image(arr, affine), path)
-    return path
+    return write_ct_crop(CT, tmp_path_factory.mktemp("ct") / "crop.nii.gz")
 
 
 def _pull_with_cli(card_id: str, models_dir: Path, base: str) -> None:

@@ -12,12 +12,19 @@ as TotalSegmentator's release zips do (it unpacks them into its weights dir), an
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import json
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
@@ -154,3 +161,35 @@ def write_release(card: ModelCard, root: Path, seed: int = 0) -> list[Path]:
             )
         written.append(zip_path)
     return written
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a stand-in for the GitHub release host); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_ct_crop(source: Path, target: Path) -> Path:
+    """A 30x26x10 crop (3 mm) of TotalSegmentator's example CT, stored flipped left-right (LAS) so that
+    TotalSegmentator's reorientation to RAS and back is exercised."""
+    img = nib.load(source)
+    start = np.array([40, 30, 8])
+    arr = np.asanyarray(img.dataobj)[40:70, 30:56, 8:18][::-1].copy()  # type: ignore[attr-defined]
+    affine = img.affine.copy()  # type: ignore[attr-defined]
+    affine[:3, 3] += affine[:3, :3] @ start + affine[:3, 0] * (arr.shape[0] - 1)
+    affine[:3, 0] *= -1
+    nib.save(nib.Nifti1Image(arr, affine), target)
+    return target
