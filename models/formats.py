@@ -23,12 +23,13 @@ class InstallOptions:
 
     Attributes:
         trust_code: the model may run code of its own (bundle ``$`` expressions, ``scripts/``).
-        folds: nnU-Net folds to use (None: every fold present).
+        folds: nnU-Net folds to use: fold numbers, or "all" for ``fold_all`` (None: every numbered fold with
+            a final checkpoint, as nnU-Net's own prediction picks them).
         installed_by: who installed it (recorded in the manifest and the audit log).
     """
 
     trust_code: bool = False
-    folds: tuple[int, ...] | None = None
+    folds: tuple[int | str, ...] | None = None
     installed_by: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,9 +65,10 @@ class ModelFormat:
 def formats() -> list[ModelFormat]:
     """Every installable format, in the order sources are tried at install."""
     from models.bundle.install import BUNDLE_FORMAT
+    from models.nnunet.install import NNUNET_FORMAT
     from models.totalseg.tasks import TOTALSEG_FORMAT
 
-    return [BUNDLE_FORMAT, TOTALSEG_FORMAT]
+    return [BUNDLE_FORMAT, NNUNET_FORMAT, TOTALSEG_FORMAT]
 
 
 def format_named(name: str) -> ModelFormat | None:

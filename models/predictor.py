@@ -36,9 +36,12 @@ def set_model_cache_budget(nbytes: int) -> None:
 
 
 def _weight_bytes(predictor: Any) -> int:
+    # a predictor's own count first: an nnU-Net model holds every fold's weights beside its one network
+    if isinstance(getattr(predictor, "nbytes", None), int):
+        return int(predictor.nbytes)
     network = getattr(predictor, "network", None)
     if not isinstance(network, torch.nn.Module):
-        return int(getattr(predictor, "nbytes", 0))
+        return 0
     tensors = [*network.parameters(), *network.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -103,8 +103,18 @@ def load_part(card: ModelCard, models_dir: Path, part: dict[str, Any], device: s
 
 
 def validate_staged(card: ModelCard, staged_models_dir: Path) -> None:
-    """Install-time check for ``pull``: every part's network builds from its plans and takes its weights."""
+    """Install-time check for ``pull``, with the nnU-Net room's checks: each part folder is a valid trained
+    model folder (``read_model_folder``) whose checkpoints unpickle with the restricted loader, whose network
+    builds from its plans, takes the weights and runs one tiny forward pass (``validate_weights``); then
+    nnU-Net's own predictor loads it as a job will. Raises ``NnunetError`` (an InstallError) naming the part.
+    """
+    from models.nnunet.folder import read_model_folder
+    from models.nnunet.validate import validate_weights
+
     for part in tasks.parts(card):
+        folder = tasks.model_folder(staged_models_dir, card, part)
+        spec = read_model_folder(folder, folds=tuple(tasks.folds(card)))
+        validate_weights(spec, trust_code=False)
         load_part(card, staged_models_dir, part, "cpu")
 
 

@@ -1,0 +1,221 @@
+"""NnunetPredictor: an installed nnU-Net v2 model behind the Predictor contract, run by nnU-Net's own code.
+
+Pipeline for one case (C input channels on one grid):
+    C x (I, J, K) --transpose to nnU-Net's (z, y, x), spacing reversed (models.nnunet.geometry)-->
+    nnUNetPredictor.predict_single_npy_array: its preprocessing (crop to non-zero, normalisation, resampling
+    to the plans' spacing), sliding window with Gaussian weighting and test-time mirroring as the checkpoint
+    allows, folds averaged, then convert_predicted_logits_to_segmentation_with_correct_shape (logits
+    resampled to the original shape, softmax argmax or sigmoid regions, un-cropped) --> (z, y, x)
+    --transpose--> (I, J, K)
+
+Everything between the two transposes is nnU-Net's code, unchanged, so the labels equal what
+``nnUNetv2_predict`` writes for the same file and model folder. What we add: each sliding-window step
+(each fold's) is reported as progress, and ``is_cancelled`` is checked before every step; when it says stop,
+the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
+once nnU-Net's window loop has ended (so its producer thread ends too).
+
+Memory: nnU-Net keeps the whole case in memory: the float32 image (twice while preprocessing), the
+float16 logits of every output channel on the resampled grid (on the CPU unless the device is CUDA), and while
+exporting the logits resampled to the original grid in float32. So the peak grows with (output channels x
+voxels); ``bench/nnunet.py`` measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.nnunet.geometry import labels_to_volume_grid, nnunet_input
+from segserve.imaging.volume import Volume
+
+# Share of the progress bar before the windows (preprocessing) and after them (export).
+_PRE, _POST = 0.1, 0.1
+
+
+class _Steps(list[Any]):
+    """nnU-Net's list of window slicers; iterating stops early once its runner was told to stop."""
+
+    def __init__(self, slicers: list[Any], runner: _SteppedPredictor) -> None:
+        super().__init__(slicers)
+        self._runner = runner
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in list.__iter__(self):
+            if self._runner.stopped:
+                return
+            yield item
+
+
+class _SteppedPredictor(nnUNetPredictor):
+    """nnU-Net's predictor, reporting each window step and skipping the rest once cancelled."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped = False
+        self.on_step: Callable[[int, int], None] = lambda _done, _total: None
+        self.is_cancelled: Callable[[], bool] = lambda: False
+        self.done = 0
+        self.total = 0
+
+    def _internal_get_sliding_window_slicers(self, image_size: tuple[int, ...]) -> _Steps:
+        steps = _Steps(super()._internal_get_sliding_window_slicers(image_size), self)
+        self.total = len(steps) * len(self.list_of_parameters)
+        return steps
+
+    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.stopped and self.is_cancelled():
+            self.stopped = True
+        if self.stopped:  # at most the two windows already queued by nnU-Net's producer thread
+            heads = self.label_manager.num_segmentation_heads
+            return torch.zeros((x.shape[0], heads, *x.shape[2:]), device=x.device)
+        out = super()._internal_maybe_mirror_and_predict(x)
+        self.done += 1
+        self.on_step(self.done, max(self.total, self.done))
+        return out
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> Any:
+        logits = super().predict_sliding_window_return_logits(input_image)
+        if self.stopped:
+            raise Cancelled()
+        return logits
+
+
+class NnunetRunner:
+    """One nnU-Net trained model folder loaded for prediction (the folds chosen), reused for many cases.
+
+    Public for other rooms that run nnU-Net models (TotalSegmentator's part models): build it on any
+    trained model folder; :meth:`predict` gives labels on the first volume's grid.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        folds: Sequence[int | str] | None,
+        device: str = "cpu",
+        *,
+        tile_step_size: float = 0.5,
+        use_mirroring: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.predictor = _SteppedPredictor(
+            tile_step_size=tile_step_size,
+            use_gaussian=True,
+            use_mirroring=use_mirroring,
+            perform_everything_on_device=self.device.type == "cuda",
+            device=self.device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        self.predictor.initialize_from_trained_model_folder(
+            str(folder), tuple(folds) if folds is not None else None, "checkpoint_final.pth"
+        )
+
+    @property
+    def network(self) -> torch.nn.Module:
+        network: torch.nn.Module = self.predictor.network
+        return network
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every loaded fold's weights."""
+        return sum(
+            t.numel() * t.element_size()
+            for params in self.predictor.list_of_parameters
+            for t in params.values()
+            if isinstance(t, torch.Tensor)
+        )
+
+    def predict(
+        self,
+        volumes: Sequence[Volume],
+        *,
+        on_progress: Callable[[float], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Labels (I, J, K) on the first volume's grid, uint8 (uint16 past 254 labels), nnU-Net's values.
+
+        Raises:
+            Cancelled: ``is_cancelled()`` returned True (checked before preprocessing, every window, export).
+        """
+        report = on_progress or (lambda _fraction: None)
+        stop = is_cancelled or (lambda: False)
+        if stop():
+            raise Cancelled()
+        image, properties = nnunet_input(volumes)
+        runner = self.predictor
+        runner.stopped, runner.done, runner.total, runner.is_cancelled = False, 0, 0, stop
+        runner.on_step = lambda done, total: report(_PRE + (1 - _PRE - _POST) * done / total)
+        report(0.0)
+        threads = torch.get_num_threads()
+        try:
+            labels = runner.predict_single_npy_array(image, properties, None, None, False)
+        finally:
+            torch.set_num_threads(threads)  # nnU-Net changes it and does not restore it on an exception
+            runner.on_step, runner.is_cancelled = (lambda _d, _t: None), (lambda: False)
+        out = labels_to_volume_grid(labels)
+        report(1.0)
+        return out
+
+
+class NnunetPredictor:
+    """An installed nnU-Net model (card ``weights_format`` "nnunet-v2"). Not thread-safe."""
+
+    def __init__(self, card: ModelCard, runner: NnunetRunner) -> None:
+        self.card = card
+        self.runner = runner
+        self.network = runner.network
+
+    @classmethod
+    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> NnunetPredictor:
+        """Verify the installed files against the manifest and load the card's folds with nnU-Net.
+
+        Raises:
+            ModelUnavailable: a file is missing or changed, or nnU-Net cannot load the model.
+        """
+        reason = check_card(card, models_dir)
+        if reason is not None:
+            raise ModelUnavailable(reason)
+        folds = card.params.get("folds")
+        try:
+            runner = NnunetRunner(
+                Path(models_dir) / str(card.params["model_dir"]),
+                [f if f == "all" else int(f) for f in folds] if isinstance(folds, list) else None,
+                device,
+            )
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            raise ModelUnavailable(f"model {card.id}: nnU-Net cannot load it: {exc}") from exc
+        return cls(card, runner)
+
+    @property
+    def nbytes(self) -> int:
+        return self.runner.nbytes
+
+    def predict(
+        self,
+        volume: Volume | Sequence[Volume],
+        *,
+        on_progress: Callable[[float], None] | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Segment one case: the scan, or one volume per input channel in the card's ``input["channels"]``
+        order, all on the first one's grid (the caller checks that). Labels on that grid.
+
+        Raises:
+            ValueError: the number of volumes is not the model's number of input channels.
+            Cancelled: the caller asked to stop.
+        """
+        volumes = [volume] if isinstance(volume, Volume) else list(volume)
+        channels = self.card.input.get("channels")
+        expected = len(channels) if isinstance(channels, list) else 1
+        if len(volumes) != expected:
+            raise ValueError(
+                f"model {self.card.id} takes {expected} input channels, got {len(volumes)} volumes"
+            )
+        return self.runner.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
