@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch is pinned (pyproject) to 2.13.0; installing it in the same command as monai keeps pip from
 # resolving a newer torch with several GB of CUDA wheels.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,nnunet]"
 	touch $@
 
 setup: $(VENV)/.installed
