@@ -247,3 +247,20 @@ def test_cancel_stops_within_a_tile(release: tuple[str, Path], ct_crop: Path, tm
     checkpoint.write_bytes(checkpoint.read_bytes() + b"x")
     status = Catalog(tmp_path).status(card.id)
     assert not status.available and "checkpoint_final.pth" in str(status.reason)
+
+
+def test_pull_command_refuses_unknown_names_and_cleans_up_after_a_failed_download(
+    release: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.totalseg.cli import pull_command
+    from shell.cli import main
+
+    assert main(["models", "pull", "spleen_ct_segmentation"]) == 2
+    assert "no pullable model" in capsys.readouterr().err
+    assert pull_command("totalseg-nope", tmp_path) == 2
+    assert "totalseg-total" in capsys.readouterr().err  # the known ids are named
+    base, _ = release
+    assert pull_command("totalseg-total-mr", tmp_path, base=base) == 2  # not on the server: 404
+    assert "404" in capsys.readouterr().err
+    assert not tasks.home_dir(tmp_path, "totalseg-total-mr").exists()
+    assert list((tmp_path / tasks.FOLDER).iterdir()) == []  # no staging folder left behind
