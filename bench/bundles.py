@@ -16,7 +16,7 @@ from real scans of ../shared/data, resampled up to the sizes such models meet in
 Each side runs in a fresh subprocess (one case, like a worker process that serves one model):
     service        models.install.install_models (trusting the bundle's code) + the catalog's card +
                    models.predictor.load_predictor(...).predict(volumes), the volumes read as a worker reads
-                   them (segserve.imaging.readers.read_image)
+                   them (segserve.scans.readers.read_image)
     monai-runner   MONAI's own ConfigWorkflow on the bundle's inference config (what
                    ``python -m monai.bundle run`` does), output to a temporary folder: the BASELINE.
 Reported per side: ``seconds`` (the case: predict() / workflow.run(), data reading included on MONAI's side
@@ -112,7 +112,7 @@ def side_service(bundle: Path, inputs: list[Path], out: Path, device: str) -> di
     from models.formats import InstallOptions
     from models.install import install_models
     from models.predictor import load_predictor
-    from segserve.imaging.readers import read_image
+    from segserve.scans.readers import read_image
 
     models_dir = out / "models"
     install_models(bundle, models_dir, cards=[], options=InstallOptions(trust_code=True))

@@ -134,6 +134,12 @@ def card_to_public(status: ModelStatus) -> dict[str, object]:
         "licence": card.licence,
         "citation": card.citation,
         "executes_code": bool(card.params.get("executes_code", False)),
+        # Models pulled from public releases (TotalSegmentator) name their sources before they are installed.
+        "sources": [
+            {k: part.get(k) for k in ("url", "release", "sha256")}
+            for part in card.params.get("parts", [])  # type: ignore[attr-defined]
+            if isinstance(part, dict) and part.get("url")
+        ],
         "available": status.available,
         "unavailable_reason": status.reason,
     }

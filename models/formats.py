@@ -15,8 +15,9 @@ def formats() -> list[ModelFormat]:
     """Every installable format, in the order sources are tried at install."""
     from models.bundle.install import BUNDLE_FORMAT
     from models.nnunet.install import NNUNET_FORMAT
+    from models.totalseg.tasks import TOTALSEG_FORMAT
 
-    return [BUNDLE_FORMAT, NNUNET_FORMAT]
+    return [BUNDLE_FORMAT, NNUNET_FORMAT, TOTALSEG_FORMAT]
 
 
 def format_named(name: str) -> ModelFormat | None:

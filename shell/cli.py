@@ -167,8 +167,34 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if args.models_cmd == "verify" and failures else 0
 
 
+def pull_totalseg(card_id: str, models_dir: Path, *, base: str | None = None) -> int:
+    """Pull the TotalSegmentator task ``card_id`` into ``models_dir`` (models/totalseg/pull.py), validating
+    each part model (loads torch); 0 on success, 2 with a message on stderr otherwise."""
+    import urllib.error
+
+    from models.installed import InstallError
+    from models.totalseg import pull, tasks
+    from models.totalseg.predictor import validate_staged
+
+    try:
+        card = tasks.task_card(card_id)
+        print(f"{card.id} {card.version}: {card.licence}")
+        home = pull.pull(card_id, models_dir, base=base, validate=validate_staged, say=print)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except (InstallError, OSError, urllib.error.URLError, ValueError, RuntimeError) as exc:
+        print(f"error: pulling {card_id} failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"installed {card_id} into {home}")
+    return 0
+
+
 def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path) -> int:
-    """`segserve models pull NAME[@VERSION]` (see models/bundle/pull.py); 0 when installed, 2 on error."""
+    """`segserve models pull NAME[@VERSION]`: TotalSegmentator tasks (``totalseg-*``, models/totalseg/pull.py)
+    or MONAI Model Zoo bundles (models/bundle/pull.py); 0 when installed, 2 on error."""
+    if args.ref.startswith("totalseg-"):
+        return pull_totalseg(args.ref, models_dir, base=args.base_url)
     from models.bundle.pull import PullError, ZooSource, pull_bundle
     from models.formats import InstallOptions
     from models.installed import InstallError
@@ -276,11 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds", help="nnU-Net models: folds to install, e.g. 0,1 or all (default: every trained fold)"
     )
     pull = models_sub.add_parser(
-        "pull", help="fetch a MONAI Model Zoo bundle (NAME[@VERSION]), check its hashes, install it"
+        "pull",
+        help="fetch a model from its public source, check its hashes, install it: a MONAI Model Zoo bundle "
+        "(NAME[@VERSION]) or a TotalSegmentator task of the catalog (totalseg-*)",
     )
     pull.add_argument("ref", metavar="NAME[@VERSION]")
     pull.add_argument("--source", default="github", choices=["github", "monaihosting", "ngc"])
-    pull.add_argument("--base-url", help="a stand-in host for the source (a mirror, a local server)")
+    pull.add_argument(
+        "--base-url",
+        help="a stand-in host for the source (a mirror, a local server); TotalSegmentator tasks: the "
+        "releases base URL (default $SEGSERVE_TOTALSEG_BASE_URL or the public one)",
+    )
     pull.add_argument(
         "--repo", default="Project-MONAI/model-zoo/hosting_storage_v1", help="github owner/name/tag"
     )

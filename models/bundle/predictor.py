@@ -221,7 +221,7 @@ class BundlePredictor:
 
         Args:
             volume: the scan, or one volume per input channel in ``input_channels`` order, all on the grid
-                of the first (the caller checks that; see segserve.imaging.readers).
+                of the first (the caller checks that; see segserve.scans.readers).
         Returns:
             labels with the first volume's shape, on its grid: the bundle's own output values, uint8
             (uint16 above 255).

@@ -25,7 +25,7 @@ from models.formats import InstallOptions
 from models.install import install_models
 from models.installed import InstallError
 from models.predictor import load_predictor
-from segserve.imaging.readers import read_channels
+from segserve.scans.readers import read_channels
 from tests.support.nnunet import CASES, images_dir, model_folder, nnunet_models, nnunet_predict
 from tests.support.paths import REPO
 
