@@ -179,12 +179,25 @@ def load_weights(network: nn.Module, file: Path, key: str | None, device: torch.
     return network.to(device).eval()
 
 
+def numpy_safe_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` needs to read numpy arrays (data, no code): published DiNTS
+    bundles keep their searched architecture (``search_code_*.pt``) as numpy arrays, which torch >= 2.6
+    refuses by default; MONAI's runner on this torch fails on them the same way."""
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    core = np._core if hasattr(np, "_core") else np.core
+    reconstruct = getattr(core, "multiarray")._reconstruct  # noqa: B009 (numpy 1 and 2 differ)
+    return [reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeline:
-    """MONAI's components of the bundle at ``directory``; see :func:`_build` (trusted: scripts importable)."""
+    """MONAI's components of the bundle at ``directory``; see :func:`_build`. A trusted bundle is built with
+    its root on ``sys.path`` (scripts/) and with numpy arrays readable by ``torch.load(weights_only=True)``."""
     directory = Path(directory).resolve()
     if not trusted:
         return _build(directory, device, trusted)
-    with _bundle_on_path(directory):
+    with _bundle_on_path(directory), torch.serialization.safe_globals(numpy_safe_globals()):
         return _build(directory, device, trusted)
 
 
