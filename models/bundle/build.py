@@ -192,8 +192,8 @@ def numpy_safe_globals() -> list[Any]:
 
 
 def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeline:
-    """MONAI's components of the bundle at ``directory``; see :func:`_build`. A trusted bundle is built with
-    its root on ``sys.path`` (scripts/) and with numpy arrays readable by ``torch.load(weights_only=True)``."""
+    """MONAI's components of the bundle at ``directory``; see :func:`_build`. A trusted bundle is built
+    with its root on ``sys.path`` (scripts/) and numpy arrays readable by torch.load(weights_only=True)."""
     directory = Path(directory).resolve()
     if not trusted:
         return _build(directory, device, trusted)
