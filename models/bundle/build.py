@@ -209,6 +209,11 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
             the weights are missing or do not fit. The message names the element.
     """
     info = read_bundle(directory)
+    if len(info.input_keys) > 1 and "label" in info.input_keys:
+        raise BundleError(
+            f"cannot be honoured: preprocessing LoadImaged keys {list(info.input_keys)}: its inference "
+            "reads a 'label' (reference segmentation) for every case, which a segmentation job does not have"
+        )
     config = without_saving(load_config(directory / info.config_path))
     workdir = tempfile.TemporaryDirectory(prefix="segserve-bundle-")
     overrides: dict[str, Any] = {
@@ -321,7 +326,8 @@ def tiny_forward(pipeline: Pipeline, device: str = "cpu") -> int:
         roi: Any = inferer.roi_size
         roi_list = [int(r) for r in roi] if isinstance(roi, list | tuple) else [int(roi)] * 3
         size = [min(32, r) if r > 0 else 32 for r in roi_list]
-    x = torch.zeros(1, len(pipeline.info.input_channels), *size, device=torch.device(device))
+    channels = pipeline.info.network_in_channels or len(pipeline.info.input_channels)
+    x = torch.zeros(1, channels, *size, device=torch.device(device))
     try:
         with torch.no_grad():
             out = pipeline.network(x)
