@@ -179,12 +179,25 @@ def load_weights(network: nn.Module, file: Path, key: str | None, device: torch.
     return network.to(device).eval()
 
 
+def numpy_safe_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` needs to read numpy arrays (data, no code): published DiNTS
+    bundles keep their searched architecture (``search_code_*.pt``) as numpy arrays, which torch >= 2.6
+    refuses by default; MONAI's runner on this torch fails on them the same way."""
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    core = np._core if hasattr(np, "_core") else np.core
+    reconstruct = getattr(core, "multiarray")._reconstruct  # noqa: B009 (numpy 1 and 2 differ)
+    return [reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeline:
-    """MONAI's components of the bundle at ``directory``; see :func:`_build` (trusted: scripts importable)."""
+    """MONAI's components of the bundle at ``directory``; see :func:`_build`. A trusted bundle is built
+    with its root on ``sys.path`` (scripts/) and numpy arrays readable by torch.load(weights_only=True)."""
     directory = Path(directory).resolve()
     if not trusted:
         return _build(directory, device, trusted)
-    with _bundle_on_path(directory):
+    with _bundle_on_path(directory), torch.serialization.safe_globals(numpy_safe_globals()):
         return _build(directory, device, trusted)
 
 
@@ -196,7 +209,21 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
             the weights are missing or do not fit. The message names the element.
     """
     info = read_bundle(directory)
+    if len(info.input_keys) > 1 and "label" in info.input_keys:
+        raise BundleError(
+            f"cannot be honoured: preprocessing LoadImaged keys {list(info.input_keys)}: its inference "
+            "reads a 'label' (reference segmentation) for every case, which a segmentation job does not have"
+        )
     config = without_saving(load_config(directory / info.config_path))
+    evaluator = config.get("evaluator")
+    runner_target = evaluator.get("_target_") if isinstance(evaluator, dict) else "SupervisedEvaluator"
+    if short_target(runner_target) != "SupervisedEvaluator":
+        # the service runs SupervisedEvaluator's steps (predictor.run_case); another evaluator (vista3d's
+        # prompt-driven Vista3dEvaluator) calls the inferer differently
+        raise BundleError(
+            f"cannot be honoured: evaluator#_target_: {runner_target} (the service runs a case as MONAI's "
+            "SupervisedEvaluator does)"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="segserve-bundle-")
     overrides: dict[str, Any] = {
         "bundle_root": str(directory),
@@ -236,7 +263,6 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
 
         inferer = SimpleInferer()
     postprocessing = _parsed(parser, "postprocessing") if "postprocessing" in config else Compose([])
-    evaluator = config.get("evaluator")
     amp = bool(evaluator.get("amp", False)) if isinstance(evaluator, dict) else False
     for name, part in (("preprocessing", preprocessing), ("postprocessing", postprocessing)):
         if not callable(part):
@@ -308,7 +334,8 @@ def tiny_forward(pipeline: Pipeline, device: str = "cpu") -> int:
         roi: Any = inferer.roi_size
         roi_list = [int(r) for r in roi] if isinstance(roi, list | tuple) else [int(roi)] * 3
         size = [min(32, r) if r > 0 else 32 for r in roi_list]
-    x = torch.zeros(1, len(pipeline.info.input_channels), *size, device=torch.device(device))
+    channels = pipeline.info.network_in_channels or len(pipeline.info.input_channels)
+    x = torch.zeros(1, channels, *size, device=torch.device(device))
     try:
         with torch.no_grad():
             out = pipeline.network(x)
