@@ -78,8 +78,23 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _folds(text: str | None) -> tuple[int | str, ...] | None:
+    """``--folds 0,1`` -> (0, 1); "all" stays "all" (nnU-Net's fold_all); None when not given."""
+    from models.installed import InstallError
+
+    if not text:
+        return None
+    folds: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part != "all" and not part.isdigit():
+            raise InstallError(f"--folds takes fold numbers or 'all', separated by commas; got {part!r}")
+        folds.append(part if part == "all" else int(part))
+    return tuple(folds)
+
+
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.catalog import Catalog
+    from models.formats import InstallOptions
     from models.install import install_models
     from models.installed import InstallError
 
@@ -88,7 +103,8 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         return _cmd_models_pull(args, models_dir)
     if args.models_cmd == "install":
         try:
-            installed = install_models(Path(args.path), models_dir)
+            options = InstallOptions(folds=_folds(args.folds))
+            installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -189,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "install", help="copy weight files from a folder into the models directory"
     )
     install.add_argument("path")
+    install.add_argument(
+        "--folds", help="nnU-Net models: folds to install, e.g. 0,1 or all (default: every trained fold)"
+    )
     pull = models_sub.add_parser(
         "pull", help="download a catalog model from its public source (TotalSegmentator: totalseg-*)"
     )

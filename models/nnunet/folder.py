@@ -90,12 +90,16 @@ def channel_form_name(name: str) -> str:
 
 
 def is_model_folder(path: Path) -> bool:
-    """True when ``path`` holds dataset.json, plans.json and at least one ``fold_*`` folder."""
+    """True when ``path`` looks like a trained model folder: dataset.json or plans.json or a ``fold_*``
+    folder, under a ``<Trainer>__<Plans>__<configuration>`` name. Whether it is a usable one is
+    :func:`read_model_folder`'s to say (so an incomplete folder gets an error naming what is missing)."""
     path = Path(path)
+    if not path.is_dir() or len(path.name.split("__")) != 3:
+        return False
     return (
         (path / DATASET_JSON).is_file()
-        and (path / PLANS_JSON).is_file()
-        and any(p.is_dir() and _FOLD.fullmatch(p.name) for p in path.iterdir())
+        or (path / PLANS_JSON).is_file()
+        or any(p.is_dir() and _FOLD.fullmatch(p.name) for p in path.iterdir())
     )
 
 

@@ -217,7 +217,14 @@ def install_nnunet(source: Path, models_dir: Path, options: InstallOptions | Non
     scratch = Path(tempfile.mkdtemp(prefix=".nnunet-zip.", dir=models_dir))
     try:
         _extract_zip(source, scratch)
-        folders = sorted({p.parent for p in scratch.rglob(PLANS_JSON) if is_model_folder(p.parent)})
+        folders = sorted(
+            {
+                p.parent
+                for name in (PLANS_JSON, DATASET_JSON)
+                for p in scratch.rglob(name)
+                if is_model_folder(p.parent)
+            }
+        )
         if not folders:
             raise NnunetError(f"{source.name}: no <Trainer>__<Plans>__<configuration>/ model folder inside")
         return [path for folder in folders for path in install_model_folder(folder, models_dir, options)]

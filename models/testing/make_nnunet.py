@@ -17,7 +17,7 @@ What it does, for each kind:
      ``regions_class_order`` [1, 2]; the abdominal and spleen cases have no tumour.
 2. Plans and preprocesses it with nnU-Net's Python API (``extract_fingerprints``, ``plan_experiments``,
    ``preprocess``), after shrinking the planned 3d_fullres configuration to a CPU-sized one (target spacing
-   4 mm unless ``--spacing``, patch 16x32x32, 3 stages, 4..16 features). Editing plans.json is how nnU-Net
+   6 mm unless ``--spacing``, patch 16x32x32, 3 stages, 4..16 features). Editing plans.json is how nnU-Net
    expects plans to be customised; everything else (normalisation, resampling, intensity statistics,
    transposition) is nnU-Net's own plan.
 3. Writes each fold's ``checkpoint_final.pth`` in nnU-Net's checkpoint format from the plans (nnU-Net's
@@ -47,7 +47,7 @@ KINDS = {"single": 991, "multi": 992, "regions": 993}
 NAMES = {"single": "TinyCT", "multi": "TinyCT2ch", "regions": "TinyCTRegions"}
 TRAINER_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 ITERATIONS = 4
-SPACING = (4.0, 4.0, 4.0)  # (z, y, x) mm: a few dozen windows per case, seconds on 2 cores
+SPACING = (6.0, 6.0, 6.0)  # (z, y, x) mm: a few overlapping windows per case, seconds on 2 cores
 PATCH = (16, 32, 32)
 
 
@@ -230,6 +230,7 @@ def make(
     data: Path,
     train: bool = False,
     spacing: tuple[float, ...] = SPACING,
+    patch: tuple[int, ...] = PATCH,
 ) -> Path:
     """Build the model of ``kind`` under ``out`` (target spacing ``spacing``, z y x mm); returns its trained
     model folder."""
@@ -245,7 +246,7 @@ def make(
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
     plan_experiments([dataset_id])
     pre = Path(nnUNet_preprocessed) / raw.name
-    shrink_plans(pre / "nnUNetPlans.json", spacing)
+    shrink_plans(pre / "nnUNetPlans.json", spacing, patch)
     model_folder = Path(nnUNet_results) / raw.name / TRAINER_DIR
     if not train:
         model_folder.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default="single,multi,regions")
     parser.add_argument("--folds", default="0")
     parser.add_argument("--data", type=Path, default=None, help="shared/data folder")
-    parser.add_argument("--spacing", default="4,4,4", help="target spacing z,y,x in mm")
+    parser.add_argument("--spacing", default="6,6,6", help="target spacing z,y,x in mm")
+    parser.add_argument("--patch", default="16,32,32", help="patch size z,y,x (each divisible by 4)")
     parser.add_argument(
         "--train", action="store_true", help="train each fold (slow) instead of writing initial checkpoints"
     )
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in KINDS:
             parser.error(f"--kinds: unknown kind {kind!r}, choose from {sorted(KINDS)}")
         spacing = tuple(float(v) for v in args.spacing.split(","))
-        folder = make(kind, out, folds, args.data or shared_data(), train=args.train, spacing=spacing)
+        patch = tuple(int(v) for v in args.patch.split(","))
+        folder = make(kind, out, folds, args.data or shared_data(), args.train, spacing, patch)
         print(f"{kind}\t{folder}")
     return 0
 
