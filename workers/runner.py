@@ -154,11 +154,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             lease.report(0.05 + 0.85 * fraction)
 
         is_cancelled = _cancel_checker(settings, job.id)
-        if channels:
-            from models.bundle.predictor import BundlePredictor
-
-            if not isinstance(predictor, BundlePredictor):
-                raise ModelUnavailable(f"model {card.id} lists input channels but is not a MONAI bundle")
+        if channels:  # formats with input channels (MONAI bundles, nnU-Net) take the volumes in card order
             labels = predictor.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
         else:
             labels = predictor.predict(image, on_progress=on_progress, is_cancelled=is_cancelled)

@@ -230,6 +230,7 @@ def make(
     data: Path,
     train: bool = False,
     spacing: tuple[float, ...] = SPACING,
+    patch: tuple[int, ...] = PATCH,
 ) -> Path:
     """Build the model of ``kind`` under ``out`` (target spacing ``spacing``, z y x mm); returns its trained
     model folder."""
@@ -245,7 +246,7 @@ def make(
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
     plan_experiments([dataset_id])
     pre = Path(nnUNet_preprocessed) / raw.name
-    shrink_plans(pre / "nnUNetPlans.json", spacing)
+    shrink_plans(pre / "nnUNetPlans.json", spacing, patch)
     model_folder = Path(nnUNet_results) / raw.name / TRAINER_DIR
     if not train:
         model_folder.mkdir(parents=True, exist_ok=True)
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", default="0")
     parser.add_argument("--data", type=Path, default=None, help="shared/data folder")
     parser.add_argument("--spacing", default="6,6,6", help="target spacing z,y,x in mm")
+    parser.add_argument("--patch", default="16,32,32", help="patch size z,y,x (each divisible by 4)")
     parser.add_argument(
         "--train", action="store_true", help="train each fold (slow) instead of writing initial checkpoints"
     )
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in KINDS:
             parser.error(f"--kinds: unknown kind {kind!r}, choose from {sorted(KINDS)}")
         spacing = tuple(float(v) for v in args.spacing.split(","))
-        folder = make(kind, out, folds, args.data or shared_data(), train=args.train, spacing=spacing)
+        patch = tuple(int(v) for v in args.patch.split(","))
+        folder = make(kind, out, folds, args.data or shared_data(), args.train, spacing, patch)
         print(f"{kind}\t{folder}")
     return 0
 
