@@ -18,7 +18,7 @@ on), and each peak is that process's VmHWM (``ru_maxrss`` of the waited child; n
 starts worker processes for preprocessing and export, whose peaks are separate and shown as its children's):
   (a) nnU-Net: ``nnUNetv2_predict_from_modelfolder -i IN -o OUT -m MODEL -f 0 1 -device DEV`` (its defaults:
       step 0.5, Gaussian, mirroring; ``-npp 1 -nps 1``).
-  (b) service: ``python -m bench.nnunet --service-child``: ``segserve.imaging.readers.read_image``, the model
+  (b) service: ``python -m bench.nnunet --service-child``: ``segserve.scans.readers.read_image``, the model
       installed with ``models.install.install_models`` into a models dir beforehand (not timed), then
       ``models.predictor.load_predictor(card, models_dir, device).predict(volume)``.
 On the CPU both use ``os.cpu_count()`` torch threads (nnU-Net's command sets that itself). The sides alternate
@@ -62,7 +62,7 @@ def service_child(args: argparse.Namespace) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     from models.catalog import Catalog
     from models.predictor import load_predictor
-    from segserve.imaging.readers import read_image
+    from segserve.scans.readers import read_image
 
     models_dir = Path(args.models_dir)
     volume = read_image([Path(args.image)])

@@ -38,7 +38,7 @@ def main() -> int:
     from models.catalog import Catalog
     from models.totalseg import pull, tasks
     from models.totalseg.predictor import TotalSegPredictor, validate_staged
-    from segserve.imaging.readers import read_image
+    from segserve.scans.readers import read_image
     from tests.support.totalseg_standin import write_release
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_totalseg_"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.predictor import load_predictor
-from segserve.imaging.readers import read_channels
+from segserve.scans.readers import read_channels
 from tests.support.nnunet import images_dir, model_folder, nnunet_models
 from tests.support.stack import Stack, wait_job
 
