@@ -17,9 +17,11 @@ Steps (every one names the config element that fails):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ class Pipeline:
     last_path: str = ""  # which path the last case took: "labels" or "monai" (for tests and logs)
 
 
-def _cuda_to(value: Any, device: str) -> Any:
+def cuda_to(value: Any, device: str) -> Any:
     if isinstance(value, str) and value.startswith("$"):
         for quote in ("'", '"'):
             value = value.replace(
@@ -85,10 +87,26 @@ def _cuda_to(value: Any, device: str) -> Any:
             )
         return value
     if isinstance(value, dict):
-        return {k: _cuda_to(v, device) for k, v in value.items()}
+        return {k: cuda_to(v, device) for k, v in value.items()}
     if isinstance(value, list):
-        return [_cuda_to(v, device) for v in value]
+        return [cuda_to(v, device) for v in value]
     return value
+
+
+@contextlib.contextmanager
+def _bundle_on_path(directory: Path) -> Iterator[None]:
+    """The bundle root on ``sys.path`` while MONAI builds a trusted bundle, as MONAI's runner puts it there
+    (ConfigWorkflow.run), so ``scripts.my_transforms.X`` resolves to *this* bundle's scripts: modules of
+    that name already loaded from another bundle are dropped first (every Zoo bundle calls it "scripts")."""
+    names = {p.stem for p in directory.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]
+    sys.path.insert(1, str(directory))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(directory))
 
 
 def _monai_id(where: str) -> str:
@@ -161,15 +179,41 @@ def load_weights(network: nn.Module, file: Path, key: str | None, device: torch.
     return network.to(device).eval()
 
 
+def numpy_safe_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` needs to read numpy arrays (data, no code): published DiNTS
+    bundles keep their searched architecture (``search_code_*.pt``) as numpy arrays, which torch >= 2.6
+    refuses by default; MONAI's runner on this torch fails on them the same way."""
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    core = np._core if hasattr(np, "_core") else np.core
+    reconstruct = getattr(core, "multiarray")._reconstruct  # noqa: B009 (numpy 1 and 2 differ)
+    return [reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeline:
+    """MONAI's components of the bundle at ``directory``; see :func:`_build`. A trusted bundle is built
+    with its root on ``sys.path`` (scripts/) and numpy arrays readable by torch.load(weights_only=True)."""
+    directory = Path(directory).resolve()
+    if not trusted:
+        return _build(directory, device, trusted)
+    with _bundle_on_path(directory), torch.serialization.safe_globals(numpy_safe_globals()):
+        return _build(directory, device, trusted)
+
+
+def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
     """MONAI's components of the bundle at ``directory`` (its configs as they are on disk).
 
     Raises:
         BundleError: the bundle runs code and is not ``trusted``; an element cannot be honoured or built;
             the weights are missing or do not fit. The message names the element.
     """
-    directory = Path(directory).resolve()
     info = read_bundle(directory)
+    if len(info.input_keys) > 1 and "label" in info.input_keys:
+        raise BundleError(
+            f"cannot be honoured: preprocessing LoadImaged keys {list(info.input_keys)}: its inference "
+            "reads a 'label' (reference segmentation) for every case, which a segmentation job does not have"
+        )
     config = without_saving(load_config(directory / info.config_path))
     workdir = tempfile.TemporaryDirectory(prefix="segserve-bundle-")
     overrides: dict[str, Any] = {
@@ -185,17 +229,18 @@ def build(directory: Path, device: str = "cpu", trusted: bool = False) -> Pipeli
     if scan.executes_code and not trusted:
         raise BundleError(str(refusal(scan)))
     if scan.executes_code:
-        parsed_config = config if torch.device(device).type == "cuda" else _cuda_to(config, device)
+        parsed_config = config if torch.device(device).type == "cuda" else cuda_to(config, device)
     else:
         parsed_config = {k: config[k] for k in scan.used}
     parser = ConfigParser(parsed_config)
     for name, value in overrides.items():
         parser[name] = value
+    network: Any = _parsed(parser, scan.network_root) if scan.network_root in config else None
+    if network is not None and not isinstance(network, nn.Module):
+        raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
     file, key = _weights(parsed_config, parser, directory, overrides, trusted)
-    if scan.network_root in config:
-        network = _parsed(parser, scan.network_root)
-        if not isinstance(network, nn.Module):
-            raise BundleError(f"{scan.network_root} is a {type(network).__name__}, not a torch network")
+    if network is not None:
+        pass
     elif file.suffix == ".ts":
         network = nn.Identity()  # replaced by the TorchScript module
     else:
@@ -235,17 +280,22 @@ def post_transforms(pipeline: Pipeline) -> list[Any]:
 
 def probe_labels(pipeline: Pipeline, channel_names: Mapping[int, str], out_channels: int) -> dict[int, str]:
     """Label value -> name of what the bundle writes, found by running its post-processing (Invertd left out:
-    no grid here) on one voxel per output channel where only that channel is on (logit +10, others -10).
+    no grid here) on one row of voxels per output channel where only that channel is on (logit +10,
+    others -10).
 
     Channel c's name goes to the value its voxel becomes (BraTS: TC -> 1, WT -> 2, ET -> 4 through its
     Lambdad). Raises BundleError when the chain does not give one label value per voxel.
     """
     from monai.data import MetaTensor
 
-    logits = torch.full((out_channels, out_channels, 1, 1), -10.0)
+    # (C, C, 2, 2), no axis of size 1: some scripts squeeze() their input (renal's MergeClassesd)
+    logits = torch.full((out_channels, max(out_channels, 2), 2, 2), -10.0)
     for channel in range(out_channels):
         logits[channel, channel] = 10.0
-    data: Any = {"pred": MetaTensor(logits), IMAGE_KEY: MetaTensor(torch.zeros(1, out_channels, 1, 1))}
+    data: Any = {
+        "pred": MetaTensor(logits),
+        IMAGE_KEY: MetaTensor(torch.zeros(1, max(out_channels, 2), 2, 2)),
+    }
     try:
         for step in post_transforms(pipeline):
             if short_target(type(step).__name__) in ("Invertd", "SaveImaged"):
@@ -276,7 +326,8 @@ def tiny_forward(pipeline: Pipeline, device: str = "cpu") -> int:
         roi: Any = inferer.roi_size
         roi_list = [int(r) for r in roi] if isinstance(roi, list | tuple) else [int(roi)] * 3
         size = [min(32, r) if r > 0 else 32 for r in roi_list]
-    x = torch.zeros(1, len(pipeline.info.input_channels), *size, device=torch.device(device))
+    channels = pipeline.info.network_in_channels or len(pipeline.info.input_channels)
+    x = torch.zeros(1, channels, *size, device=torch.device(device))
     try:
         with torch.no_grad():
             out = pipeline.network(x)

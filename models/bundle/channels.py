@@ -47,11 +47,15 @@ def input_channels(image: dict[str, Any], network_in: object, where: str) -> tup
         raise BundleError(
             f"{where}: inputs.image.num_channels must be 1..{MAX_INPUT_CHANNELS}, got {count!r}"
         )
-    if network_in is not None and network_in != count:
+    if network_in is not None and network_in != image.get("num_channels", count):
         raise BundleError(
             f"{where}: inputs.image has {count} channels but network_def.in_channels is {network_in}"
         )
     channel_def = image.get("channel_def")
+    if isinstance(channel_def, dict) and 0 < len(channel_def) < count:
+        # the channels beyond channel_def are made by the pre-processing (DeepEdit: 1 image + 2 click
+        # guidance channels), so a case gives only the named ones
+        count = len(channel_def)
     if not isinstance(channel_def, dict) or len(channel_def) != count:
         return tuple(f"channel{i}" for i in range(count)) if count > 1 else ("image",)
     try:
@@ -91,8 +95,8 @@ def output_labels(pred: dict[str, Any], sigmoid: bool, where: str) -> dict[int, 
         raise BundleError(f"{where}: outputs.pred needs channel_def or num_channels >= 2, got {pred!r}")
     if sorted(names) != list(range(len(names))):
         raise BundleError(f"{where}: output channels must be 0..N-1, got {sorted(names)}")
-    if isinstance(count, int) and count != len(names):
-        raise BundleError(f"{where}: num_channels is {count} but channel_def names {len(names)} channels")
+    # num_channels disagreeing with channel_def (vista3d: 1 vs 133 names) is left as MONAI leaves it: the
+    # label values the bundle really writes are probed at install (models.bundle.build.probe_labels)
     if not sigmoid:
         return names
     if len(names) > MAX_SIGMOID_REGIONS:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.bundle.channels import BundleError, input_channels, output_labels
+from models.bundle.channels import BundleError, channel_form_name, input_channels, output_labels
 
 __all__ = ["BundleError", "BundleInfo", "find_config", "is_bundle_dir", "load_config", "read_bundle"]
 
@@ -61,6 +61,8 @@ class BundleInfo:
     run_id: str
     orientation: str | None = None
     spacing_mm: tuple[float, ...] | None = None
+    input_keys: tuple[str, ...] = ("image",)
+    network_in_channels: int | None = None  # metadata num_channels: what the network takes
 
 
 def find_config(directory: Path) -> str | None:
@@ -126,6 +128,29 @@ def _plain_step(config: dict[str, Any], name: str, key: str) -> Any:
     return None
 
 
+def load_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    """The keys the first LoadImaged reads (plain names or plain @references), ("image",) otherwise.
+
+    One key: the case's volumes go there (a list for several channels, as BraTS's datalist). Several keys
+    (renalStructures: artery, vein, excret): one volume per key, in that order, named by the keys."""
+    pre = config.get("preprocessing")
+    items = pre.get("transforms") if isinstance(pre, dict) else pre
+    for item in items if isinstance(items, list) else []:
+        target = item.get("_target_") if isinstance(item, dict) else None
+        if isinstance(target, str) and target.rsplit(".", 1)[-1] == "LoadImaged":
+            keys = item.get("keys")
+            keys = keys if isinstance(keys, list) else [keys]
+            plain = []
+            for key in keys:
+                if isinstance(key, str) and key.startswith("@") and isinstance(config.get(key[1:]), str):
+                    key = config[key[1:]]
+                if not isinstance(key, str) or key.startswith(("$", "@", "%")):
+                    return ("image",)
+                plain.append(key)
+            return tuple(plain) or ("image",)
+    return ("image",)
+
+
 def _sigmoid(config: dict[str, Any]) -> bool:
     post = config.get("postprocessing")
     items = post.get("transforms") if isinstance(post, dict) else post
@@ -161,7 +186,11 @@ def read_bundle(directory: Path) -> BundleInfo:
     network = config.get("network_def", config.get("network"))
     target = network.get("_target_") if isinstance(network, dict) else None
     in_channels = network.get("in_channels") if isinstance(network, dict) else None
-    channels = input_channels(image, in_channels if isinstance(in_channels, int) else None, meta_where)
+    keys = load_keys(config)
+    if len(keys) > 1:  # one volume per LoadImaged key, named by the keys
+        channels = tuple(channel_form_name(k) or f"channel{i}" for i, k in enumerate(keys) if k != "label")
+    else:
+        channels = input_channels(image, in_channels if isinstance(in_channels, int) else None, meta_where)
     modality = str(image.get("modality") or ("CT" if image.get("format") == "hounsfield" else "unknown"))
     run_id = next((r for r in RUN_IDS if r in config), "run")
     return BundleInfo(
@@ -177,6 +206,8 @@ def read_bundle(directory: Path) -> BundleInfo:
         network_target=target.rsplit(".", 1)[-1] if isinstance(target, str) and "$" not in target else "",
         roi_size=_plain_roi(config),
         run_id=run_id,
+        input_keys=keys,
+        network_in_channels=image.get("num_channels") if isinstance(image.get("num_channels"), int) else None,
         orientation=axcodes
         if isinstance(axcodes := _plain_step(config, "Orientationd", "axcodes"), str)
         else None,

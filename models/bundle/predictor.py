@@ -97,7 +97,12 @@ def run_case(
     from monai.transforms import apply_transform
 
     report = report or (lambda _fraction: None)
-    data: dict[str, Any] = {IMAGE_KEY: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
+    keys = pipeline.info.input_keys
+    data: dict[str, Any]
+    if len(keys) > 1:  # one volume per LoadImaged key (e.g. contrast phases)
+        data = {key: str(path) for key, path in zip(keys, paths, strict=True)}
+    else:  # one key: a file, or the list of channel files (stacked by LoadImaged, as BraTS's datalist)
+        data = {keys[0]: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
     data = pipeline.preprocessing(data)
     report(_PRE)
     batch = list_data_collate([data])

@@ -64,7 +64,7 @@ def label_steps(pipeline: Pipeline) -> int | None:
     """How many leading post-processing steps the label path replaces (1 or 2), or None: not exact here."""
     from monai.inferers import SlidingWindowInferer
 
-    inferer = pipeline.inferer
+    inferer: Any = pipeline.inferer
     if type(inferer) is not SlidingWindowInferer or inferer.with_coord:
         return None
     if str(inferer.mode) not in ("gaussian", "constant"):
@@ -96,7 +96,7 @@ def stitched_pred(
     from monai.data import MetaTensor
     from monai.utils import fall_back_tuple
 
-    inferer = pipeline.inferer
+    inferer: Any = pipeline.inferer
     spatial = tuple(int(s) for s in image.shape[2:])
     roi = fall_back_tuple(inferer.roi_size, spatial)
     overlap = _overlap(inferer)

@@ -112,7 +112,7 @@ def weights_loader(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def join_value(text: str, config: dict[str, Any], overrides: dict[str, Any]) -> str | None:
+def join_value(text: str, config: dict[str, Any], overrides: dict[str, Any], depth: int = 0) -> str | None:
     """The value of ``$@a + '/models/' + @b`` when every part is a plain string (no code), else None."""
     body = text.strip()
     if not body.startswith("$"):
@@ -131,6 +131,8 @@ def join_value(text: str, config: dict[str, Any], overrides: dict[str, Any]) -> 
             value = overrides[ref] if ref in overrides else lookup(config, parts)
         except KeyError:
             return None
+        if isinstance(value, str) and value.startswith("$") and depth < 8:
+            value = join_value(value, config, overrides, depth + 1)  # "$@checkpoint" -> its own join
         if not isinstance(value, str) or value.startswith(("$", "@", "%")):
             return None
         pieces.append(value)

@@ -35,11 +35,14 @@ def seeded_network(bundle: Path, seed: int = 0, key: str = "network_def") -> tor
     ``torch.manual_seed(seed)`` initial weights and non-trivial normalisation statistics, in eval mode."""
     from monai.bundle import ConfigParser
 
+    from models.bundle.build import cuda_to, numpy_safe_globals
+
     info = read_bundle(bundle)
-    parser = ConfigParser(load_config(bundle / info.config_path))
+    parser = ConfigParser(cuda_to(load_config(bundle / info.config_path), "cpu"))  # DiNTS: CUDA-only config
     parser["bundle_root"] = str(bundle)
     torch.manual_seed(seed)
-    network = parser.get_parsed_content(key)
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+        network = parser.get_parsed_content(key)
     with torch.no_grad():
         for module in network.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:

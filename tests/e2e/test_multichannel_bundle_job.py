@@ -74,7 +74,7 @@ def test_channels_in_the_catalog_and_a_job_gives_the_exact_label_map(
     assert np.array_equal(np.asarray(labels.dataobj), expected)
     # the viewer's scan is the first channel (T1c)
     assert np.array_equal(np.asarray(nib.load(shown).dataobj), np.asarray(nib.load(paths["t1c"]).dataobj))
-    assert {r["label"]: r["dice"] for r in metrics["structures"]} == {1: 1.0, 2: 1.0, 3: 1.0}
+    assert {r["label"]: r["dice"] for r in metrics["structures"]} == {1: 1.0, 2: 1.0, 4: 1.0}
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from models.bundle.config import BundleError
-
 from models.catalog import Catalog, card_to_public
 from models.install import install_models
 from models.testing.make_bundle import write_unet_bundle

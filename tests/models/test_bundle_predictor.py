@@ -34,7 +34,10 @@ class Threshold(torch.nn.Module):
 def _predictor(tmp_path: Path, largest: list[int] | None = None, **bundle_args: object) -> BundlePredictor:
     """The bundle's own MONAI pipeline (built from its config) with the Threshold network swapped in."""
     bundle = write_unet_bundle(
-        tmp_path / "threshold", window=(0.0, 100.0), largest_component=largest, **bundle_args  # type: ignore[arg-type]
+        tmp_path / "threshold",
+        window=(0.0, 100.0),
+        largest_component=largest,
+        **bundle_args,  # type: ignore[arg-type]
     )
     pipeline = build(bundle)
     pipeline.network = Threshold()

@@ -38,7 +38,12 @@ def test_brats_like_bundle_is_read(predictor: BundlePredictor) -> None:
     assert input_channels(card) == ("t1c", "t1", "t2", "flair")
     checked = check_bundle(info.directory, trust_code=True)
     # the values the bundle's own Lambdad writes, named after the channel each one comes from
-    assert checked["labels"] == {"0": "background", "1": "Tumor core", "2": "Whole tumor", "4": "Enhancing tumor"}
+    assert checked["labels"] == {
+        "0": "background",
+        "1": "Tumor core",
+        "2": "Whole tumor",
+        "4": "Enhancing tumor",
+    }
     assert checked["executes_code"] and "postprocessing#transforms#2#func" in checked["first_code_element"]
 
 
@@ -94,9 +99,9 @@ def test_segresnet_bundle_with_four_channels_loads_and_runs(tmp_path: Path) -> N
     path = bundle / "configs" / "inference.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "network_def": {"_target_": "SegResNet", **kwargs}}))
-    labels = BundlePredictor(card_from_bundle(read_bundle(bundle), tmp_path), build(bundle, trusted=True)).predict(
-        [Volume(c, AFFINE, "nifti") for c in brats_like_case((20, 18, 16))[0]]
-    )
+    labels = BundlePredictor(
+        card_from_bundle(read_bundle(bundle), tmp_path), build(bundle, trusted=True)
+    ).predict([Volume(c, AFFINE, "nifti") for c in brats_like_case((20, 18, 16))[0]])
     assert labels.shape == (20, 18, 16) and set(np.unique(labels)) <= {0, 1, 2, 4}
 
     path.write_text(
