@@ -1,8 +1,13 @@
-"""MONAI bundles (Model Zoo layout): read the configs, install with a manifest, build the network, predict.
+"""MONAI bundles (Model Zoo layout), run as MONAI runs them. One module per step:
 
-config.py     configs/metadata.json + configs/inference.json -> BundleSpec (torch-free)
-channels.py   input channel names and output labels from the metadata (torch-free)
-install.py    install into <models_dir>/bundles/<id>/ with a hash manifest; the catalog's cards
-network.py    the network from the spec, weights loaded strictly
-predictor.py  BundlePredictor: pre-processing, memory-bounded sliding window, back to the input grid
+config.py     read configs/metadata.json and configs/inference.json|yaml as data (torch-free, nothing
+              evaluated): the card's names, labels, input channels (channels.py)
+trust.py      which part of the config the service evaluates, and which of it runs code ($ expressions,
+              scripts/ or other non-MONAI components, imports); the first such element names the refusal
+              without --trust-code (torch-free)
+build.py      MONAI's ConfigParser builds preprocessing, network, inferer, postprocessing with the service's
+              overrides; weights loaded strictly; tiny forward pass; label values probed
+install.py    install = check (build.py) + copy with a hash manifest (trust, installer, labels); the cards
+stitching.py  the memory-bounded label path where it is exact (SlidingWindowInferer + argmax first)
+predictor.py  BundlePredictor: one case through the bundle's own pipeline, on the input's grid
 """

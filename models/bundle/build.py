@@ -215,6 +215,15 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
             "reads a 'label' (reference segmentation) for every case, which a segmentation job does not have"
         )
     config = without_saving(load_config(directory / info.config_path))
+    evaluator = config.get("evaluator")
+    runner_target = evaluator.get("_target_") if isinstance(evaluator, dict) else "SupervisedEvaluator"
+    if short_target(runner_target) != "SupervisedEvaluator":
+        # the service runs SupervisedEvaluator's steps (predictor.run_case); another evaluator (vista3d's
+        # prompt-driven Vista3dEvaluator) calls the inferer differently
+        raise BundleError(
+            f"cannot be honoured: evaluator#_target_: {runner_target} (the service runs a case as MONAI's "
+            "SupervisedEvaluator does)"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="segserve-bundle-")
     overrides: dict[str, Any] = {
         "bundle_root": str(directory),
@@ -254,7 +263,6 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
 
         inferer = SimpleInferer()
     postprocessing = _parsed(parser, "postprocessing") if "postprocessing" in config else Compose([])
-    evaluator = config.get("evaluator")
     amp = bool(evaluator.get("amp", False)) if isinstance(evaluator, dict) else False
     for name, part in (("preprocessing", preprocessing), ("postprocessing", postprocessing)):
         if not callable(part):

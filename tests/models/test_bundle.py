@@ -228,3 +228,17 @@ def test_forward_failure_is_an_install_error(tmp_path: Path) -> None:
     (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match=r"network_def\.in_channels is 1|fails on a \(1, 2"):
         install_models(bundle, tmp_path / "models")
+
+
+def test_what_the_service_cannot_run_is_refused_at_install_even_when_trusted(tmp_path: Path) -> None:
+    trusted = InstallOptions(trust_code=True)
+    bundle = write_unet_bundle(tmp_path / "prompted")
+    _edit(bundle, evaluator={"_target_": "scripts.evaluator.Vista3dEvaluator", "device": "@device"})
+    with pytest.raises(BundleError, match=r"cannot be honoured: evaluator#_target_: scripts\.evaluator"):
+        install_models(bundle, tmp_path / "models", options=trusted)
+    needs_label = write_unet_bundle(tmp_path / "needs_label")
+    config = json.loads((needs_label / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"][0]["keys"] = ["image", "label"]
+    (needs_label / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=r"LoadImaged keys \['image', 'label'\].*reads a 'label'"):
+        install_models(needs_label, tmp_path / "models", options=trusted)
