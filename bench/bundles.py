@@ -192,7 +192,7 @@ def _run_side(
         env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout)[-1500:]}
+        return {"error": f"exit {proc.returncode}: " + (proc.stderr or proc.stdout)[-1500:]}
     return dict(json.loads((out / "result.json").read_text()))
 
 
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for side, label in (("service", "service"), ("monai", BASELINE)):
             r = res[side]
             if "error" in r:
-                print(f"| {name} | {label} | error: {r['error'].splitlines()[-1][:80]} | | | |")
+                last = (r["error"].strip().splitlines() or ["killed"])[-1][:80]
+                print(f"| {name} | {label} | error: {last} | | | |")
                 continue
             cells = [r["seconds"], r["load_s"], r["peak_rss_gb"], r["peak_gpu_gb"]]
             print(f"| {name} | {label} | " + " | ".join(_fmt(c) for c in cells) + " |")
