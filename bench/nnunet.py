@@ -10,7 +10,8 @@ Model: a real nnU-Net v2 model made by ``models.testing.make_nnunet`` (nnU-Net's
 ``../shared/data``, 4 classes, network built from the plans, 2 folds ensembled, mirroring on all three axes),
 target spacing 1.5 mm and patch 64x128x128 unless ``--spacing`` / ``--patch``; or ``--model FOLDER``, any
 trained model folder (single-channel). Input: the real abdominal CT (``ct/abdomen-totalseg``, 122x101x30,
-3 mm) resampled (trilinear, same field of view) to ``--size`` voxels, 512x512x400 by default, int16 NIfTI.
+3 mm) resampled (trilinear) to 0.75 x 0.75 x 1.0 mm and mirrored at its borders up to ``--size`` voxels,
+512x512x400 by default, int16 NIfTI.
 
 Both sides run as fresh processes, so each time includes Python imports, reading the NIfTI, loading every
 fold, prediction and the label map (written by nnU-Net; in memory for the service side, as a worker hands it
@@ -101,7 +102,8 @@ def _make_model(work: Path, spacing: str, patch: str) -> Path:
 
 
 def _make_input(path: Path, size: tuple[int, int, int]) -> None:
-    """The abdominal CT resampled to ``size`` voxels over the same field of view (int16 NIfTI)."""
+    """A CT of ``size`` voxels at 0.75 x 0.75 x 1.0 mm (a common clinical grid) from the real abdominal CT:
+    resampled (trilinear) to that spacing, then mirrored at its borders up to ``size`` (int16 NIfTI)."""
     import nibabel as nib
     from scipy.ndimage import zoom
 
@@ -109,9 +111,12 @@ def _make_input(path: Path, size: tuple[int, int, int]) -> None:
 
     image: Any = nib.load(DATA / "ct" / "abdomen-totalseg" / "example_ct_sm.nii.gz")
     data = np.asarray(image.dataobj, dtype=np.float32)
-    factors = [s / d for s, d in zip(size, data.shape, strict=True)]
-    big = zoom(data, factors, order=1).astype(np.int16)
-    affine = image.affine @ np.diag([1 / f for f in factors] + [1.0])
+    spacing = np.array([0.75, 0.75, 1.0])
+    factors = np.asarray(image.header.get_zooms()[:3], dtype=float) / spacing
+    fine = zoom(data, factors, order=1)
+    pad = [(0, max(0, s - f)) for s, f in zip(size, fine.shape, strict=True)]
+    big = np.pad(fine, pad, mode="symmetric")[: size[0], : size[1], : size[2]].astype(np.int16)
+    affine = image.affine @ np.diag([*(1 / factors), 1.0])
     out = nib.Nifti1Image(big, affine)
     out.header.set_xyzt_units("mm")
     nib.save(out, path)

@@ -14,6 +14,8 @@ Public interface (stable; other rooms, e.g. TotalSegmentator's, build on it):
   network built from the plans, weights loaded, one forward pass), ``load_checkpoint``, ``build_network``.
 - :mod:`models.nnunet.geometry`: ``nnunet_input(volumes) -> ((C, z, y, x) float32, properties)`` as
   nnU-Net's SimpleITK reader gives them; ``labels_to_volume_grid(labels_zyx)``.
+- :mod:`models.nnunet.export`: ``logits_to_labels(logits, plans_manager, configuration_manager,
+  label_manager, properties)``: nnU-Net's export to the original grid, one output channel at a time.
 - :mod:`models.nnunet.predictor` (torch, nnunetv2): ``NnunetRunner(folder, folds, device)`` with
   ``predict(volumes, on_progress=, is_cancelled=) -> labels (I, J, K)`` on the first volume's grid (nnU-Net's
   label values), and ``NnunetPredictor`` (the catalog's predictor: ``load(card, models_dir, device)``).

@@ -2,22 +2,23 @@
 
 Pipeline for one case (C input channels on one grid):
     C x (I, J, K) --transpose to nnU-Net's (z, y, x), spacing reversed (models.nnunet.geometry)-->
-    nnUNetPredictor.predict_single_npy_array: its preprocessing (crop to non-zero, normalisation, resampling
-    to the plans' spacing), sliding window with Gaussian weighting and test-time mirroring as the checkpoint
-    allows, folds averaged, then convert_predicted_logits_to_segmentation_with_correct_shape (logits
-    resampled to the original shape, softmax argmax or sigmoid regions, un-cropped) --> (z, y, x)
-    --transpose--> (I, J, K)
+    nnU-Net's steps of nnUNetPredictor.predict_single_npy_array: its preprocessing adapter (crop to
+    non-zero, normalisation, resampling to the plans' spacing), predict_logits_from_preprocessed_data
+    (sliding window with Gaussian weighting, test-time mirroring as the checkpoint allows, folds averaged),
+    then the export (logits resampled to the original shape, softmax argmax or sigmoid regions, un-cropped)
+    --> (z, y, x) --transpose--> (I, J, K)
 
-Everything between the two transposes is nnU-Net's code, unchanged, so the labels equal what
+Everything but the export is nnU-Net's code, unchanged; the export is nnU-Net's
+convert_predicted_logits_to_segmentation_with_correct_shape done one output channel at a time with
+nnU-Net's own resampling function (:mod:`models.nnunet.export`), so the labels equal what
 ``nnUNetv2_predict`` writes for the same file and model folder. What we add: each sliding-window step
 (each fold's) is reported as progress, and ``is_cancelled`` is checked before every step; when it says stop,
 the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
 once nnU-Net's window loop has ended (so its producer thread ends too).
 
-Memory: nnU-Net keeps the whole case in memory: the float32 image (twice while preprocessing), the
-float16 logits of every output channel on the resampled grid (on the CPU unless the device is CUDA), and while
-exporting the logits resampled to the original grid in float32. So the peak grows with (output channels x
-voxels); ``bench/nnunet.py`` measures it.
+Memory: nnU-Net keeps the whole case in memory: the float32 image (twice while preprocessing) and the float16
+logits of every output channel on the model's grid (on the CPU unless the device is CUDA). The export holds
+one channel at a time on the original grid instead of all of them; ``bench/nnunet.py`` measures the peak.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.nnunet.export import logits_to_labels
 from models.nnunet.geometry import labels_to_volume_grid, nnunet_input
 from segserve.imaging.volume import Volume
 
@@ -155,7 +158,31 @@ class NnunetRunner:
         report(0.0)
         threads = torch.get_num_threads()
         try:
-            labels = runner.predict_single_npy_array(image, properties, None, None, False)
+            # predict_single_npy_array's steps, with the export one channel at a time (models.nnunet.export)
+            adapter = PreprocessAdapterFromNpy(
+                [image],
+                [None],
+                [properties],
+                [None],
+                runner.plans_manager,
+                runner.dataset_json,
+                runner.configuration_manager,
+                num_threads_in_multithreaded=1,
+                verbose=False,
+            )
+            case = next(adapter)
+            del image, adapter
+            logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()
+            del case["data"]
+            if stop():
+                raise Cancelled()
+            labels = logits_to_labels(
+                logits,
+                runner.plans_manager,
+                runner.configuration_manager,
+                runner.label_manager,
+                case["data_properties"],
+            )
         finally:
             torch.set_num_threads(threads)  # nnU-Net changes it and does not restore it on an exception
             runner.on_step, runner.is_cancelled = (lambda _d, _t: None), (lambda: False)
