@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import colorsys
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from models.card import ModelCard, WeightFile, file_sha256
+
+log = logging.getLogger(__name__)
 
 MANIFEST = ".segserve-manifest.json"
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -167,3 +171,25 @@ def unavailable_card(model_id: str, weights_format: str, reason: str) -> ModelCa
         citation="",
         params={"weights_format": weights_format, "unavailable_reason": reason},
     )
+
+
+def installed_cards(
+    root: Path, weights_format: str, read_card: Callable[[Path], ModelCard]
+) -> list[ModelCard]:
+    """The cards of the installed model folders directly under ``root`` (hidden staging folders skipped).
+
+    A folder ``read_card`` refuses (InstallError) is listed as a never-available card with the reason when
+    its name is a valid model id, and skipped with a warning otherwise.
+    """
+    if not root.is_dir():
+        return []
+    cards = []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            cards.append(read_card(directory))
+        except InstallError as exc:
+            if MODEL_ID.fullmatch(directory.name):
+                cards.append(unavailable_card(directory.name, weights_format, str(exc)))
+            else:
+                log.warning("skipping %s folder %r: %s", weights_format, directory.name, exc)
+    return cards

@@ -11,7 +11,6 @@ is listed as unavailable, with the reason.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,15 @@ from models.card import ModelCard, WeightFile
 from models.format import InstallOptions, ModelFormat
 from models.installed import (
     MANIFEST,
-    MODEL_ID,
     InstallError,
     checked_model_id,
     install_folder,
+    installed_cards,
     label_colors,
     manifest_files,
     model_files,
     read_manifest,
-    unavailable_card,
 )
-
-log = logging.getLogger(__name__)
 
 BUNDLES = "bundles"
 WEIGHTS_FORMAT = "monai-bundle"
@@ -107,19 +103,9 @@ def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
 
 def bundle_cards(models_dir: Path) -> list[ModelCard]:
     """Cards of the bundles under ``<models_dir>/bundles/``; unreadable ones as unavailable stubs."""
-    root = Path(models_dir) / BUNDLES
-    if not root.is_dir():
-        return []
-    cards = []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            cards.append(card_from_bundle(read_bundle(directory), models_dir))
-        except BundleError as exc:
-            if MODEL_ID.fullmatch(directory.name):
-                cards.append(unavailable_card(directory.name, WEIGHTS_FORMAT, str(exc)))
-            else:
-                log.warning("skipping bundle folder %r: %s", directory.name, exc)
-    return cards
+    return installed_cards(
+        Path(models_dir) / BUNDLES, WEIGHTS_FORMAT, lambda d: card_from_bundle(read_bundle(d), models_dir)
+    )
 
 
 def check_bundle(source: Path, trust_code: bool, device: str = "cpu") -> dict[str, Any]:

@@ -14,7 +14,6 @@ defaults), e.g. ``Dataset003_Liver-3d_fullres``.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 import zipfile
@@ -25,14 +24,12 @@ from models.card import ModelCard, WeightFile
 from models.format import InstallOptions, ModelFormat
 from models.installed import (
     MANIFEST,
-    MODEL_ID,
-    InstallError,
     checked_model_id,
     install_folder,
+    installed_cards,
     label_colors,
     manifest_files,
     read_manifest,
-    unavailable_card,
 )
 from models.nnunet.folder import (
     CHECKPOINT,
@@ -43,8 +40,6 @@ from models.nnunet.folder import (
     is_model_folder,
     read_model_folder,
 )
-
-log = logging.getLogger(__name__)
 
 NNUNET = "nnunet"
 WEIGHTS_FORMAT = "nnunet-v2"
@@ -129,20 +124,12 @@ def _installed_spec(directory: Path) -> tuple[NnunetSpec, dict[str, Any] | None]
 
 def nnunet_cards(models_dir: Path) -> list[ModelCard]:
     """Cards of the models under ``<models_dir>/nnunet/``; unreadable ones as unavailable stubs."""
-    root = Path(models_dir) / NNUNET
-    if not root.is_dir():
-        return []
-    cards = []
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            spec, manifest = _installed_spec(directory)
-            cards.append(card_from_spec(spec, manifest, f"{NNUNET}/{directory.name}"))
-        except InstallError as exc:
-            if MODEL_ID.fullmatch(directory.name):
-                cards.append(unavailable_card(directory.name, WEIGHTS_FORMAT, str(exc)))
-            else:
-                log.warning("skipping nnU-Net folder %r: %s", directory.name, exc)
-    return cards
+
+    def read_card(directory: Path) -> ModelCard:
+        spec, manifest = _installed_spec(directory)
+        return card_from_spec(spec, manifest, f"{NNUNET}/{directory.name}")
+
+    return installed_cards(Path(models_dir) / NNUNET, WEIGHTS_FORMAT, read_card)
 
 
 def install_model_folder(source: Path, models_dir: Path, options: InstallOptions) -> list[str]:
