@@ -126,17 +126,23 @@ def install_folder(
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, staging / rel)
         write_manifest(staging, extra)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{model_id}.old."))
-            os.replace(target, old / model_id)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_folder(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move the finished folder ``staging`` to ``target`` (same file system), replacing an older ``target``
+    by two renames, so that a reader sees the old folder or the new one, never a mixture."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+        os.replace(target, old / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
 
 
 def _same_content(source: Path, files: list[str], target: Path, extra: dict[str, Any]) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import urllib.request
@@ -23,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from models.card import ModelCard
-from models.installed import InstallError, write_manifest
+from models.installed import InstallError, replace_folder, write_manifest
 from models.totalseg import tasks
 
 CHUNK = 1 << 20
@@ -125,13 +124,7 @@ def pull(
                 "sources": sources,
             },
         )
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{card_id}.old."))
-            os.replace(target, old / card_id)
-            os.replace(home, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(home, target)
+        replace_folder(home, target)
     finally:
         shutil.rmtree(staging_models, ignore_errors=True)
     return target
