@@ -60,21 +60,14 @@ def _resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 def build_case(name: str, dest: Path) -> list[Path]:
     """The realistic-size input files of case ``name`` (one per channel, in the bundle's order)."""
     import nibabel as nib
-    from scipy.ndimage import uniform_filter
 
-    from models.testing.zoo import _load
+    from models.testing.zoo import _load, brats_like_channels
 
     dest.mkdir(parents=True, exist_ok=True)
     if name == "brats_mri_segmentation":
         arr, _ = _load(SHARED / "data" / "mri-lesion" / "brain-tumor" / "brain1_image.nrrd")
         t1c = _resample(arr, (240, 240, 155))
-        head = t1c > np.percentile(t1c, 20)
-        channels = {
-            "t1c": t1c,
-            "t1": uniform_filter(t1c, size=(3, 3, 3)),
-            "t2": np.where(head, t1c.max() - t1c, 0).astype(np.float32),
-            "flair": (t1c**2 / max(float(t1c.max()), 1.0)).astype(np.float32),
-        }
+        channels = brats_like_channels(t1c, smooth=(3, 3, 3))
         affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # 1 mm LPS-like grid, as BraTS volumes
         paths = []
         for key, data in channels.items():

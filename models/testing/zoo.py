@@ -55,6 +55,22 @@ ZOO_BUNDLES = (
 )
 
 
+def brats_like_channels(t1c: np.ndarray, smooth: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Four distinct, anatomy-following channels (BraTS order T1c, T1, T2, FLAIR) from one real MRI volume:
+    the scan, a box-smoothed copy (``smooth`` voxels), the head's inverted intensities and a squared contrast.
+    Every channel differs, so a swapped channel order changes a bundle's output."""
+    from scipy.ndimage import uniform_filter
+
+    t1c = t1c.astype(np.float32)
+    head = t1c > np.percentile(t1c, 20)
+    return {
+        "t1c": t1c,
+        "t1": uniform_filter(t1c, size=smooth),
+        "t2": np.where(head, t1c.max() - t1c, 0).astype(np.float32),
+        "flair": (t1c**2 / max(float(t1c.max()), 1.0)).astype(np.float32),
+    }
+
+
 def config_file(bundle: Path, name: str = "inference") -> Path:
     """``configs/<name>.json`` or ``.yaml`` / ``.yml`` of a bundle."""
     for ext in (".json", ".yaml", ".yml"):
@@ -264,15 +280,7 @@ def make_case(name: str, data: Path, dest: Path) -> Case:
     if name == "brats_mri_segmentation":
         arr, aff = _load(Path(data) / "mri-lesion" / "brain-tumor" / "brain1_image.nrrd")
         arr, aff = _crop(arr.astype(np.float32), aff, (40, 40, 0), (176, 176, 25))
-        from scipy.ndimage import uniform_filter
-
-        head = arr > np.percentile(arr, 20)
-        channels = {
-            "t1c": arr,
-            "t1": uniform_filter(arr, size=(3, 3, 1)),
-            "t2": np.where(head, arr.max() - arr, 0).astype(np.float32),
-            "flair": (arr**2 / max(float(arr.max()), 1.0)).astype(np.float32),
-        }
+        channels = brats_like_channels(arr, smooth=(3, 3, 1))
         paths = {k: _save(v, aff, dest / f"{k}.nii.gz") for k, v in channels.items()}
         return Case(paths, {"test_datalist": [{"image": [str(p) for p in paths.values()]}]})
     source, start, size = _CT_CROPS[name]

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.testing.zoo import Case, make_case, run_monai, seed_bundle
+from models.testing.zoo import ZOO_BUNDLES, Case, make_case, run_monai, seed_bundle
 from tests.support.paths import DATA, SHARED
 from tests.support.stack import Stack, wait_job
 
@@ -55,16 +55,6 @@ MONAI_FAILS_TOO = {"swin_unetr_btcv_segmentation"}
 HEAVY = {"multi_organ_segmentation", "vista3d"}
 # Known service bugs (exact failure, bundle-runtime at the merged commit); strict, so that a fix shows up.
 XFAIL: dict[str, str] = {}
-BUNDLES = [
-    "spleen_ct_segmentation",
-    "swin_unetr_btcv_segmentation",
-    "wholeBody_ct_segmentation",
-    "multi_organ_segmentation",
-    "renalStructures_CECT_segmentation",
-    "brats_mri_segmentation",
-    "vista3d",
-    "spleen_deepedit_annotation",
-]
 
 
 def _param(name: str) -> Any:
@@ -100,7 +90,7 @@ def _service_labels(stack: Stack, model: str, case: Case, out: Path) -> tuple[np
     return np.asarray(img.dataobj).squeeze(), np.asarray(img.affine), seconds
 
 
-@pytest.mark.parametrize("name", [_param(n) for n in BUNDLES])
+@pytest.mark.parametrize("name", [_param(n) for n in ZOO_BUNDLES])
 def test_service_agrees_with_monai_runner(name: str, stack: Stack, tmp_path: Path) -> None:
     if not (ZOO / name).is_dir():
         pytest.fail(f"{ZOO / name} is missing: the conformance suite covers every bundle of ../shared/zoo")
