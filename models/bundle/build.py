@@ -32,7 +32,15 @@ from monai.transforms import Compose
 from torch import nn
 
 from models.bundle.config import WEIGHTS_PT, WEIGHTS_TS, BundleError, BundleInfo, load_config, read_bundle
-from models.bundle.trust import Scan, join_value, scan_config, short_target, weights_loader, without_saving
+from models.bundle.trust import (
+    Scan,
+    join_value,
+    label_readers,
+    scan_config,
+    short_target,
+    weights_loader,
+    without_saving,
+)
 
 IMAGE_KEY = "image"  # MONAI's SupervisedEvaluator reads CommonKeys.IMAGE from each batch
 
@@ -209,12 +217,15 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
             the weights are missing or do not fit. The message names the element.
     """
     info = read_bundle(directory)
-    if len(info.input_keys) > 1 and "label" in info.input_keys:
+    config = without_saving(load_config(directory / info.config_path))
+    if "label" in info.input_keys and (readers := label_readers(config)):
+        # A label that only LoadImaged loads is fed a stand-in (models.bundle.predictor.case_data); one
+        # that another step reads would change the prediction, and a job has no such file.
         raise BundleError(
             f"cannot be honoured: preprocessing LoadImaged keys {list(info.input_keys)}: its inference "
-            "reads a 'label' (reference segmentation) for every case, which a segmentation job does not have"
+            f"reads a 'label' (reference segmentation) for every case and uses it in {readers[0]}, and a "
+            "segmentation job does not have one"
         )
-    config = without_saving(load_config(directory / info.config_path))
     evaluator = config.get("evaluator")
     runner_target = evaluator.get("_target_") if isinstance(evaluator, dict) else "SupervisedEvaluator"
     if short_target(runner_target) != "SupervisedEvaluator":

@@ -85,6 +85,24 @@ def write_inputs(volumes: Sequence[Volume], directory: Path) -> list[Path]:
     return paths
 
 
+def case_data(keys: Sequence[str], paths: Sequence[Path]) -> dict[str, Any]:
+    """The case dict the bundle's LoadImaged reads, as its datalist would give it.
+
+    Several keys: one volume per key (e.g. contrast phases), in ``keys`` order without ``label``. A
+    ``label`` key (a reference segmentation that only LoadImaged reads: checked at install,
+    models.bundle.trust.label_readers) is given the first volume's file as a stand-in, so the case loads
+    as MONAI's runner loads it and the prediction, which never reads it, is the same. One key: a file, or
+    the list of channel files (stacked by LoadImaged, as BraTS's datalist).
+    """
+    if len(keys) > 1:
+        channels = [key for key in keys if key != "label"]
+        data = {key: str(path) for key, path in zip(channels, paths, strict=True)}
+        if "label" in keys:
+            data["label"] = str(paths[0])
+        return data
+    return {keys[0]: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
+
+
 def run_case(
     pipeline: Pipeline,
     paths: Sequence[Path],
@@ -97,13 +115,7 @@ def run_case(
     from monai.transforms import apply_transform
 
     report = report or (lambda _fraction: None)
-    keys = pipeline.info.input_keys
-    data: dict[str, Any]
-    if len(keys) > 1:  # one volume per LoadImaged key (e.g. contrast phases)
-        data = {key: str(path) for key, path in zip(keys, paths, strict=True)}
-    else:  # one key: a file, or the list of channel files (stacked by LoadImaged, as BraTS's datalist)
-        data = {keys[0]: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
-    data = pipeline.preprocessing(data)
+    data = pipeline.preprocessing(case_data(pipeline.info.input_keys, paths))
     report(_PRE)
     batch = list_data_collate([data])
     image = batch[IMAGE_KEY].to(device)

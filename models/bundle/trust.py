@@ -100,6 +100,48 @@ def without_saving(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def label_readers(config: dict[str, Any]) -> list[str]:
+    """Where the used steps read the ``label`` key, besides the preprocessing's LoadImaged: its other
+    transforms, the inferer and the postprocessing (SaveImaged already left out by :func:`without_saving`).
+
+    A config whose LoadImaged loads a ``label`` (a reference segmentation) that nothing else reads computes a
+    prediction that does not depend on it; any other reader (a crop around the label, a label-driven
+    sampler) would make the prediction depend on a file a job does not have. Returns the element paths
+    (``preprocessing#transforms#3#keys``), [] when only LoadImaged reads it; a section whose shape is not a
+    plain list of transforms counts as a reader.
+    """
+
+    def reads(value: Any) -> bool:
+        if isinstance(value, str):
+            target = config.get(value[1:]) if value.startswith("@") else value
+            return isinstance(target, str) and (target == "label" or target.startswith("label_"))
+        if isinstance(value, list):
+            return any(reads(v) for v in value)
+        return False
+
+    found: list[str] = []
+    for section in ("preprocessing", "inferer", "postprocessing"):
+        value = config.get(section)
+        items = value.get("transforms") if isinstance(value, dict) and section != "inferer" else None
+        if section == "inferer":
+            items = [value] if isinstance(value, dict) else None
+        if not isinstance(items, list):
+            found.append(section)
+            continue
+        prefix = section if section == "inferer" else f"{section}#transforms"
+        for index, step in enumerate(items):
+            if not isinstance(step, dict):
+                found.append(f"{prefix}#{index}")
+                continue
+            if section == "preprocessing" and short_target(step.get("_target_")) == "LoadImaged":
+                continue
+            where = prefix if section == "inferer" else f"{prefix}#{index}"
+            found += [
+                f"{where}#{key}" for key, item in step.items() if not key.startswith("_") and reads(item)
+            ]
+    return found
+
+
 def weights_loader(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The id and config of the CheckpointLoader that loads the weights (top level or in ``handlers``)."""
     for key, value in config.items():

@@ -239,6 +239,9 @@ def test_what_the_service_cannot_run_is_refused_at_install_even_when_trusted(tmp
     needs_label = write_unet_bundle(tmp_path / "needs_label")
     config = json.loads((needs_label / "configs" / "inference.json").read_text())
     config["preprocessing"]["transforms"][0]["keys"] = ["image", "label"]
+    config["preprocessing"]["transforms"].insert(1, {"_target_": "EnsureChannelFirstd", "keys": ["label"]})
     (needs_label / "configs" / "inference.json").write_text(json.dumps(config))
-    with pytest.raises(BundleError, match=r"LoadImaged keys \['image', 'label'\].*reads a 'label'"):
+    with pytest.raises(
+        BundleError, match=r"LoadImaged keys \['image', 'label'\].*uses it in preprocessing#transforms#1#keys"
+    ):
         install_models(needs_label, tmp_path / "models", options=trusted)

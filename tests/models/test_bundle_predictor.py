@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,24 @@ def test_largest_component_removes_a_detached_blob(tmp_path: Path) -> None:
     big = _spheres(affine, (60, 60, 35), spheres[:1]).array == 100
     assert np.array_equal(both == 1, volume.array == 100)
     assert np.array_equal(cleaned == 1, big)
+
+
+def test_a_label_that_only_load_imaged_reads_changes_nothing(tmp_path: Path) -> None:
+    """A config whose LoadImaged also loads a 'label' (renalStructures_CECT_segmentation does, to save it
+    beside the prediction) installs and predicts exactly as the same config without it."""
+    volume = _spheres(np.diag([1.5, 1.5, 2.0, 1.0]), (40, 40, 20), [(np.array([30.0, 30.0, 20.0]), 9.0)])
+    plain = _predictor(tmp_path / "plain", roi_size=(32, 32, 32))
+    with_label = write_unet_bundle(tmp_path / "with_label", roi_size=(32, 32, 32), window=(0.0, 100.0))
+    config = json.loads((with_label / "configs" / "inference.json").read_text())
+    config["preprocessing"]["transforms"][0]["keys"] = ["image", "label"]
+    (with_label / "configs" / "inference.json").write_text(json.dumps(config))
+    assert read_bundle(with_label).input_channels == ("image",)
+    pipeline = build(with_label)
+    pipeline.network = Threshold()
+    labelled = BundlePredictor(card_from_bundle(read_bundle(with_label), tmp_path), pipeline)
+    expected = plain.predict(volume)
+    assert expected.any()
+    assert np.array_equal(labelled.predict(volume), expected)
 
 
 def test_cancel_between_windows(tmp_path: Path) -> None:
