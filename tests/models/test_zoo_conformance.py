@@ -40,9 +40,9 @@ AGREEMENT = 0.999
 # What the service must do with each bundle: run it, or refuse it at install naming the element.
 # swin_unetr_btcv_segmentation: its network_def passes `img_size`, which MONAI 1.6's SwinUNETR no longer
 # takes; MONAI's own runner fails on it too (asserted below).
-# renalStructures_CECT_segmentation: its inference LoadImaged also reads a 'label' file for every case, only to
-# save it beside the prediction; nothing else reads it, so the service gives LoadImaged a stand-in and runs it
-# (MONAI's runner here gets an empty label file; the prediction does not depend on it).
+# renalStructures_CECT_segmentation: its inference LoadImaged also reads a 'label' file for every case, only
+# to save it beside the prediction; nothing else reads it, so the service gives LoadImaged a stand-in and
+# runs it (MONAI's runner here gets an empty label file; the prediction does not depend on it).
 # vista3d: its own evaluator (scripts.evaluator.Vista3dEvaluator) builds the everything-prompt and calls its
 # inferer with point and class prompts; the service runs a case as SupervisedEvaluator does, so it refuses
 # it naming the evaluator. MONAI's runner runs it (seeded weights: 60+ labels on the spleen crop).
