@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,7 @@ from models.formats import InstallOptions
 from models.install import install_models
 from models.installed import read_manifest
 from models.testing.make_bundle import write_unet_bundle
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.stack import run_cli
 
 
 def _edit(bundle: Path, **changes: object) -> None:
@@ -153,33 +149,17 @@ def test_trusted_install_records_who_and_shows_executes_code(tmp_path: Path) -> 
     bundle = write_unet_bundle(tmp_path / "coded")
     _post(bundle, {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x * 2"})
     models_dir = tmp_path / "models"
-    env = {**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp_path / "data")}
-    refused = subprocess.run(
-        [sys.executable, "-m", "shell.cli", "models", "install", str(bundle)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = run_cli("models", "install", str(bundle), models_dir=models_dir, data_dir=tmp_path / "data")
     assert refused.returncode == 2 and "postprocessing#transforms#2#func: $lambda x: x * 2" in refused.stderr
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shell.cli",
-            "models",
-            "install",
-            "--trust-code",
-            "--installed-by",
-            "dr-admin",
-            str(bundle),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_cli(
+        "models",
+        "install",
+        "--trust-code",
+        "--installed-by",
+        "dr-admin",
+        str(bundle),
+        models_dir=models_dir,
+        data_dir=tmp_path / "data",
     )
     assert done.returncode == 0, done.stderr
     manifest = read_manifest(models_dir / "bundles" / "coded")

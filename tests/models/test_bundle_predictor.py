@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +18,7 @@ from models.card import Cancelled
 from models.catalog import Catalog
 from models.testing.make_bundle import write_unet_bundle
 from segserve.imaging.volume import Volume
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.stack import run_cli
 
 
 class Threshold(torch.nn.Module):
@@ -139,14 +135,8 @@ def test_cli_installs_a_zoo_bundle_and_the_worker_path_uses_it(tmp_path: Path) -
 
     source = write_unet_bundle(tmp_path / "src" / "spleen_ct_unet", roi_size=(32, 32, 16))
     models_dir = tmp_path / "models"
-    env = {**os.environ, "SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp_path / "data")}
-    result = subprocess.run(
-        [sys.executable, "-m", "shell.cli", "models", "install", str(source)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "models", "install", str(source), models_dir=models_dir, data_dir=tmp_path / "data", timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "installed bundles/spleen_ct_unet/models/model.pt" in result.stdout

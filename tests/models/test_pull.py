@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +22,8 @@ import yaml
 from models.bundle.pull import PullError, ZooSource, pull_bundle
 from models.formats import InstallOptions
 from models.testing.zoo import seed_bundle
-from tests.support.paths import REPO, SHARED
+from tests.support.paths import SHARED
+from tests.support.stack import run_cli
 
 NAME = "spleen_ct_segmentation"
 VERSION = "0.5.9"  # the version in the bundle's configs/metadata.json
@@ -93,16 +92,7 @@ def publish(seeded: Path, root: Path, base: str, *, corrupt: str = "", in_zip: b
 
 
 def _cli(*args: str, models_dir: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
-    env.update({"SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(tmp / "data")})
-    return subprocess.run(
-        [sys.executable, "-m", "shell.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, models_dir=models_dir, data_dir=tmp / "data")
 
 
 def test_pull_latest_through_the_cli_downloads_checks_and_installs(

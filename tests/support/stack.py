@@ -88,6 +88,16 @@ def segserve(*args: str) -> list[str]:
     return [sys.executable, "-m", "shell.cli", *args]
 
 
+def run_cli(
+    *args: str, models_dir: Path, data_dir: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`segserve ARGS` in a fresh process with this models and data directory (SQLite there) and no other
+    SEGSERVE_ setting of the calling environment; output captured as text."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    env.update({"SEGSERVE_MODELS_DIR": str(models_dir), "SEGSERVE_DATA_DIR": str(data_dir)})
+    return subprocess.run(segserve(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 class Stack:
     """API + worker(s) over a given broker and database."""
 
