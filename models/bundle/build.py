@@ -9,7 +9,9 @@ Steps (every one names the config element that fails):
      ``dataset_dir`` (a temporary folder; nothing is written there), and, on a machine without CUDA,
      ``torch.device('cuda')`` in expressions becomes the worker's device (published DiNTS configs load their
      architecture with ``map_location`` CUDA; MONAI's runner needs the same override to run on CPU);
-  4. ``parser.get_parsed_content`` of network_def (or network), preprocessing, inferer, postprocessing;
+  4. ``parser.get_parsed_content`` of network_def (or network), preprocessing, inferer, postprocessing,
+     and the evaluator when it is the bundle's own (not SupervisedEvaluator; trusted code by definition):
+     it then runs each case itself (VISTA-3D's prompts), holding the network of step 5;
   5. the weights the config's CheckpointLoader names (``load_path``; MONAI's wrapping of a bare state dict
      into its single ``load_dict`` key), loaded with ``weights_only=True`` and ``strict=True``; a ``.ts`` file
      is TorchScript. Without a loader: ``models/model.pt``, else ``models/model.ts``.
@@ -36,6 +38,7 @@ from models.bundle.trust import (
     Scan,
     join_value,
     label_readers,
+    own_evaluator,
     scan_config,
     short_target,
     weights_loader,
@@ -84,6 +87,7 @@ class Pipeline:
     workdir: tempfile.TemporaryDirectory[str]
     out_channels: int | None = None  # known after tiny_forward or from the manifest: enables the label path
     label_path: bool = True  # models.bundle.stitching where it is exact; False: always MONAI's inferer
+    evaluator: Any = None  # the bundle's own MONAI Evaluator (not SupervisedEvaluator): it runs each case
     last_path: str = ""  # which path the last case took: "labels" or "monai" (for tests and logs)
 
 
@@ -226,15 +230,6 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
             f"reads a 'label' (reference segmentation) for every case and uses it in {readers[0]}, and a "
             "segmentation job does not have one"
         )
-    evaluator = config.get("evaluator")
-    runner_target = evaluator.get("_target_") if isinstance(evaluator, dict) else "SupervisedEvaluator"
-    if short_target(runner_target) != "SupervisedEvaluator":
-        # the service runs SupervisedEvaluator's steps (predictor.run_case); another evaluator (vista3d's
-        # prompt-driven Vista3dEvaluator) calls the inferer differently
-        raise BundleError(
-            f"cannot be honoured: evaluator#_target_: {runner_target} (the service runs a case as MONAI's "
-            "SupervisedEvaluator does)"
-        )
     workdir = tempfile.TemporaryDirectory(prefix="segserve-bundle-")
     overrides: dict[str, Any] = {
         "bundle_root": str(directory),
@@ -274,7 +269,9 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
 
         inferer = SimpleInferer()
     postprocessing = _parsed(parser, "postprocessing") if "postprocessing" in config else Compose([])
+    evaluator = config.get("evaluator")
     amp = bool(evaluator.get("amp", False)) if isinstance(evaluator, dict) else False
+    own = _own_evaluator(parser, config, network) if own_evaluator(config) else None
     for name, part in (("preprocessing", preprocessing), ("postprocessing", postprocessing)):
         if not callable(part):
             raise BundleError(f"{name} is a {type(part).__name__}, not a transform")
@@ -288,7 +285,26 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
         amp=amp,
         weights=file.relative_to(directory).as_posix() if file.is_relative_to(directory) else file.name,
         workdir=workdir,
+        evaluator=own,
+        label_path=own is None,
     )
+
+
+def _own_evaluator(parser: ConfigParser, config: dict[str, Any], network: nn.Module) -> Any:
+    """The bundle's own evaluator (a SupervisedEvaluator subclass such as VISTA-3D's), built by MONAI from the
+    config with the service's overrides, holding ``network`` (its weights loaded). Its data loader is
+    replaced for each case (models.bundle.predictor.run_evaluator)."""
+    from monai.engines import SupervisedEvaluator
+
+    target = own_evaluator(config)
+    evaluator = _parsed(parser, "evaluator")
+    if not isinstance(evaluator, SupervisedEvaluator):
+        raise BundleError(
+            f"cannot be honoured: evaluator#_target_: {target} is a {type(evaluator).__name__}, not a "
+            "SupervisedEvaluator (the service runs one network per case through the bundle's evaluator)"
+        )
+    evaluator.network = network
+    return evaluator
 
 
 def post_transforms(pipeline: Pipeline) -> list[Any]:

@@ -1,7 +1,8 @@
 """MONAI bundles in the catalog: install into ``<models_dir>/bundles/<id>/``, hash manifest, model cards.
 
 Torch-free to import (the catalog reads cards here); installing imports MONAI (models.bundle.build) to check
-the bundle first: built by MONAI, weights loaded strictly, one tiny forward pass, label values probed; code
+the bundle first: built by MONAI, weights loaded strictly, one tiny forward pass, label values probed (a
+bundle with its own evaluator: one small synthetic case through it, labels from its metadata); code
 in the bundle only with ``trust_code`` (models.bundle.trust). Installing copies the bundle directory, then
 writes ``.segserve-manifest.json`` with each file's size and sha256 and those findings; the bundle's card
 lists those files, so the catalog's usual check (size, sha256) marks the model unavailable when any of them
@@ -117,14 +118,20 @@ def check_bundle(source: Path, trust_code: bool, device: str = "cpu") -> dict[st
             be honoured or built; the weights are missing or do not fit; the forward pass fails.
     """
     from models.bundle.build import build, probe_labels, tiny_forward
+    from models.bundle.predictor import tiny_case
 
     pipeline = build(source, device, trusted=trust_code)
-    out_channels = tiny_forward(pipeline, device)
-    metadata = load_config(Path(source) / METADATA)
-    pred = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {})
-    channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
-    names = {int(k): str(v) for k, v in channel_def.items()} if isinstance(channel_def, dict) else {}
-    labels = probe_labels(pipeline, names, out_channels)
+    out_channels: int | None = None
+    if pipeline.evaluator is not None:  # its own evaluator makes the prompts: one whole synthetic case
+        tiny_case(pipeline, device)
+        labels = dict(pipeline.info.labels)
+    else:
+        out_channels = tiny_forward(pipeline, device)
+        metadata = load_config(Path(source) / METADATA)
+        pred = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {})
+        channel_def = pred.get("channel_def") if isinstance(pred, dict) else None
+        names = {int(k): str(v) for k, v in channel_def.items()} if isinstance(channel_def, dict) else {}
+        labels = probe_labels(pipeline, names, out_channels)
     first = pipeline.scan.first()
     return {
         "executes_code": pipeline.scan.executes_code,

@@ -11,6 +11,9 @@ One case, as MONAI's ``SupervisedEvaluator`` runs one batch of the bundle's own 
     -> decollate -> the bundle's postprocessing without SaveImaged (Activationsd, Invertd back onto the
        input grid, AsDiscreted, Lambdad, KeepLargestConnectedComponentd, ... exactly as configured)
     -> the ``pred`` label map, channel axis dropped: the bundle's own output values (e.g. BraTS 1/2/4).
+A bundle with an evaluator of its own (VISTA-3D: ``scripts.evaluator.Vista3dEvaluator`` makes the
+everything-prompt and calls its inferer with it) is run by that evaluator instead, over a loader of the
+one case (:func:`run_evaluator`); its labels are its metadata's ``channel_def`` values.
 Label names come from the install-time probe (models.bundle.build.probe_labels) kept in the manifest.
 """
 
@@ -55,20 +58,23 @@ def window_count(inferer: Any, spatial: Sequence[int]) -> int | None:
     return len(dense_patch_slices(padded, roi, interval))
 
 
-class _Watched:
+class _Watched(nn.Module):
     """The network as the inferer calls it: checks cancellation before and reports progress after each
-    batch of windows."""
+    batch of windows. The network is its ``module`` (as DataParallel holds it), which is where bundle code
+    such as VISTA-3D's inferer looks for the network's own attributes."""
 
     def __init__(
         self, network: nn.Module, total: int | None, report: ProgressFn, is_cancelled: CancelFn | None
     ) -> None:
-        self.network, self.total, self.report, self.is_cancelled = network, total, report, is_cancelled
+        super().__init__()
+        self.module = network
+        self.total, self.report, self.is_cancelled = total, report, is_cancelled
         self.done = 0
 
-    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if self.is_cancelled is not None and self.is_cancelled():
             raise Cancelled()
-        out = self.network(x, *args, **kwargs)
+        out = self.module(x, *args, **kwargs)
         self.done += int(x.shape[0])
         if self.total:
             self.report(_PRE + (1.0 - _PRE - _POST) * min(self.done / self.total, 1.0))
@@ -103,6 +109,34 @@ def case_data(keys: Sequence[str], paths: Sequence[Path]) -> dict[str, Any]:
     return {keys[0]: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]}
 
 
+def run_evaluator(
+    pipeline: Pipeline, paths: Sequence[Path], report: ProgressFn, is_cancelled: CancelFn | None
+) -> torch.Tensor:
+    """The ``pred`` of the bundle's own evaluator (``pipeline.evaluator``) for one case, as MONAI's runner
+    gets it: the evaluator runs one epoch over a loader of this one case (the bundle's preprocessing, batch
+    of one, MONAI's collation), its iteration builds the prompts and calls its inferer, its postprocessing
+    (SaveImaged left out) runs on the decollated output. The network is watched for cancellation."""
+    from monai.data import DataLoader, Dataset
+
+    evaluator = pipeline.evaluator
+    dataset = Dataset([case_data(pipeline.info.input_keys, paths)], transform=pipeline.preprocessing)
+    evaluator.data_loader = DataLoader(dataset, batch_size=1, num_workers=0)
+    evaluator.state.epoch_length = 1
+    evaluator.network = _Watched(pipeline.network, None, report, is_cancelled)
+    try:
+        evaluator.run()
+        output = evaluator.state.output
+    finally:
+        evaluator.network = pipeline.network
+        evaluator.data_loader = None
+        evaluator.state.output = evaluator.state.batch = None
+    item = output[0] if isinstance(output, list) else output
+    if not isinstance(item, dict) or "pred" not in item:
+        raise ValueError(f"the bundle's evaluator gave {type(item).__name__} without a 'pred'")
+    pred = item["pred"]
+    return pred.detach().cpu() if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
+
+
 def run_case(
     pipeline: Pipeline,
     paths: Sequence[Path],
@@ -115,6 +149,9 @@ def run_case(
     from monai.transforms import apply_transform
 
     report = report or (lambda _fraction: None)
+    if pipeline.evaluator is not None:
+        pipeline.last_path = "evaluator"
+        return run_evaluator(pipeline, paths, report, is_cancelled)
     data = pipeline.preprocessing(case_data(pipeline.info.input_keys, paths))
     report(_PRE)
     batch = list_data_collate([data])
@@ -151,6 +188,32 @@ def run_case(
     return (
         out["pred"].detach().cpu() if isinstance(out["pred"], torch.Tensor) else torch.as_tensor(out["pred"])
     )
+
+
+def tiny_case(pipeline: Pipeline, device: str = "cpu") -> tuple[int, ...]:
+    """Install-time check of a bundle that runs its own evaluator (no network-only forward pass fits its
+    prompts): one whole case on a small synthetic volume (24 voxels per axis at the bundle's spacing or
+    1.5 mm, a positive intensity ramp so that foreground crops keep it). Returns the label map's shape.
+
+    Raises:
+        BundleError: any step fails or the evaluator does not give one label map on the input's grid.
+    """
+    from models.bundle.config import BundleError
+
+    spacing = pipeline.info.spacing_mm or (1.5, 1.5, 1.5)
+    ramp = np.linspace(1.0, 1000.0, 24**3, dtype=np.float32).reshape(24, 24, 24)
+    volume = Volume(ramp, np.diag([*spacing, 1.0]), "nifti")
+    with tempfile.TemporaryDirectory(prefix="segserve-check-") as tmp:
+        paths = write_inputs([volume] * len(pipeline.info.input_channels), Path(tmp))
+        try:
+            pred = onto_grid(run_case(pipeline, paths, torch.device(device)), volume)
+            labels = to_label_map(pred, volume.shape, pipeline.info.name)
+        except Exception as exc:  # the bundle's own evaluator, inferer and transforms raise anything
+            raise BundleError(
+                f"the bundle's evaluator fails on a {volume.shape} case: "
+                f"{type(exc).__name__}: {str(exc)[:300]}"
+            ) from None
+    return tuple(labels.shape)
 
 
 def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:

@@ -5,7 +5,8 @@ caller, see :func:`models.bundle.build.monai_component_module`).
 
 What the service evaluates (the *used* part of a config):
     network_def (or network when there is no network_def), preprocessing, inferer, postprocessing (its
-    SaveImaged steps removed: the service returns the label map instead of writing it), the weights
+    SaveImaged steps removed: the service returns the label map instead of writing it), the evaluator
+    when it is not MONAI's plain SupervisedEvaluator (the bundle's own, run as it is), the weights
     loader's ``load_path`` (a top-level or ``handlers`` CheckpointLoader), and, depth first, every
     top-level entry those refer to with ``@id``. A referenced top-level entry is taken whole, because
     MONAI's parser registers (and evaluates the import statements of) everything in what it is given.
@@ -288,6 +289,17 @@ class Scan:
         return self.findings[0] if self.findings else None
 
 
+def own_evaluator(config: dict[str, Any]) -> str | None:
+    """The ``evaluator#_target_`` of a bundle that runs cases with an evaluator of its own (VISTA-3D's
+    ``scripts.evaluator.Vista3dEvaluator`` builds its prompts); None for MONAI's SupervisedEvaluator or
+    no evaluator."""
+    evaluator = config.get("evaluator")
+    target = evaluator.get("_target_") if isinstance(evaluator, dict) else None
+    if target is None or short_target(target) == "SupervisedEvaluator":
+        return None
+    return target if isinstance(target, str) else repr(target)
+
+
 def scan_config(
     config: dict[str, Any], component: ComponentLookup, overrides: dict[str, Any] | None = None
 ) -> Scan:
@@ -299,7 +311,8 @@ def scan_config(
     scanner = _Scanner(config, component, overrides)
     network_root = "network_def" if "network_def" in config else "network"
     findings: list[Finding] = list(_import_findings(config.get("imports")))
-    for root in (network_root, *ROOTS[1:]):
+    roots = (network_root, *ROOTS[1:], *(("evaluator",) if own_evaluator(config) else ()))
+    for root in roots:
         if root in config:
             findings += scanner.entry(root)
     loader = weights_loader(config)

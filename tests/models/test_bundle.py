@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,9 +213,9 @@ def test_forward_failure_is_an_install_error(tmp_path: Path) -> None:
 
 def test_what_the_service_cannot_run_is_refused_at_install_even_when_trusted(tmp_path: Path) -> None:
     trusted = InstallOptions(trust_code=True)
-    bundle = write_unet_bundle(tmp_path / "prompted")
-    _edit(bundle, evaluator={"_target_": "scripts.evaluator.Vista3dEvaluator", "device": "@device"})
-    with pytest.raises(BundleError, match=r"cannot be honoured: evaluator#_target_: scripts\.evaluator"):
+    bundle = write_unet_bundle(tmp_path / "not_an_evaluator")
+    _edit(bundle, evaluator={"_target_": "SimpleInferer"})
+    with pytest.raises(BundleError, match=r"evaluator#_target_: SimpleInferer is a \w+, not a Supervised"):
         install_models(bundle, tmp_path / "models", options=trusted)
     needs_label = write_unet_bundle(tmp_path / "needs_label")
     config = json.loads((needs_label / "configs" / "inference.json").read_text())
@@ -225,3 +226,53 @@ def test_what_the_service_cannot_run_is_refused_at_install_even_when_trusted(tmp
         BundleError, match=r"LoadImaged keys \['image', 'label'\].*uses it in preprocessing#transforms#1#keys"
     ):
         install_models(needs_label, tmp_path / "models", options=trusted)
+
+
+# A SupervisedEvaluator of the bundle's own that negates the logits its inferer gives: with two softmax
+# channels the argmax swaps, so its labels are 1 - those of MONAI's plain SupervisedEvaluator (but for ties).
+_NEGATING_EVALUATOR = """
+from monai.engines import SupervisedEvaluator
+
+
+class Negating(SupervisedEvaluator):
+    def __init__(self, *args, inferer, **kwargs):
+        super().__init__(*args, inferer=lambda x, net, *a, **k: -inferer(x, net, *a, **k), **kwargs)
+"""
+
+
+def test_a_bundle_with_its_own_evaluator_is_run_by_that_evaluator(tmp_path: Path) -> None:
+    from models.bundle.predictor import run_case, write_inputs
+    from segserve.imaging.volume import Volume
+
+    plain = write_unet_bundle(tmp_path / "plain", roi_size=(32, 32, 16), seed=3)
+    own = write_unet_bundle(tmp_path / "own", roi_size=(32, 32, 16), seed=3)
+    (own / "scripts").mkdir()
+    (own / "scripts" / "__init__.py").write_text("")
+    (own / "scripts" / "evaluator.py").write_text(_NEGATING_EVALUATOR)
+    evaluator = {
+        "_target_": "scripts.evaluator.Negating",
+        "device": "@device",
+        "val_data_loader": "$[]",
+        "network": "@network",
+        "inferer": "@inferer",
+        "postprocessing": "@postprocessing",
+    }
+    _edit(own, evaluator=evaluator)
+    with pytest.raises(BundleError, match=r"evaluator#_target_: scripts\.evaluator\.Negating"):
+        install_models(own, tmp_path / "models")  # its evaluator is code: trust first
+    checked = check_bundle(own, trust_code=True)  # one synthetic case through its evaluator
+    assert checked["out_channels"] is None and checked["labels"] == {"0": "background", "1": "spleen"}
+
+    rng = np.random.default_rng(0)
+    scan = Volume(rng.normal(0, 200, (40, 36, 20)).astype(np.float32), np.diag([1.5, 1.5, 2.0, 1.0]), "nifti")
+    paths = write_inputs([scan], tmp_path)
+    base = build(plain)
+    base.label_path = False  # MONAI's inferer and post-processing, as SupervisedEvaluator runs them
+    expected = run_case(base, paths, torch.device("cpu"))
+    pipeline = build(own, trusted=True)
+    assert pipeline.evaluator is not None and not pipeline.label_path
+    for _ in range(2):  # the evaluator is reused case after case
+        got = run_case(pipeline, paths, torch.device("cpu"))
+        assert pipeline.last_path == "evaluator" and got.shape == expected.shape
+        assert 0.0 < float(expected.float().mean()) < 1.0
+        assert float((got == 1 - expected).float().mean()) > 0.999

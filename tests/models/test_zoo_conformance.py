@@ -44,11 +44,9 @@ AGREEMENT = 0.999
 # to save it beside the prediction; nothing else reads it, so the service gives LoadImaged a stand-in and
 # runs it (MONAI's runner here gets an empty label file; the prediction does not depend on it).
 # vista3d: its own evaluator (scripts.evaluator.Vista3dEvaluator) builds the everything-prompt and calls its
-# inferer with point and class prompts; the service runs a case as SupervisedEvaluator does, so it refuses
-# it naming the evaluator. MONAI's runner runs it (seeded weights: 60+ labels on the spleen crop).
+# inferer with it; the service runs a case through that evaluator (seeded weights: 80+ labels on the crop).
 REFUSED = {
     "swin_unetr_btcv_segmentation": ("img_size", "network_def"),
-    "vista3d": ("evaluator#_target_", "scripts.evaluator.Vista3dEvaluator"),
 }
 MONAI_FAILS_TOO = {"swin_unetr_btcv_segmentation"}
 HEAVY = {"multi_organ_segmentation", "vista3d"}
