@@ -155,6 +155,7 @@ def run_case(
     data = pipeline.preprocessing(case_data(pipeline.info.input_keys, paths))
     report(_PRE)
     batch = list_data_collate([data])
+    del data  # the batch holds its own copy: one pre-processed image less during the forward pass
     image = batch[IMAGE_KEY].to(device)
     amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
     pipeline.network.eval()

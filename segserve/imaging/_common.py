@@ -60,3 +60,48 @@ def native_byte_order(array: np.ndarray) -> np.ndarray:
     if array.dtype.byteorder not in ("=", "|") and not array.dtype.isnative:
         return array.astype(array.dtype.newbyteorder("="))
     return array
+
+
+#: Voxels are checked for NaN / infinity in slabs of this many voxels (a bool mask of one slab at a time).
+_FINITE_SLAB_VOXELS = 1 << 24
+
+
+def check_voxels(array: np.ndarray) -> None:
+    """Raise ImageError unless `array` holds one finite real number per voxel.
+
+    Accepted: bool, signed and unsigned integers, floats. Refused with code ``unsupported_voxel_type``:
+    RGB / RGBA and other structured voxels (NIfTI datatypes RGB24, RGBA32), complex numbers, anything else;
+    the message names the type. Refused with code ``non_finite_voxels``: NaN or infinite values (the policy:
+    what a model does with them is undefined, so they are never passed on); the message gives their counts.
+    The finiteness check reads the volume in slabs, so it needs no full-size mask.
+    """
+    dtype = array.dtype
+    if dtype.names is not None:
+        channels = "".join(dtype.names)
+        kind = "RGB" if channels.upper() in ("RGB", "RGBA") else f"structured ({', '.join(dtype.names)})"
+        raise ImageError(
+            f"the image holds {kind} voxels ({len(dtype.names)} values per voxel); segmentation needs one "
+            "grayscale intensity per voxel (convert the scan to a single channel)",
+            code="unsupported_voxel_type",
+        )
+    if dtype.kind not in "biuf":
+        name = "complex" if dtype.kind == "c" else dtype.kind
+        raise ImageError(
+            f"the image holds {name} voxels ({dtype}); segmentation needs real-valued intensities "
+            "(for complex MR data, send the magnitude image)",
+            code="unsupported_voxel_type",
+        )
+    if dtype.kind != "f" or array.size == 0:
+        return
+    flat = array.reshape(-1, order="A") if array.flags.forc else array.ravel()
+    nan = inf = 0
+    for start in range(0, flat.size, _FINITE_SLAB_VOXELS):
+        slab = flat[start : start + _FINITE_SLAB_VOXELS]
+        nan += int(np.count_nonzero(np.isnan(slab)))
+        inf += int(np.count_nonzero(np.isinf(slab)))
+    if nan or inf:
+        raise ImageError(
+            f"the image holds {nan:,} NaN and {inf:,} infinite voxels (of {array.size:,}); every voxel "
+            "must be a finite number (mask or fill them before sending the scan)",
+            code="non_finite_voxels",
+        )

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from segserve.dicom.series import FileSource, read_dicom_series
+from segserve.imaging._common import check_voxels
 from segserve.imaging.detect import ACCEPTED_FORMATS, detect_format
 from segserve.imaging.errors import GridMismatch, ImageError, UnsupportedFormat
 from segserve.imaging.nifti import read_nifti
@@ -33,8 +34,16 @@ def read_image(paths: Sequence[Path]) -> Volume:
     `paths` is either one file (NIfTI, MGZ, NRRD, a single multi-frame DICOM object, or a .zip holding one
     DICOM series or one volume) or several files that are each one DICOM object of the same series. Raises
     an ImageError subclass (UnsupportedFormat, CorruptImage, NotVolumetric, InvalidSeries, ...) for unusable
-    input.
+    input, and ImageError for voxels that are not one finite real number each (RGB, complex, NaN,
+    infinity: segserve.imaging._common.check_voxels).
     """
+    volume = _read_volume(paths)
+    check_voxels(volume.array)
+    return volume
+
+
+def _read_volume(paths: Sequence[Path]) -> Volume:
+    """`read_image` without the voxel check (reference labels have checks of their own)."""
     files = [Path(p) for p in paths]
     if not files:
         raise ImageError("no file was uploaded", code="no_files")
@@ -88,7 +97,7 @@ def read_labels(paths: Sequence[Path]) -> Volume:
     gains "label_values" (the sorted label values present). Raises ImageError for negative, non-integral,
     non-finite or too large (> 65535) values.
     """
-    volume = read_image(paths)
+    volume = _read_volume(paths)
     labels = to_label_array(volume.array)
     counts = np.bincount(labels.ravel(order="K"))
     meta = dict(volume.meta)

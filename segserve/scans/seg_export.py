@@ -77,7 +77,17 @@ def read_dicom_volume_and_datasets(
         volume = read_image(list(paths))
     if volume.source_format != "dicom":
         raise SegExportError("the input is not a DICOM series", code="not_dicom")
-    wanted: list[str] = list(dict.fromkeys(volume.meta["sop_instance_uids"]))  # one per multi-frame object
+    uids: list[str] = [str(u).strip() for u in volume.meta["sop_instance_uids"]]
+    blank = sum(1 for u in uids if not u)
+    if blank:
+        raise SegExportError(
+            f"{blank} of the series' {len(uids)} images have no SOP Instance UID (blanked, as anonymised "
+            "public data often is): a DICOM SEG must reference every source image by its UID, so none can "
+            "be made for this series. The NIfTI result is not affected; send the series with its UIDs (or "
+            "through the service's de-identification, which gives new ones) to get a SEG",
+            code="source_uids_missing",
+        )
+    wanted: list[str] = list(dict.fromkeys(uids))  # one per multi-frame object
     by_uid: dict[str, Dataset] = {}
     want = set(wanted)
     for ds in _iter_dicom_headers(paths):

@@ -141,6 +141,38 @@ def test_2d_image_is_refused(stack: Stack, tmp_path: Path, no_leftovers: None) -
     assert "2D" in body["detail"]
 
 
+def _rgb(shape: tuple[int, int, int]) -> np.ndarray:
+    rgb = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["G"] = 100
+    return rgb
+
+
+def _with(values: list[float]) -> np.ndarray:
+    array = np.linspace(0.0, 500.0, 24 * 24 * 16, dtype=np.float32).reshape(24, 24, 16)
+    array.flat[: len(values)] = values
+    return array
+
+
+@pytest.mark.parametrize(
+    ("array", "code", "named"),
+    [
+        (_rgb((24, 24, 16)), "unsupported_voxel_type", "RGB voxels"),
+        (np.full((24, 24, 16), 1 + 2j, np.complex64), "unsupported_voxel_type", "complex voxels (complex64)"),
+        (_with([np.nan] * 7), "non_finite_voxels", "7 NaN and 0 infinite voxels (of 9,216)"),
+        (_with([np.inf, -np.inf, np.nan]), "non_finite_voxels", "1 NaN and 2 infinite voxels"),
+    ],
+    ids=["rgb", "complex", "nan", "infinite"],
+)
+def test_voxels_that_are_not_one_finite_number_are_refused_at_upload(
+    stack: Stack, tmp_path: Path, no_leftovers: None, array: np.ndarray, code: str, named: str
+) -> None:
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(array, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    with stack.client() as c:
+        body = _problem(c.post("/v1/jobs", data={"model": MODEL}, files={"image": path.open("rb")}), 422)
+    assert body["code"] == code and named in body["detail"], body
+
+
 def test_reference_on_another_grid_is_refused(stack: Stack, tmp_path: Path, no_leftovers: None) -> None:
     image, _ = brain_crop(tmp_path, size=40)
     other = tmp_path / "other.nii.gz"

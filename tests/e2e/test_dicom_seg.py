@@ -143,3 +143,21 @@ def test_real_ct_3slice_gets_a_seg_equal_to_its_result(stack: Stack) -> None:
     slices = sorted((DATA / "dicom" / "ct-3slice").glob("0*.dcm"))  # empty SpecificCharacterSet
     job_id, names = _run_job(stack, [("image", (s.name, s.read_bytes())) for s in reversed(slices)])
     _check_seg_equals_result(stack, job_id, slices, names)
+
+
+def test_a_series_with_blanked_uids_runs_and_its_seg_refusal_says_why(stack: Stack, tmp_path: Path) -> None:
+    """Public anonymised series often have empty SOP Instance, Study, Series and SOP Class UIDs (file meta
+    intact): the job runs, and asking for its SEG names the blank UIDs instead of a slice-count mismatch."""
+    slices = brain_block_as_dicom(DATA / "dicom" / "mr-3slice" / "1-001.dcm", tmp_path / "mr", size=32)
+    for path in slices:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.SOPClassUID = ""
+        ds.save_as(path)
+    job_id, _ = _run_job(stack, [("image", (s.name, s.read_bytes())) for s in slices])
+    with stack.client() as c:
+        resp = c.get(f"/v1/jobs/{job_id}/result", params={"format": "dicom-seg"})
+        assert c.get(f"/v1/jobs/{job_id}/result").status_code == 200  # the NIfTI result is there
+    assert 400 <= resp.status_code < 500, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    detail = resp.json()["detail"]
+    assert "32 of the series' 32 images have no SOP Instance UID" in detail, detail
