@@ -74,9 +74,23 @@ class Settings(BaseSettings):
         default=None, description="Sent as 'Authorization: Bearer <token>' with each push."
     )
     dicomweb_push_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one push.")
+    min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Free space (MiB) kept on the data directory's disk: an upload that would leave less "
+        "is refused with 507, so accepted jobs still have room for their results. 0 turns the check off.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="Bearer token that may read /metrics (besides admin API keys). Unset: admin keys only.",
+    )
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return self.min_free_disk_mb * 2**20
 
     @property
     def resolved_data_dir(self) -> Path:

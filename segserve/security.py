@@ -27,6 +27,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "evaluations:create": frozenset({Role.researcher, Role.admin}),
     "evaluations:read": frozenset({Role.researcher, Role.reviewer, Role.admin}),
     "keys:admin": frozenset({Role.admin}),
+    "metrics:read": frozenset({Role.admin}),
     "reviews:write": frozenset({Role.reviewer, Role.admin}),
     # Patient attributes (name, ID, birth date, accession number) in API answers: radiologists reading
     # a case need them; integrations that submit, and researchers, do not.

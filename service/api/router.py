@@ -10,6 +10,7 @@ from service.api.routes import (
     intake,
     jobs,
     keys,
+    metrics,
     models,
     reviews,
     viewer,
@@ -18,6 +19,7 @@ from service.api.routes import (
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(metrics.router)
 api_router.include_router(jobs.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
