@@ -14,6 +14,7 @@ have been validated, so a job directory is either complete or absent.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -107,3 +108,64 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class InsufficientSpace(Exception):
+    """Writing would leave less than the reserve free on the data directory's filesystem, or the disk is full.
+
+    `free_bytes` is what the filesystem had free for unprivileged writers when the write was refused;
+    `reserve_bytes` the configured reserve (SEGSERVE_MIN_FREE_DISK_MB in bytes)."""
+
+    def __init__(self, free_bytes: int, reserve_bytes: int) -> None:
+        self.free_bytes = free_bytes
+        self.reserve_bytes = reserve_bytes
+        super().__init__(
+            f"not enough disk space: {free_bytes // 2**20} MiB free on the data directory's disk, "
+            f"and {reserve_bytes // 2**20} MiB are kept in reserve for results; try again later"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError saying the filesystem (ENOSPC) or the user's quota (EDQUOT) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for unprivileged writers on the filesystem holding `path` (statvfs f_bavail)."""
+    return shutil.disk_usage(path).free
+
+
+class DiskReserve:
+    """Keeps `reserve_bytes` free on the filesystem of `path` while an upload streams onto it.
+
+    `require(n)` before a write of `n` bytes raises InsufficientSpace when the write would leave less than
+    the reserve. The free space is read (statvfs) once and then counted down by what this upload wrote; it
+    is read again whenever the count-down would cross the reserve (another process may have freed space)
+    and at least every `recheck_bytes` (other writers use the same disk). A reserve of 0 checks nothing.
+    """
+
+    def __init__(self, path: Path, reserve_bytes: int, recheck_bytes: int = 8 * 2**20) -> None:
+        self._path = path
+        self.reserve_bytes = max(0, reserve_bytes)
+        self._recheck_bytes = recheck_bytes
+        self._budget: int | None = None  # bytes that may still be written before the reserve is reached
+        self._since_check = 0
+
+    def _refresh(self) -> int:
+        free = free_bytes(self._path)
+        self._budget = free - self.reserve_bytes
+        self._since_check = 0
+        return free
+
+    def require(self, n_bytes: int) -> None:
+        """Account for a write of `n_bytes` (>= 0) about to happen; InsufficientSpace if it would cross."""
+        if self.reserve_bytes == 0:
+            return
+        if self._budget is None or self._since_check >= self._recheck_bytes or self._budget < n_bytes:
+            free = self._refresh()
+            assert self._budget is not None
+            if self._budget < n_bytes:
+                raise InsufficientSpace(free, self.reserve_bytes)
+        assert self._budget is not None
+        self._budget -= n_bytes
+        self._since_check += n_bytes

@@ -19,6 +19,8 @@ from typing import IO
 from python_multipart.multipart import parse_options_header
 
 from models.card import ModelCard, input_channels
+from segserve.storage import DiskReserve
+from service.disk import close_upload_file, write_chunk
 from service.multipart_feed import feed_multipart
 from service.problems import Problem
 
@@ -57,9 +59,10 @@ def _stored_name(index: int, filename: str) -> str:
 
 
 class _Collector:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, reserve: DiskReserve | None) -> None:
         self.result = ParsedUpload(root=root)
         self._max_bytes = max_bytes
+        self._reserve = reserve
         self._header_field = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -135,7 +138,7 @@ class _Collector:
                 413, f"upload exceeds the limit of {self._max_bytes} bytes", code="upload_too_large"
             )
         if self._file is not None:
-            self._file.write(data[start:end])
+            write_chunk(self._file, data[start:end], self._reserve, "jobs")
         else:
             self._text += data[start:end]
             if len(self._text) > _MAX_TEXT_BYTES:
@@ -143,8 +146,8 @@ class _Collector:
 
     def on_part_end(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            close_upload_file(file)
         elif self._field is not None:
             if self._field in self.result.text:
                 raise Problem(422, f"form field '{self._field}' given twice", code="duplicate_field")
@@ -152,15 +155,19 @@ class _Collector:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            close_upload_file(file)
 
 
 async def receive_form(
-    content_type: str, body: AsyncIterator[bytes], root: Path, max_bytes: int
+    content_type: str,
+    body: AsyncIterator[bytes],
+    root: Path,
+    max_bytes: int,
+    reserve: DiskReserve | None = None,
 ) -> ParsedUpload:
-    """Parse a multipart body into `root`. Raises Problem (415, 413, 422, 400) on bad input; the caller
-    removes `root` on failure."""
+    """Parse a multipart body into `root`. Raises Problem (415, 413, 422, 400) on bad input, 507 when a
+    file part would cross the disk `reserve` or the disk is full; the caller removes `root` on failure."""
     media_type, options = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
         raise Problem(
@@ -171,7 +178,7 @@ async def receive_form(
     boundary = options.get(b"boundary")
     if not boundary:
         raise Problem(400, "multipart/form-data without a boundary", code="bad_multipart")
-    collector = _Collector(root, max_bytes)
+    collector = _Collector(root, max_bytes, reserve)
     await feed_multipart(collector, boundary, body, "multipart/form-data")
     return collector.result
 

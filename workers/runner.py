@@ -22,7 +22,7 @@ from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
 from segserve.imaging.writers import write_labels_nifti
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
-from segserve.storage import JobFiles, write_json_atomic
+from segserve.storage import JobFiles, is_disk_full, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,16 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         ) from None
     except MemoryError:
         raise _Stop(JobStatus.failed, "the worker ran out of memory on this scan", "out_of_memory") from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise _internal_error(job, exc) from None
+        log.error("job %s: no space left to write the result (%s)", job.id, exc.strerror)
+        raise _Stop(
+            JobStatus.failed,
+            "the worker could not write the result: the data directory's disk is full "
+            f"({exc.strerror}); nothing of the result was kept, submit the job again once there is room",
+            "disk_full",
+        ) from None
     except Exception as exc:
         from celery.exceptions import SoftTimeLimitExceeded
 
@@ -191,13 +201,17 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
                 f"the job exceeded its time limit of {settings.task_soft_time_limit_s} s",
                 "time_limit",
             ) from None
-        log.exception("job %s: internal error", job.id)
-        raise _Stop(
-            JobStatus.failed,
-            f"internal error in the worker ({type(exc).__name__}); the operators have the details in the "
-            "worker log",
-            "internal_error",
-        ) from None
+        raise _internal_error(job, exc) from None
+
+
+def _internal_error(job: Job, exc: Exception) -> _Stop:
+    log.error("job %s: internal error", job.id, exc_info=exc)
+    return _Stop(
+        JobStatus.failed,
+        f"internal error in the worker ({type(exc).__name__}); the operators have the details in the "
+        "worker log",
+        "internal_error",
+    )
 
 
 def _push_seg(settings: Settings, seg: Path, job: Job) -> None:

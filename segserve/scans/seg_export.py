@@ -27,6 +27,7 @@ from segserve.dicom.seg import ModelCardLike, SegExportError, SegUnavailable, bu
 from segserve.imaging.detect import detect_format
 from segserve.imaging.volume import Volume
 from segserve.scans.readers import read_image
+from segserve.storage import is_disk_full, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ def try_export_job_seg(
 
         if isinstance(exc, SoftTimeLimitExceeded):  # the job's time is up: that is the job's failure
             raise
+        if is_disk_full(exc):  # a full disk fails the job (disk_full) rather than leaving it without its SEG
+            raise
         code = getattr(exc, "code", None) or "seg_export_failed"
         if isinstance(exc, SegExportError):
             detail = str(exc)
@@ -180,8 +183,7 @@ def try_export_job_seg(
             detail = f"the DICOM SEG could not be made ({type(exc).__name__})"
             log.warning("job %s: DICOM SEG export failed (%s)", job_id, type(exc).__name__, exc_info=True)
         try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            _error_path(out_path).write_text(json.dumps({"code": code, "detail": detail}), encoding="utf-8")
+            write_json_atomic(_error_path(out_path), {"code": code, "detail": detail})
         except OSError:
             log.warning("job %s: could not record why the SEG is missing", job_id)
         return None

@@ -17,6 +17,8 @@ from typing import IO
 
 from python_multipart.multipart import parse_options_header
 
+from segserve.storage import DiskReserve
+from service.disk import close_upload_file, write_chunk
 from service.multipart_feed import feed_multipart
 from service.problems import Problem
 
@@ -60,11 +62,12 @@ def check_media_type(content_type: str) -> bytes:
 
 
 class _Collector:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, reserve: DiskReserve | None) -> None:
         self.parts: list[StowPart] = []
         self.total = 0
         self._root = root
         self._max_bytes = max_bytes
+        self._reserve = reserve
         self._field = b""
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -101,7 +104,7 @@ class _Collector:
                 413, f"upload exceeds the limit of {self._max_bytes} bytes", code="upload_too_large"
             )
         assert self._file is not None
-        self._file.write(data[start:end])
+        write_chunk(self._file, data[start:end], self._reserve, "dicomweb")
         self.parts[-1].size += end - start
 
     def on_part_end(self) -> None:
@@ -109,15 +112,20 @@ class _Collector:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            close_upload_file(file)
 
 
 async def receive_related(
-    boundary: bytes, body: AsyncIterator[bytes], root: Path, max_bytes: int
+    boundary: bytes,
+    body: AsyncIterator[bytes],
+    root: Path,
+    max_bytes: int,
+    reserve: DiskReserve | None = None,
 ) -> list[StowPart]:
     """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order.
-    Raises Problem 413 past `max_bytes` or MAX_PARTS, 400 for a malformed body; the caller removes `root`."""
-    collector = _Collector(root, max_bytes)
+    Raises Problem 413 past `max_bytes` or MAX_PARTS, 400 for a malformed body, 507 past the disk `reserve`
+    or on a full disk; the caller removes `root`."""
+    collector = _Collector(root, max_bytes, reserve)
     await feed_multipart(collector, boundary, body, "multipart/related")
     return collector.parts

@@ -34,6 +34,7 @@ from service.dicomweb.collect import place
 from service.dicomweb.instances import SOP_CLASS_NOT_SUPPORTED, Received, Rejected, inspect_part
 from service.dicomweb.multipart import StowPart, check_media_type, receive_related
 from service.dicomweb.response import MEDIA_TYPE, status_code, store_response, warning_headers
+from service.disk import check_declared_length, upload_reserve
 from service.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -189,9 +190,12 @@ async def _stow(
         raise Problem(
             413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes", code="upload_too_large"
         )
+    check_declared_length(settings, int(declared) if declared and declared.isdigit() else 0)
     staging = new_staging_dir(settings.staging_dir)
     try:
-        parts = await receive_related(boundary, request.stream(), staging, settings.max_upload_bytes)
+        parts = await receive_related(
+            boundary, request.stream(), staging, settings.max_upload_bytes, upload_reserve(settings, staging)
+        )
         if not parts:
             raise Problem(400, "the multipart/related body holds no parts", code="no_instances")
         chooser = model_id if model_id is not None else _ModalityRules(catalog, settings)

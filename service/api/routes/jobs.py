@@ -28,6 +28,7 @@ from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
 from service.deid_upload import deidentify_upload
+from service.disk import check_declared_length, upload_reserve
 from service.files import volume_response
 from service.problems import Problem
 from service.schemas import JobList, JobPublic
@@ -146,7 +147,7 @@ def _store_job(
     response_model=JobPublic,
     openapi_extra=_FORM_SCHEMA,
     summary="Submit a scan for segmentation",
-    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}},
+    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}, 507: {"description": "Disk full"}},
 )
 async def create_job(
     request: Request, settings: SettingsDep, catalog: CatalogDep, key: CanCreateJobs
@@ -156,10 +157,15 @@ async def create_job(
         raise Problem(
             413, f"upload exceeds the limit of {settings.max_upload_bytes} bytes", code="upload_too_large"
         )
+    check_declared_length(settings, int(declared) if declared and declared.isdigit() else 0)
     staging = new_staging_dir(settings.staging_dir)
     try:
         form = await receive_form(
-            request.headers.get("content-type", ""), request.stream(), staging, settings.max_upload_bytes
+            request.headers.get("content-type", ""),
+            request.stream(),
+            staging,
+            settings.max_upload_bytes,
+            upload_reserve(settings, staging),
         )
         model_id = form.text.get("model", "")
         if not model_id:
