@@ -19,7 +19,7 @@ from typing import IO
 from python_multipart.multipart import parse_options_header
 
 from models.card import ModelCard, input_channels
-from service.multipart_feed import feed_multipart
+from service.multipart_feed import PartCollector, feed_multipart
 from service.problems import Problem
 
 FILE_FIELDS = ("image", "reference")
@@ -157,10 +157,14 @@ class _Collector:
 
 
 async def receive_form(
-    content_type: str, body: AsyncIterator[bytes], root: Path, max_bytes: int
+    content_type: str,
+    body: AsyncIterator[bytes],
+    root: Path,
+    max_bytes: int,
+    observer: PartCollector | None = None,
 ) -> ParsedUpload:
-    """Parse a multipart body into `root`. Raises Problem (415, 413, 422, 400) on bad input; the caller
-    removes `root` on failure."""
+    """Parse a multipart body into `root` (`observer` sees every part too, see feed_multipart). Raises
+    Problem (415, 413, 422, 400) on bad input; the caller removes `root` on failure."""
     media_type, options = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
         raise Problem(
@@ -172,7 +176,7 @@ async def receive_form(
     if not boundary:
         raise Problem(400, "multipart/form-data without a boundary", code="bad_multipart")
     collector = _Collector(root, max_bytes)
-    await feed_multipart(collector, boundary, body, "multipart/form-data")
+    await feed_multipart(collector, boundary, body, "multipart/form-data", observer)
     return collector.result
 
 

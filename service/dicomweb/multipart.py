@@ -17,7 +17,7 @@ from typing import IO
 
 from python_multipart.multipart import parse_options_header
 
-from service.multipart_feed import feed_multipart
+from service.multipart_feed import PartCollector, feed_multipart
 from service.problems import Problem
 
 DICOM = "application/dicom"
@@ -114,10 +114,15 @@ class _Collector:
 
 
 async def receive_related(
-    boundary: bytes, body: AsyncIterator[bytes], root: Path, max_bytes: int
+    boundary: bytes,
+    body: AsyncIterator[bytes],
+    root: Path,
+    max_bytes: int,
+    observer: PartCollector | None = None,
 ) -> list[StowPart]:
-    """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order.
-    Raises Problem 413 past `max_bytes` or MAX_PARTS, 400 for a malformed body; the caller removes `root`."""
+    """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order
+    (`observer` sees every part too, see feed_multipart). Raises Problem 413 past `max_bytes` or MAX_PARTS,
+    400 for a malformed body; the caller removes `root`."""
     collector = _Collector(root, max_bytes)
-    await feed_multipart(collector, boundary, body, "multipart/related")
+    await feed_multipart(collector, boundary, body, "multipart/related", observer)
     return collector.parts
