@@ -32,6 +32,15 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 
+OPENAPI_PARAMETER: dict[str, object] = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    "description": "Makes a retry safe: the same key with the same request (per API key) returns the first "
+    "answer again (Idempotent-Replayed: true); with another request 422, while the first is in progress 409.",
+}
+
 
 def _bad(detail: str) -> Problem:
     return Problem(400, f"{HEADER}: {detail}", code="bad_idempotency_key")

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 _BODY: dict[str, object] = {
+    "parameters": [idempotency.OPENAPI_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {
@@ -53,7 +54,7 @@ _BODY: dict[str, object] = {
     "responses": {
         "200": {"description": "All instances stored", "content": {MEDIA_TYPE: {}}},
         "202": {"description": "Some instances stored, some failed", "content": {MEDIA_TYPE: {}}},
-        "409": {"description": "No instance stored", "content": {MEDIA_TYPE: {}}},
+        "409": {"description": "No instance stored (or Idempotency-Key in use)", "content": {MEDIA_TYPE: {}}},
         "415": {"description": "Not multipart/related with type application/dicom"},
     },
 }

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _FORM_SCHEMA: dict[str, Any] = {
+    "parameters": [idempotency.OPENAPI_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {
@@ -73,7 +74,7 @@ _FORM_SCHEMA: dict[str, Any] = {
                 }
             }
         },
-    }
+    },
 }
 
 
