@@ -6,10 +6,12 @@ malformed key 400; keys are per API key; a request that failed leaves its key un
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ import pytest
 
 from segserve import idempotency as store
 from segserve.db import IdempotencyRecord, new_session
+from tests.conftest import fresh_postgres_database, redis_db
 from tests.support.dicomweb import api_only_stack, ct_series, related_body, to_bytes
+from tests.support.paths import WEIGHTS, require_shared
 from tests.support.stack import Stack, wait_for
 from tests.support.volumes import brain_crop
 
@@ -278,3 +282,54 @@ def test_stow_with_the_same_key_twice_stores_the_series_once(stow_api: Stack) ->
     assert after == row  # the replay stored nothing and did not restart the series' quiet period
     assert len([e for e in events if e["resource_id"] == row["id"]]) == 1
     _problem(_stow(stow_api, key, parts[:2]), 422, "idempotency_key_reused")
+
+
+@pytest.fixture(scope="module")
+def two_apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
+    """Two API processes (no worker) over one fresh PostgreSQL database and one data directory, as in a
+    deployment with several API machines."""
+    require_shared()
+    tmp = tmp_path_factory.mktemp("idem-pg")
+    with fresh_postgres_database("segserve_idem") as url:
+        env = {
+            "SEGSERVE_REDIS_URL": redis_db(8),
+            "SEGSERVE_DATABASE_URL": url,
+            "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+        }
+        first, second = Stack(tmp, env), Stack(tmp, env)
+        (tmp / "data").mkdir()
+        first.admin_key = json.loads(first.cli("keys", "create", "--name", "a", "--role", "admin").stdout)[
+            "key"
+        ]
+        second.admin_key = first.admin_key
+        try:
+            first.start_api()
+            second.start_api()
+            yield first, second
+        finally:
+            first.stop()
+            second.stop()
+
+
+def test_two_api_processes_on_postgres_make_one_job_per_key(
+    two_apis: tuple[Stack, Stack], scans: tuple[Path, Path]
+) -> None:
+    """The same request sent at once to two API processes, for three keys: each key makes one job, and
+    every answer (after retrying 409s) names it."""
+    keys = [_new_key() for _ in range(3)]
+    before = _total(two_apis[0])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for key in keys:
+            one, other = pool.map(_until_not_409, two_apis, [scans[0]] * 2, [key] * 2)
+            assert one.status_code == other.status_code == 202, (key, one.text, other.text)
+            assert one.json()["id"] == other.json()["id"]
+            assert ("idempotent-replayed" in one.headers) != ("idempotent-replayed" in other.headers)
+    assert _total(two_apis[0]) == _total(two_apis[1]) == before + len(keys)
+
+
+def _until_not_409(api: Stack, image: Path, key: str) -> httpx.Response:
+    def answered() -> httpx.Response | None:
+        resp = _submit(api, image, key)
+        return None if resp.status_code == 409 else resp
+
+    return wait_for(answered, 60, "an answer other than 409", interval=0.2)  # type: ignore[no-any-return]
