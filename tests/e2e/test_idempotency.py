@@ -284,6 +284,16 @@ def test_stow_with_the_same_key_twice_stores_the_series_once(stow_api: Stack) ->
     _problem(_stow(stow_api, key, parts[:2]), 422, "idempotency_key_reused")
 
 
+def test_stow_that_stored_nothing_leaves_the_key_unused(stow_api: Stack) -> None:
+    key = _new_key()
+    refused = _stow(stow_api, key, [b"not a DICOM file"])
+    assert refused.status_code == 409 and refused.headers["content-type"].startswith("application/dicom+json")
+    series = ct_series(compress=False)
+    stored = _stow(stow_api, key, [to_bytes(ds) for ds in series])  # fixed, same key
+    assert stored.status_code == 200, stored.text
+    assert "idempotent-replayed" not in stored.headers
+
+
 @pytest.fixture(scope="module")
 def two_apis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Stack]]:
     """Two API processes (no worker) over one fresh PostgreSQL database and one data directory, as in a

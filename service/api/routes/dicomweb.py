@@ -209,9 +209,12 @@ async def _stow(
         async with idempotency.released_on_error(settings, held):
             chooser = model_id if model_id is not None else _ModalityRules(catalog, settings)
             outcome = await run_in_threadpool(_process, settings, parts, chooser, key.id, study)
+            response = _answer(outcome)
+            if held is not None:  # at once: a client that drops the connection now must not hold the key
+                await _settle_key(settings, held, response, outcome)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    status = status_code(len(outcome.stored), len(outcome.failed))
+    status = response.status_code
     try:
         await run_in_threadpool(_audit, request, settings, route, key, outcome, status)
     except Exception:  # never lose the answer to an audit failure, but say so loudly
@@ -224,11 +227,15 @@ async def _stow(
         model_id or "by modality",
         len(outcome.failed),
     )
+    return response
+
+
+def _answer(outcome: _Outcome) -> JSONResponse:
+    """The PS3.18 store response (200, 202 or 409) with a Warning header per failed instance."""
+    status = status_code(len(outcome.stored), len(outcome.failed))
     response = JSONResponse(store_response(outcome.stored, outcome.failed), status, media_type=MEDIA_TYPE)
     for name, value in warning_headers(outcome.failed):
         response.headers.append(name, value)
-    if held is not None:
-        await _settle_key(settings, held, response, outcome)
     return response
 
 
