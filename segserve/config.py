@@ -84,6 +84,17 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token that may read /metrics (besides admin API keys). Unset: admin keys only.",
     )
+    idempotency_ttl_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How long an Idempotency-Key's answer is kept and replayed (per API key), seconds.",
+    )
+    idempotency_lock_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A first request still in progress holds its Idempotency-Key at most this long, seconds; "
+        "after that (its API process died) a retry may take the key over.",
+    )
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )

@@ -228,6 +228,29 @@ class DeidUid(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class IdempotencyRecord(Base):
+    """An Idempotency-Key (draft-ietf-httpapi-idempotency-key-header) sent by one API key, and what became
+    of its first request (segserve.idempotency): `processing` while that request runs, `completed` with the
+    answer to replay. `fingerprint` is the sha256 (hex) of the request's method, path and body content.
+    A row counts until `expires_at` (end of the lock while processing, end of the TTL once completed);
+    `token` identifies one claim, so a claim that was taken over cannot complete."""
+
+    __tablename__ = "idempotency_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # "processing" or "completed"
+    token: Mapped[str] = mapped_column(String(32))
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    media_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_headers: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the API read while a worker writes; busy_timeout waits instead of failing on a lock.
     cursor = dbapi_connection.cursor()

@@ -3,8 +3,8 @@ and STOW-RS (multipart/related), which differ only in what their collectors do w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from python_multipart.multipart import MultipartParser, MultipartState
 
@@ -27,16 +27,31 @@ class PartCollector(Protocol):
     def close(self) -> None: ...
 
 
+def _both(first: Callable[..., None], then: Callable[..., None]) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        first(*args)
+        then(*args)
+
+    return call
+
+
 async def feed_multipart(
-    collector: PartCollector, boundary: bytes, body: AsyncIterator[bytes], kind: str
+    collector: PartCollector,
+    boundary: bytes,
+    body: AsyncIterator[bytes],
+    kind: str,
+    observer: PartCollector | None = None,
 ) -> None:
-    """Parse `body` chunk by chunk into `collector`, then close it.
+    """Parse `body` chunk by chunk into `collector`, then close it. An `observer` (e.g. the request's
+    Idempotency-Key fingerprint) gets every callback too, after the collector.
 
     Raises:
         Problem 400 (bad_multipart) naming `kind` (e.g. "multipart/related") for a malformed or truncated
         body; Problems raised by the collector (413, ...) pass through unchanged.
     """
     callbacks = {name: getattr(collector, name) for name in _CALLBACKS}
+    if observer is not None:
+        callbacks = {name: _both(call, getattr(observer, name)) for name, call in callbacks.items()}
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in body:

@@ -21,7 +21,7 @@ from python_multipart.multipart import parse_options_header
 from models.card import ModelCard, input_channels
 from segserve.storage import DiskReserve
 from service.disk import close_upload_file, write_chunk
-from service.multipart_feed import feed_multipart
+from service.multipart_feed import PartCollector, feed_multipart
 from service.problems import Problem
 
 FILE_FIELDS = ("image", "reference")
@@ -165,9 +165,11 @@ async def receive_form(
     root: Path,
     max_bytes: int,
     reserve: DiskReserve | None = None,
+    observer: PartCollector | None = None,
 ) -> ParsedUpload:
-    """Parse a multipart body into `root`. Raises Problem (415, 413, 422, 400) on bad input, 507 when a
-    file part would cross the disk `reserve` or the disk is full; the caller removes `root` on failure."""
+    """Parse a multipart body into `root` (`observer` sees every part too, see feed_multipart). Raises
+    Problem (415, 413, 422, 400) on bad input, 507 when a file part would cross the disk `reserve` or the
+    disk is full; the caller removes `root` on failure."""
     media_type, options = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
         raise Problem(
@@ -179,7 +181,7 @@ async def receive_form(
     if not boundary:
         raise Problem(400, "multipart/form-data without a boundary", code="bad_multipart")
     collector = _Collector(root, max_bytes, reserve)
-    await feed_multipart(collector, boundary, body, "multipart/form-data")
+    await feed_multipart(collector, boundary, body, "multipart/form-data", observer)
     return collector.result
 
 

@@ -19,7 +19,7 @@ from python_multipart.multipart import parse_options_header
 
 from segserve.storage import DiskReserve
 from service.disk import close_upload_file, write_chunk
-from service.multipart_feed import feed_multipart
+from service.multipart_feed import PartCollector, feed_multipart
 from service.problems import Problem
 
 DICOM = "application/dicom"
@@ -122,10 +122,11 @@ async def receive_related(
     root: Path,
     max_bytes: int,
     reserve: DiskReserve | None = None,
+    observer: PartCollector | None = None,
 ) -> list[StowPart]:
-    """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order.
-    Raises Problem 413 past `max_bytes` or MAX_PARTS, 400 for a malformed body, 507 past the disk `reserve`
-    or on a full disk; the caller removes `root`."""
+    """Write each part of a multipart/related body into `root` (`00001.part`, ...) and list them in order
+    (`observer` sees every part too, see feed_multipart). Raises Problem 413 past `max_bytes` or MAX_PARTS,
+    400 for a malformed body, 507 past the disk `reserve` or on a full disk; the caller removes `root`."""
     collector = _Collector(root, max_bytes, reserve)
-    await feed_multipart(collector, boundary, body, "multipart/related")
+    await feed_multipart(collector, boundary, body, "multipart/related", observer)
     return collector.parts

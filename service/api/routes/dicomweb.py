@@ -27,7 +27,9 @@ from segserve.audit import record
 from segserve.config import Settings
 from segserve.db import ApiKey, new_session
 from segserve.dicom.deid_store import uid_key
+from segserve.idempotency import Claim, StoredAnswer
 from segserve.storage import new_staging_dir
+from service import idempotency
 from service.api.deps import CanCreateJobs, CatalogDep, SettingsDep
 from service.api.lookup import single_image_card
 from service.dicomweb.collect import place
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 _BODY: dict[str, object] = {
+    "parameters": [idempotency.OPENAPI_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {
@@ -52,7 +55,7 @@ _BODY: dict[str, object] = {
     "responses": {
         "200": {"description": "All instances stored", "content": {MEDIA_TYPE: {}}},
         "202": {"description": "Some instances stored, some failed", "content": {MEDIA_TYPE: {}}},
-        "409": {"description": "No instance stored", "content": {MEDIA_TYPE: {}}},
+        "409": {"description": "No instance stored (or Idempotency-Key in use)", "content": {MEDIA_TYPE: {}}},
         "415": {"description": "Not multipart/related with type application/dicom"},
     },
 }
@@ -183,6 +186,7 @@ async def _stow(
     model: str | None = None,
     study: str | None = None,
 ) -> Response:
+    idempotency_key = idempotency.request_key(request)
     model_id = await run_in_threadpool(_model_for, catalog, settings, model)
     boundary = check_media_type(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
@@ -192,17 +196,34 @@ async def _stow(
         )
     check_declared_length(settings, int(declared) if declared and declared.isdigit() else 0)
     staging = new_staging_dir(settings.staging_dir)
+    held: Claim | None = None
     try:
+        digest = idempotency.PartDigest.of(request) if idempotency_key else None
         parts = await receive_related(
-            boundary, request.stream(), staging, settings.max_upload_bytes, upload_reserve(settings, staging)
+            boundary,
+            request.stream(),
+            staging,
+            settings.max_upload_bytes,
+            upload_reserve(settings, staging),
+            digest,
         )
         if not parts:
             raise Problem(400, "the multipart/related body holds no parts", code="no_instances")
-        chooser = model_id if model_id is not None else _ModalityRules(catalog, settings)
-        outcome = await run_in_threadpool(_process, settings, parts, chooser, key.id, study)
+        if idempotency_key and digest is not None:
+            claimed = await idempotency.begin(settings, key.id, idempotency_key, digest)
+            if isinstance(claimed, StoredAnswer):
+                log.info("stow: key %s: answer replayed (Idempotency-Key)", key.id)
+                return idempotency.replay(claimed)
+            held = claimed
+        async with idempotency.released_on_error(settings, held):
+            chooser = model_id if model_id is not None else _ModalityRules(catalog, settings)
+            outcome = await run_in_threadpool(_process, settings, parts, chooser, key.id, study)
+            response = _answer(outcome)
+            if held is not None:  # at once: a client that drops the connection now must not hold the key
+                await _settle_key(settings, held, response, outcome)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    status = status_code(len(outcome.stored), len(outcome.failed))
+    status = response.status_code
     try:
         await run_in_threadpool(_audit, request, settings, route, key, outcome, status)
     except Exception:  # never lose the answer to an audit failure, but say so loudly
@@ -215,10 +236,28 @@ async def _stow(
         model_id or "by modality",
         len(outcome.failed),
     )
+    return response
+
+
+def _answer(outcome: _Outcome) -> JSONResponse:
+    """The PS3.18 store response (200, 202 or 409) with a Warning header per failed instance."""
+    status = status_code(len(outcome.stored), len(outcome.failed))
     response = JSONResponse(store_response(outcome.stored, outcome.failed), status, media_type=MEDIA_TYPE)
     for name, value in warning_headers(outcome.failed):
         response.headers.append(name, value)
     return response
+
+
+async def _settle_key(settings: Settings, held: Claim, response: Response, outcome: _Outcome) -> None:
+    """Keep the answer for the Idempotency-Key when instances were stored (200, 202); forget the key when
+    none was (409), so that the client may fix the request and retry. Either way the answer is sent."""
+    try:
+        if outcome.stored:
+            await idempotency.complete(settings, held, idempotency.answer_of(response))
+        else:
+            await idempotency.release(settings, held)
+    except Exception:  # the instances are stored: the answer must reach the client all the same
+        log.exception("stow: could not record the Idempotency-Key's answer")
 
 
 @router.post("/studies", openapi_extra=_BODY, summary="STOW-RS: store instances (default model)")

@@ -17,14 +17,17 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from evaluation.report import to_csv
+from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobStatus, new_session
 from segserve.dicom.seg import SegUnavailable
+from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
+from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
 from service.deid_upload import deidentify_upload
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 _FORM_SCHEMA: dict[str, Any] = {
+    "parameters": [idempotency.OPENAPI_PARAMETER],
     "requestBody": {
         "required": True,
         "content": {
@@ -71,7 +75,7 @@ _FORM_SCHEMA: dict[str, Any] = {
                 }
             }
         },
-    }
+    },
 }
 
 
@@ -112,8 +116,11 @@ def _store_job(
     version: str,
     info: _Validated,
     key: ApiKey,
-) -> Job:
-    """Move the upload into place and commit the row. On any failure nothing is left behind."""
+    held: Claim | None,
+) -> tuple[Job, dict[str, Any]]:
+    """Move the upload into place and commit the row (and the Idempotency-Key's answer, in the same
+    transaction: a key is never left without its job, nor a job without its key). Returns the job and the
+    202 answer's body. On any failure nothing is left behind."""
     job_id = uuid.uuid4().hex
     files = JobFiles(settings.jobs_dir, job_id)
     files.root.mkdir(parents=True)
@@ -133,12 +140,20 @@ def _store_job(
                 submitted_by=key.id,
             )
             session.add(job)
+            session.flush()
+            body = JobPublic.from_row(job).model_dump(mode="json")
+            if held is not None:
+                answer = StoredAnswer(202, "application/json", json.dumps(body), _location(job_id), job_id)
+                idempotency.complete_in(session, settings, held, answer)
             session.commit()
-            session.refresh(job)
-            return job
+            return job, body
     except BaseException:
         files.remove()
         raise
+
+
+def _location(job_id: str) -> list[tuple[str, str]]:
+    return [("Location", f"/v1/jobs/{job_id}")]
 
 
 @router.post(
@@ -151,7 +166,8 @@ def _store_job(
 )
 async def create_job(
     request: Request, settings: SettingsDep, catalog: CatalogDep, key: CanCreateJobs
-) -> JSONResponse:
+) -> Response:
+    idempotency_key = idempotency.request_key(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise Problem(
@@ -160,35 +176,58 @@ async def create_job(
     check_declared_length(settings, int(declared) if declared and declared.isdigit() else 0)
     staging = new_staging_dir(settings.staging_dir)
     try:
+        digest = idempotency.PartDigest.of(request) if idempotency_key else None
         form = await receive_form(
             request.headers.get("content-type", ""),
             request.stream(),
             staging,
             settings.max_upload_bytes,
             upload_reserve(settings, staging),
+            digest,
         )
-        model_id = form.text.get("model", "")
-        if not model_id:
-            raise Problem(
-                422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
-            )
-        card = await run_in_threadpool(available_card, catalog, model_id)
-        version = card.version
-        channels = check_image_parts(card, form)
-        try:
-            if settings.deidentify:  # before validation and storage: nothing identifying is kept
-                form = await run_in_threadpool(deidentify_upload, settings, staging, form)
-            info = await run_in_threadpool(_validate_volumes, staging, form, channels)
-        except ImageError as exc:
-            raise Problem(exc.status, str(exc), code=exc.code) from None
-        job = await run_in_threadpool(_store_job, settings, staging, form, model_id, version, info, key)
+        held: Claim | None = None
+        if idempotency_key and digest is not None:
+            claimed = await idempotency.begin(settings, key.id, idempotency_key, digest)
+            if isinstance(claimed, StoredAnswer):
+                request.state.created_resource = ("job", claimed.resource_id)
+                log.info("job %s: answer replayed for key %s (Idempotency-Key)", claimed.resource_id, key.id)
+                return idempotency.replay(claimed)
+            held = claimed
+        async with idempotency.released_on_error(settings, held):
+            job, body = await _accept(settings, catalog, key, staging, form, held)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     request.state.created_resource = ("job", job.id)
     await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue)
-    log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
-    body = JobPublic.from_row(job).model_dump(mode="json")
-    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+    log.info("job %s: accepted for model %s from key %s", job.id, job.model_id, key.id)
+    return JSONResponse(body, status_code=202, headers=dict(_location(job.id)))
+
+
+async def _accept(
+    settings: Settings,
+    catalog: Catalog,
+    key: ApiKey,
+    staging: Path,
+    form: ParsedUpload,
+    held: Claim | None,
+) -> tuple[Job, dict[str, Any]]:
+    """Check the received form against the model, validate the volumes and store the job (422 etc.)."""
+    model_id = form.text.get("model", "")
+    if not model_id:
+        raise Problem(
+            422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
+        )
+    card = await run_in_threadpool(available_card, catalog, model_id)
+    channels = check_image_parts(card, form)
+    try:
+        if settings.deidentify:  # before validation and storage: nothing identifying is kept
+            form = await run_in_threadpool(deidentify_upload, settings, staging, form)
+        info = await run_in_threadpool(_validate_volumes, staging, form, channels)
+    except ImageError as exc:
+        raise Problem(exc.status, str(exc), code=exc.code) from None
+    return await run_in_threadpool(
+        _store_job, settings, staging, form, model_id, card.version, info, key, held
+    )
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
