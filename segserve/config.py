@@ -74,6 +74,18 @@ class Settings(BaseSettings):
         default=None, description="Sent as 'Authorization: Bearer <token>' with each push."
     )
     dicomweb_push_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one push.")
+    max_queued_jobs_per_key: int | None = Field(
+        default=None, ge=1, description="Queued jobs one API key may hold; more get 429. Unset: no limit."
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="POST /v1/jobs requests per API key in any 60 s (counted in Redis, so across API "
+        "processes); more get 429. Unset: no limit.",
+    )
+    estimate_runs: int = Field(
+        default=20, ge=1, description="Succeeded runs per model whose median duration estimates waits."
+    )
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )

@@ -19,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from evaluation.report import to_csv
 from segserve import jobs as job_states
 from segserve.config import Settings
-from segserve.db import ApiKey, Job, JobStatus, new_session
+from segserve.db import ApiKey, Job, JobPriority, JobStatus, new_session
 from segserve.dicom.seg import SegUnavailable
 from segserve.imaging.errors import ImageError
+from segserve.queue_wait import queue_wait
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
@@ -30,6 +31,7 @@ from service.api.lookup import available_card, job_or_404
 from service.deid_upload import deidentify_upload
 from service.files import volume_response
 from service.problems import Problem
+from service.quotas import check_queued, check_rate
 from service.schemas import JobList, JobPublic
 from service.uploads import ParsedUpload, check_image_parts, receive_form
 from workers.celery_app import app as celery_app
@@ -60,6 +62,12 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "description": "For a multi-channel model (GET /v1/models: input.channels, "
                             "e.g. image.t1c, image.t1, image.t2, image.flair): one part per channel, each "
                             "like 'image', all on one grid; then no 'image' part.",
+                        },
+                        "priority": {
+                            "type": "string",
+                            "enum": ["routine", "stat"],
+                            "default": "routine",
+                            "description": "stat: starts before every queued routine job on its queue.",
                         },
                         "reference": {
                             "type": "array",
@@ -111,8 +119,11 @@ def _store_job(
     version: str,
     info: _Validated,
     key: ApiKey,
+    priority: JobPriority,
 ) -> Job:
-    """Move the upload into place and commit the row. On any failure nothing is left behind."""
+    """Move the upload into place and commit the row. On any failure nothing is left behind. The queued
+    limit is checked again here, just before the row is made, for submissions that ran in parallel."""
+    check_queued(settings, key)
     job_id = uuid.uuid4().hex
     files = JobFiles(settings.jobs_dir, job_id)
     files.root.mkdir(parents=True)
@@ -124,6 +135,7 @@ def _store_job(
                 model_id=model_id,
                 model_version=version,
                 queue=settings.default_queue,
+                priority=priority,
                 input_format=info.input_format,
                 input_files=info.input_files,
                 reference_files=form.files["reference"],
@@ -140,17 +152,30 @@ def _store_job(
         raise
 
 
+def _priority(value: str) -> JobPriority:
+    """The form field `priority`: empty means routine."""
+    try:
+        return JobPriority(value.strip().lower() or JobPriority.routine.value)
+    except ValueError:
+        raise Problem(
+            422, f"form field 'priority' must be 'stat' or 'routine', got {value!r}", code="invalid_priority"
+        ) from None
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
     openapi_extra=_FORM_SCHEMA,
     summary="Submit a scan for segmentation",
-    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}},
+    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}, 429: {}},
 )
 async def create_job(
     request: Request, settings: SettingsDep, catalog: CatalogDep, key: CanCreateJobs
 ) -> JSONResponse:
+    # Limits first, before the upload is read: a refused client should not have to send gigabytes.
+    await run_in_threadpool(check_rate, settings, key)
+    await run_in_threadpool(check_queued, settings, key)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise Problem(
@@ -166,6 +191,7 @@ async def create_job(
             raise Problem(
                 422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
             )
+        priority = _priority(form.text.get("priority", ""))
         card = await run_in_threadpool(available_card, catalog, model_id)
         version = card.version
         channels = check_image_parts(card, form)
@@ -175,11 +201,13 @@ async def create_job(
             info = await run_in_threadpool(_validate_volumes, staging, form, channels)
         except ImageError as exc:
             raise Problem(exc.status, str(exc), code=exc.code) from None
-        job = await run_in_threadpool(_store_job, settings, staging, form, model_id, version, info, key)
+        job = await run_in_threadpool(
+            _store_job, settings, staging, form, model_id, version, info, key, priority
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     request.state.created_resource = ("job", job.id)
-    await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue)
+    await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue, job.priority)
     log.info("job %s: accepted for model %s from key %s", job.id, model_id, key.id)
     body = JobPublic.from_row(job).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -211,8 +239,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's status and progress")
-def get_job(job_id: str, session: SessionDep, _key: CanReadJobs) -> JobPublic:
-    return JobPublic.from_row(job_or_404(session, job_id))
+def get_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> JobPublic:
+    job = job_or_404(session, job_id)
+    return JobPublic.from_row(job, queue_wait(session, job, runs=settings.estimate_runs))
 
 
 def _require_succeeded(job: Job) -> None:
