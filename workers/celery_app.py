@@ -7,6 +7,7 @@ import logging
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport.redis import Channel as RedisChannel
 
 from segserve import jobs as job_states
 from segserve.config import Settings
@@ -71,6 +72,12 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         task_default_priority=BROKER_PRIORITY[JobPriority.routine],
     )
     return celery_app
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists (before the broker key prefix) that hold a queue's messages, one per priority step
+    in kombu's naming, the first served first. For counting what waits in the broker."""
+    return [queue if step == 0 else f"{queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS]
 
 
 def send_run_job(celery_app: Celery, job_id: str, queue: str, priority: str) -> None:

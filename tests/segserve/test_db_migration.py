@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, insert, inspect
+from sqlalchemy import inspect
 
 from segserve import jobs
-from segserve.db import Base, Job, JobPriority, get_engine, init_db, new_session, utcnow
+from segserve.db import Job, JobPriority, get_engine, init_db, new_session
 from tests.conftest import fresh_postgres_database
+from tests.support.legacy_db import make_pre_priority_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,42 +25,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
-def _make_old_jobs_table(url: str) -> None:
-    """A database as the release before priorities made it: every table, jobs without `priority` and with
-    one finished job in it."""
-    old = MetaData()
-    columns: list[Column[object]] = [c._copy() for c in Job.__table__.columns if c.name != "priority"]
-    table = Table("jobs", old, *columns)
-    engine = get_engine(url)
-    Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != "jobs"])
-    old.create_all(engine)
-    now = utcnow()
-    with engine.begin() as conn:
-        conn.execute(
-            insert(table).values(
-                id="old1",
-                status="succeeded",
-                progress=1.0,
-                model_id="m",
-                model_version="1",
-                queue="cpu",
-                input_format="nifti",
-                input_files=["0000.nii.gz"],
-                reference_files=[],
-                image_shape=[2, 2, 2],
-                image_spacing_mm=[1.0, 1.0, 1.0],
-                submitted_by="k",
-                attempts=1,
-                cancel_requested=False,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    assert "priority" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
-
-
 def test_old_database_gains_the_priority_column(empty_url: str) -> None:
-    _make_old_jobs_table(empty_url)
+    make_pre_priority_database(empty_url)
     init_db(empty_url)
     init_db(empty_url)  # a second start finds the column and changes nothing
     with new_session(empty_url) as session:
@@ -88,7 +55,7 @@ def test_old_database_gains_the_priority_column(empty_url: str) -> None:
 
 def test_api_and_worker_migrating_at_once_both_start(empty_url: str) -> None:
     """Both processes call init_db at start; the one that loses the race must not fail."""
-    _make_old_jobs_table(empty_url)
+    make_pre_priority_database(empty_url)
     errors: list[BaseException] = []
 
     def start() -> None:
