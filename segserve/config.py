@@ -95,6 +95,18 @@ class Settings(BaseSettings):
         description="A first request still in progress holds its Idempotency-Key at most this long, seconds; "
         "after that (its API process died) a retry may take the key over.",
     )
+    max_queued_jobs_per_key: int | None = Field(
+        default=None, ge=1, description="Queued jobs one API key may hold; more get 429. Unset: no limit."
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="POST /v1/jobs requests per API key in any 60 s (counted in Redis, so across API "
+        "processes); more get 429. Unset: no limit.",
+    )
+    estimate_runs: int = Field(
+        default=20, ge=1, description="Succeeded runs per model whose median duration estimates waits."
+    )
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )

@@ -28,7 +28,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -63,6 +66,13 @@ class JobStatus(enum.StrEnum):
     @property
     def finished(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class JobPriority(enum.StrEnum):
+    """How urgent a job is. A stat job starts before every queued routine job on its queue."""
+
+    stat = "stat"
+    routine = "routine"
 
 
 class Role(enum.StrEnum):
@@ -100,6 +110,10 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(String(100))
     model_version: Mapped[str] = mapped_column(String(50))
     queue: Mapped[str] = mapped_column(String(20))
+    # Added after the first release: init_db adds it to older databases (see _ADDITIVE_COLUMNS).
+    priority: Mapped[str] = mapped_column(
+        String(16), default=JobPriority.routine.value, server_default=JobPriority.routine.value
+    )
     input_format: Mapped[str] = mapped_column(String(20))
     input_files: Mapped[list[str]] = mapped_column(JSON)
     reference_files: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -329,9 +343,34 @@ def _session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 
+# Columns added to existing tables after a release: (table, column, SQL type with its default). create_all
+# makes missing tables only, so init_db adds these to a database made before them. Additive only: a column
+# here must be nullable or carry a default, so that older rows stay valid and older code can still insert.
+_ADDITIVE_COLUMNS: list[tuple[str, str, str]] = [
+    ("jobs", "priority", "VARCHAR(16) NOT NULL DEFAULT 'routine'"),
+]
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for every column of _ADDITIVE_COLUMNS that the database lacks. The API
+    and the workers may start together and both try: the loser's error is ignored once the column is
+    there."""
+    for table, column, ddl in _ADDITIVE_COLUMNS:
+        if column in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+        except DBAPIError:
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise
+
+
 def init_db(url: str) -> None:
-    """Create missing tables."""
-    Base.metadata.create_all(get_engine(url))
+    """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS)."""
+    engine = get_engine(url)
+    Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from segserve.db import Job, JobStatus, utcnow
+from segserve.db import Job, JobPriority, JobStatus, utcnow
 
 
 def build_job(
@@ -30,6 +30,7 @@ def build_job(
     submitted_by: str,
     evaluation_id: str | None = None,
     case_id: str | None = None,
+    priority: JobPriority = JobPriority.routine,
 ) -> Job:
     """A new queued job row (not yet added to a session)."""
     return Job(
@@ -38,6 +39,7 @@ def build_job(
         model_id=model_id,
         model_version=model_version,
         queue=queue,
+        priority=priority.value,
         input_format=input_format,
         input_files=input_files,
         reference_files=reference_files,

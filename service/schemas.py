@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from segserve.db import ApiKey, Job
+from segserve.queue_wait import QueueWait
 
 
 class JobError(BaseModel):
@@ -31,12 +32,49 @@ class JobLinks(BaseModel):
     metrics: str | None
 
 
+class WaitBasis(BaseModel):
+    method: str = Field(description="How the estimate is made, in words.")
+    run_time_s: float = Field(description="Median run time of this job's model, seconds.")
+    runs: int = Field(description="How many recent succeeded runs of the model the median is over.")
+    slots: int = Field(description="Jobs running on the queue now, at least 1 (taken as the worker slots).")
+
+
+class Waiting(BaseModel):
+    position: int = Field(description="Place in the job's queue; 1 = next to start (stat before routine).")
+    ahead: int = Field(description="Queued jobs that start before this one.")
+    estimated_start: datetime | None = Field(description="Null when the model has no succeeded run yet.")
+    estimated_finish: datetime | None
+    basis: WaitBasis | None
+
+    @classmethod
+    def from_wait(cls, wait: QueueWait) -> Waiting:
+        estimate = wait.estimate
+        return cls(
+            position=wait.position,
+            ahead=wait.ahead,
+            estimated_start=estimate.start if estimate else None,
+            estimated_finish=estimate.finish if estimate else None,
+            basis=WaitBasis(
+                method=estimate.method,
+                run_time_s=round(estimate.run_time.median_s, 3),
+                runs=estimate.run_time.runs,
+                slots=estimate.slots,
+            )
+            if estimate
+            else None,
+        )
+
+
 class JobPublic(BaseModel):
     id: str
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
     progress: float = Field(ge=0.0, le=1.0)
     model: ModelRef
     queue: str
+    priority: str = Field(description="stat or routine; stat jobs start before queued routine jobs")
+    waiting: Waiting | None = Field(
+        default=None, description="While queued, in GET /v1/jobs/{id} only: place in the queue and estimate."
+    )
     input: InputInfo
     has_reference: bool
     cancel_requested: bool
@@ -49,7 +87,7 @@ class JobPublic(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
+    def from_row(cls, job: Job, wait: QueueWait | None = None) -> JobPublic:
         base = f"/v1/jobs/{job.id}"
         return cls(
             id=job.id,
@@ -57,6 +95,8 @@ class JobPublic(BaseModel):
             progress=job.progress,
             model=ModelRef(id=job.model_id, version=job.model_version),
             queue=job.queue,
+            priority=job.priority,
+            waiting=Waiting.from_wait(wait) if wait is not None else None,
             input=InputInfo(format=job.input_format, shape=job.image_shape, spacing_mm=job.image_spacing_mm),
             has_reference=job.has_reference,
             cancel_requested=job.cancel_requested,

@@ -25,7 +25,7 @@ from service.multipart_feed import PartCollector, feed_multipart
 from service.problems import Problem
 
 FILE_FIELDS = ("image", "reference")
-TEXT_FIELDS = ("model",)
+TEXT_FIELDS = ("model", "priority")
 CHANNEL_PREFIX = "image."
 _CHANNEL = re.compile(r"^[a-z0-9][a-z0-9_]{0,31}$")
 _MAX_CHANNELS = 16

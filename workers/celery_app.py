@@ -7,15 +7,22 @@ import logging
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport.redis import Channel as RedisChannel
 
 from segserve import jobs as job_states
 from segserve.config import Settings
-from segserve.db import new_session
+from segserve.db import JobPriority, new_session
 
 RUN_JOB = "segserve.run_job"
 RUN_EVALUATION = "segserve.run_evaluation"
 FINISH_EVALUATION = "segserve.finish_evaluation"
 QUEUES = ("cpu", "gpu")
+
+# Message priorities on the Redis transport: kombu keeps one Redis list per priority step and per queue
+# and its BRPOP names the lists lowest step first, so a LOWER number is served FIRST (the reverse of
+# AMQP). Every message that is not a stat job (evaluation steps included) is routine: task_default_priority.
+PRIORITY_STEPS = (0, 1)
+BROKER_PRIORITY = {JobPriority.stat: 0, JobPriority.routine: 1}
 
 app = Celery("segserve")
 log = logging.getLogger(__name__)
@@ -33,7 +40,13 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
             f"visibility_timeout_s ({settings.visibility_timeout_s}) must exceed task_time_limit_s "
             f"({settings.task_time_limit_s}), or a long job would be delivered twice"
         )
-    transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    transport_options: dict[str, object] = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "priority_steps": list(PRIORITY_STEPS),
+        # Stays "round_robin" on purpose: it orders QUEUES (cpu vs gpu) for a worker that consumes both;
+        # priorities within and across queues come from priority_steps either way (see PRIORITY_STEPS).
+        "queue_order_strategy": "round_robin",
+    }
     if settings.broker_key_prefix:
         transport_options["global_keyprefix"] = settings.broker_key_prefix
     celery_app.conf.update(
@@ -47,6 +60,8 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
+        # With late acks a running task holds its slot's one prefetched message, so a busy worker reserves
+        # nothing more: a stat job published while it runs stays in the broker for the next free slot.
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -54,15 +69,28 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         accept_content=["json"],
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="cpu",
+        task_default_priority=BROKER_PRIORITY[JobPriority.routine],
     )
     return celery_app
 
 
-def send_run_job(celery_app: Celery, job_id: str, queue: str) -> None:
-    """Publish a job id to a queue. Only ids travel through the broker, never data."""
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists (before the broker key prefix) that hold a queue's messages, one per priority step
+    in kombu's naming, the first served first. For counting what waits in the broker."""
+    return [queue if step == 0 else f"{queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS]
+
+
+def send_run_job(celery_app: Celery, job_id: str, queue: str, priority: str) -> None:
+    """Publish a job id to a queue with its priority ("stat" or "routine"). Only ids travel through the
+    broker, never data."""
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
-    celery_app.send_task(RUN_JOB, args=[job_id], queue=queue)
+    try:
+        level = BROKER_PRIORITY[JobPriority(priority)]
+    except ValueError:
+        names = [p.value for p in JobPriority]
+        raise ValueError(f"priority must be one of {names}, got {priority!r}") from None
+    celery_app.send_task(RUN_JOB, args=[job_id], queue=queue, priority=level)
 
 
 def send_evaluation_task(celery_app: Celery, task: str, evaluation_id: str, queue: str = "cpu") -> None:
@@ -72,11 +100,13 @@ def send_evaluation_task(celery_app: Celery, task: str, evaluation_id: str, queu
     celery_app.send_task(task, args=[evaluation_id], queue=queue)
 
 
-def publish_committed_job(celery_app: Celery, settings: Settings, job_id: str, queue: str) -> None:
+def publish_committed_job(
+    celery_app: Celery, settings: Settings, job_id: str, queue: str, priority: str
+) -> None:
     """Publish a job whose row is committed, then mark it enqueued. A broker failure is logged, not raised:
     the row stays queued and a worker's recovery pass publishes it again, so nothing accepted is lost."""
     try:
-        send_run_job(celery_app, job_id, queue)
+        send_run_job(celery_app, job_id, queue, priority)
     except Exception:
         log.warning("job %s: publishing failed; recovery will publish it", job_id, exc_info=True)
         return

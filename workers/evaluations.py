@@ -145,7 +145,7 @@ def _create_case_jobs(
         )
         session.add(job)
         session.commit()
-        send_run_job(celery_app, job_id, job.queue)
+        send_run_job(celery_app, job_id, job.queue, job.priority)
         job_states.mark_enqueued(session, job_id)
         _set(session, evaluation.id, lease_expires_at=utcnow() + timedelta(seconds=settings.lease_s))
     # Jobs now carry the work; the evaluation waits without a lease until its last job finishes.

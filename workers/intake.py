@@ -34,7 +34,7 @@ from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.audit import record
 from segserve.config import Settings
-from segserve.db import IncomingSeries, IntakeState, Job, new_session
+from segserve.db import IncomingSeries, IntakeState, Job, JobPriority, new_session
 from segserve.imaging.errors import ImageError
 from segserve.intake import claim_quiet, mark_failed, submitted_values
 from segserve.scans.readers import read_image
@@ -112,7 +112,7 @@ def close_series(celery_app: Celery, settings: Settings, series_id: str) -> str:
             return "taken over"
         session.commit()
         _audit(session, row, "intake.job_created", "job", row.job_id, {"incoming_series": series_id})
-    publish_committed_job(celery_app, settings, row.job_id, settings.default_queue)
+    publish_committed_job(celery_app, settings, row.job_id, settings.default_queue, JobPriority.routine)
     log.info("intake %s: job %s created from %d instance(s)", series_id, row.job_id, len(valid.names))
     return IntakeState.submitted.value
 

@@ -22,14 +22,15 @@ log = logging.getLogger(__name__)
 
 def requeue_abandoned(celery_app: Celery, settings: Settings, *, include_queued: bool) -> int:
     """Publish again every job whose worker died (lease expired); with include_queued, also every queued
-    job (after a broker restart the queue itself may be gone). Returns how many were published."""
+    job (after a broker restart the queue itself may be gone). Each keeps its priority. Returns how many
+    were published."""
     count = 0
     with new_session(settings.resolved_database_url) as session:
         for job in jobs.abandoned(session, include_queued=include_queued):
             if job.cancel_requested:
                 jobs.cancel_abandoned_request(session, job.id)
                 continue
-            send_run_job(celery_app, job.id, job.queue)
+            send_run_job(celery_app, job.id, job.queue, job.priority)
             jobs.mark_enqueued(session, job.id)
             count += 1
             log.info("job %s: published again (was %s)", job.id, job.status)

@@ -35,9 +35,8 @@ def _digest(
     digest = PartDigest("POST", path)
     root = tmp / f"{len(list(tmp.iterdir()))}"
     root.mkdir()
-    asyncio.run(
-        receive_form(request.headers["content-type"], _chunks(request.read(), chunk), root, 10**6, digest)
-    )
+    body = _chunks(request.read(), chunk)
+    asyncio.run(receive_form(request.headers["content-type"], body, root, 10**6, observer=digest))
     return digest.hexdigest()
 
 

@@ -20,10 +20,11 @@ from evaluation.report import to_csv
 from models.catalog import Catalog
 from segserve import jobs as job_states
 from segserve.config import Settings
-from segserve.db import ApiKey, Job, JobStatus, new_session
+from segserve.db import ApiKey, Job, JobPriority, JobStatus, new_session
 from segserve.dicom.seg import SegUnavailable
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
+from segserve.queue_wait import queue_wait
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
@@ -34,6 +35,7 @@ from service.deid_upload import deidentify_upload
 from service.disk import check_declared_length, upload_reserve
 from service.files import volume_response
 from service.problems import Problem
+from service.quotas import check_queued, check_rate
 from service.schemas import JobList, JobPublic
 from service.uploads import ParsedUpload, check_image_parts, receive_form
 from workers.celery_app import app as celery_app
@@ -65,6 +67,12 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "description": "For a multi-channel model (GET /v1/models: input.channels, "
                             "e.g. image.t1c, image.t1, image.t2, image.flair): one part per channel, each "
                             "like 'image', all on one grid; then no 'image' part.",
+                        },
+                        "priority": {
+                            "type": "string",
+                            "enum": ["routine", "stat"],
+                            "default": "routine",
+                            "description": "stat: starts before every queued routine job on its queue.",
                         },
                         "reference": {
                             "type": "array",
@@ -116,11 +124,14 @@ def _store_job(
     version: str,
     info: _Validated,
     key: ApiKey,
+    priority: JobPriority,
     held: Claim | None,
 ) -> tuple[Job, dict[str, Any]]:
     """Move the upload into place and commit the row (and the Idempotency-Key's answer, in the same
     transaction: a key is never left without its job, nor a job without its key). Returns the job and the
-    202 answer's body. On any failure nothing is left behind."""
+    202 answer's body. On any failure nothing is left behind. The queued limit is checked again here, just
+    before the row is made, for submissions that ran in parallel."""
+    check_queued(settings, key)
     job_id = uuid.uuid4().hex
     files = JobFiles(settings.jobs_dir, job_id)
     files.root.mkdir(parents=True)
@@ -132,6 +143,7 @@ def _store_job(
                 model_id=model_id,
                 model_version=version,
                 queue=settings.default_queue,
+                priority=priority,
                 input_format=info.input_format,
                 input_files=info.input_files,
                 reference_files=form.files["reference"],
@@ -156,18 +168,40 @@ def _location(job_id: str) -> list[tuple[str, str]]:
     return [("Location", f"/v1/jobs/{job_id}")]
 
 
+def _priority(value: str) -> JobPriority:
+    """The form field `priority`: empty means routine."""
+    try:
+        return JobPriority(value.strip().lower() or JobPriority.routine.value)
+    except ValueError:
+        raise Problem(
+            422, f"form field 'priority' must be 'stat' or 'routine', got {value!r}", code="invalid_priority"
+        ) from None
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
     openapi_extra=_FORM_SCHEMA,
     summary="Submit a scan for segmentation",
-    responses={413: {"description": "Upload too large"}, 415: {}, 422: {}, 507: {"description": "Disk full"}},
+    responses={
+        413: {"description": "Upload too large"},
+        415: {},
+        422: {},
+        429: {},
+        507: {"description": "Disk full"},
+    },
 )
 async def create_job(
     request: Request, settings: SettingsDep, catalog: CatalogDep, key: CanCreateJobs
 ) -> Response:
     idempotency_key = idempotency.request_key(request)
+    # Limits first, before the upload is read: a refused client should not have to send gigabytes. A
+    # request with an Idempotency-Key may be the retry of an accepted job (replayed below, whatever the
+    # queue holds now), so its queued-jobs limit is checked only when a new job would be stored.
+    await run_in_threadpool(check_rate, settings, key)
+    if not idempotency_key:
+        await run_in_threadpool(check_queued, settings, key)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise Problem(
@@ -198,7 +232,7 @@ async def create_job(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     request.state.created_resource = ("job", job.id)
-    await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue)
+    await run_in_threadpool(publish_committed_job, celery_app, settings, job.id, job.queue, job.priority)
     log.info("job %s: accepted for model %s from key %s", job.id, job.model_id, key.id)
     return JSONResponse(body, status_code=202, headers=dict(_location(job.id)))
 
@@ -217,6 +251,7 @@ async def _accept(
         raise Problem(
             422, "missing form field 'model' (a model id from GET /v1/models)", code="missing_model"
         )
+    priority = _priority(form.text.get("priority", ""))
     card = await run_in_threadpool(available_card, catalog, model_id)
     channels = check_image_parts(card, form)
     try:
@@ -226,7 +261,7 @@ async def _accept(
     except ImageError as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
     return await run_in_threadpool(
-        _store_job, settings, staging, form, model_id, card.version, info, key, held
+        _store_job, settings, staging, form, model_id, card.version, info, key, priority, held
     )
 
 
@@ -256,8 +291,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job's status and progress")
-def get_job(job_id: str, session: SessionDep, _key: CanReadJobs) -> JobPublic:
-    return JobPublic.from_row(job_or_404(session, job_id))
+def get_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanReadJobs) -> JobPublic:
+    job = job_or_404(session, job_id)
+    return JobPublic.from_row(job, queue_wait(session, job, runs=settings.estimate_runs))
 
 
 def _require_succeeded(job: Job) -> None:

@@ -1,0 +1,73 @@
+"""An older database, made before jobs.priority existed, still starts: init_db adds the column (SQLite and
+PostgreSQL), the old rows read as routine, and new jobs are made and claimed as before."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from segserve import jobs
+from segserve.db import Job, JobPriority, get_engine, init_db, new_session
+from tests.conftest import fresh_postgres_database
+from tests.support.legacy_db import make_pre_priority_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        with fresh_postgres_database("segserve_migration") as url:
+            yield url
+
+
+def test_old_database_gains_the_priority_column(empty_url: str) -> None:
+    make_pre_priority_database(empty_url)
+    init_db(empty_url)
+    init_db(empty_url)  # a second start finds the column and changes nothing
+    with new_session(empty_url) as session:
+        old = session.get(Job, "old1")
+        assert old is not None and old.priority == JobPriority.routine.value
+        session.add(
+            jobs.build_job(
+                "new1",
+                model_id="m",
+                model_version="1",
+                queue="cpu",
+                input_format="nifti",
+                input_files=["0000.nii.gz"],
+                reference_files=[],
+                image_shape=[2, 2, 2],
+                image_spacing_mm=[1.0, 1.0, 1.0],
+                submitted_by="k",
+                priority=JobPriority.stat,
+            )
+        )
+        session.commit()
+        assert jobs.claim(session, "new1", "w1", lease_s=60)
+        new = session.get(Job, "new1")
+        assert new is not None and new.priority == "stat" and new.status == "running"
+
+
+def test_api_and_worker_migrating_at_once_both_start(empty_url: str) -> None:
+    """Both processes call init_db at start; the one that loses the race must not fail."""
+    make_pre_priority_database(empty_url)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            init_db(empty_url)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert "priority" in {c["name"] for c in inspect(get_engine(empty_url)).get_columns("jobs")}
