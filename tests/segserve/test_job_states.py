@@ -13,16 +13,20 @@ from sqlalchemy import update
 
 from segserve import jobs
 from segserve.db import Job, JobStatus, init_db, new_session, utcnow
+from tests.conftest import fresh_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    init_db(url)
-    yield url
+        init_db(url)
+        yield url
+        return
+    # a database of its own: these tests list every queued job, so jobs other tests left must not count
+    with fresh_postgres_database("segserve_jobstates") as url:
+        init_db(url)
+        yield url
 
 
 def _add_job(url: str, job_id: str) -> None:
