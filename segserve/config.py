@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     device: str = Field(default="cpu", description="Torch device of a worker: cpu or cuda.")
     host: str = Field(default="127.0.0.1", description="API bind address for `segserve up` / `api`.")
     port: int = Field(default=8000, description="API port for `segserve up` / `api`.")
+    shutdown_grace_s: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM the API refuses new connections and lets requests in flight (uploads "
+        "still streaming) finish for at most this long, then ends them with 503 `shutting_down`. Keep it "
+        "below the orchestrator's kill deadline (compose stop_grace_period, terminationGracePeriodSeconds).",
+    )
     log_level: str = Field(default="INFO")
     dicomweb_default_model: str | None = Field(
         default=None, description="Model for STOW-RS to /dicomweb/studies (no model in the path)."

@@ -4,6 +4,7 @@ cancelling client) never both win: whoever's WHERE clause still matches wins, th
     queued --claim--> running --finish--> succeeded | failed | cancelled
     running (lease expired) --claim by another worker--> running
     queued --cancel--> cancelled;  running --cancel--> cancel_requested, then cancelled by the worker
+    running (its worker is stopping) --release--> queued (the attempt is not counted)
 """
 
 from __future__ import annotations
@@ -120,6 +121,35 @@ def finish(
     if status is JobStatus.succeeded:
         values["progress"] = 1.0
     return _update_owned(session, job_id, worker, values)
+
+
+def release(session: Session, job_id: str, worker: str) -> bool:
+    """Hand a running job owned by `worker` back to the queue (its worker is shutting down): queued again,
+    lease and progress cleared, and the attempt taken back, so `attempts` counts only runs that ended or
+    whose worker died. Not when the client asked to cancel it (the caller finishes it as cancelled then).
+    Commits; False when the job is no longer this worker's or a cancel was requested."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker == worker,
+            Job.status == JobStatus.running.value,
+            Job.cancel_requested.is_(False),
+        )
+        .values(
+            status=JobStatus.queued.value,
+            worker=None,
+            lease_expires_at=None,
+            progress=0.0,
+            started_at=None,
+            attempts=Job.attempts - 1,  # claim added one; the row is ours, so it is at least 1
+            updated_at=now,
+            enqueued_at=now,
+        )
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def cancel(session: Session, job_id: str) -> JobStatus | None:

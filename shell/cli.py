@@ -28,6 +28,8 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
+        # SIGTERM: stop accepting, let uploads in flight finish for this long (see service/shutdown.py)
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     return 0
 

@@ -1,6 +1,7 @@
 """`segserve up`: the API, one worker and (without SEGSERVE_REDIS_URL) an embedded broker, on one machine.
 
-Ctrl-C (SIGINT) or SIGTERM stops every process it started: the API and the worker first, the broker last.
+Ctrl-C (SIGINT) or SIGTERM stops every process it started: the API and the worker first (the API finishes
+uploads in flight, the worker hands its running job back to the queue), the broker last.
 Children also get SIGTERM from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG), and a
 broker left by a SIGKILLed run is found by its pid file and stopped at the next start.
 """
@@ -49,10 +50,14 @@ def ensure_admin_key(settings: Settings) -> str | None:
         return create_key(session, "first admin (segserve up)", Role.admin).secret
 
 
-def _stop(proc: subprocess.Popen[bytes], name: str, sig: int, timeout_s: float) -> None:
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], name: str, timeout_s: float) -> None:
     if proc.poll() is not None:
         return
-    proc.send_signal(sig)
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -131,19 +136,8 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
                 "--concurrency",
                 str(concurrency),
             ],
-            "api": [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.main:create_app",
-                "--factory",
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.port),
-                "--log-level",
-                settings.log_level.lower(),
-            ],
+            # `segserve api`: the same uvicorn settings as a deployment (graceful shutdown included)
+            "api": [sys.executable, "-m", "shell.cli", "api"],
         }
         supervisor = _Supervisor(commands, env)
         children = supervisor.children
@@ -161,11 +155,14 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
         # Ignore further signals while we stop children in order.
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
-        if "api" in children:
-            _stop(children["api"], "api", signal.SIGTERM, 15)
+        # Both at once: the API finishes the uploads in flight (up to SEGSERVE_SHUTDOWN_GRACE_S) while the
+        # worker hands its running job back to the queue (workers/shutdown.py) and exits within seconds.
+        for proc in children.values():
+            _signal(proc, signal.SIGTERM)
         if "worker" in children:
-            # Warm shutdown lets a running job finish; after 20 s a cold one hands it back to the queue.
-            _stop(children["worker"], "worker", signal.SIGTERM, 20)
+            _wait_or_kill(children["worker"], "worker", 30)
+        if "api" in children:
+            _wait_or_kill(children["api"], "api", settings.shutdown_grace_s + 10)
         if broker is not None:
             broker.stop()
         for s, handler in previous.items():

@@ -1,7 +1,9 @@
 """What a worker does with one job id. Kept apart from Celery so that it reads as plain steps.
 
 The runner owns the job only while its lease is valid: a heartbeat thread renews the lease, so if this
-process dies another worker can claim the job once the lease has run out.
+process dies another worker can claim the job once the lease has run out. When the worker is shutting
+down (workers/shutdown.py), a job that has not reached its result yet is handed back to the queue at the
+model's next step instead (status HANDED_BACK; the task then requeues its message).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from segserve.imaging.errors import ImageError
 from segserve.imaging.writers import write_labels_nifti
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
+from workers import shutdown
 
 log = logging.getLogger(__name__)
+HANDED_BACK = "handed_back"
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,13 @@ class _Lease:
 
 
 def _cancel_checker(settings: Settings, job_id: str) -> Callable[[], bool]:
-    """Returns a cheap `is_cancelled()`: reads the flag at most once a second."""
+    """Returns a cheap `is_cancelled()`: true at once when the worker is stopping (the runner then hands
+    the job back), else reads the job's cancel flag at most once a second."""
     last = [0.0, False]
 
     def is_cancelled() -> bool:
+        if shutdown.stopping():
+            return True
         now = time.monotonic()
         if now - float(last[0]) >= 1.0:
             with session_scope(settings.resolved_database_url) as session:
@@ -107,21 +114,43 @@ def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
 
     files = JobFiles(settings.jobs_dir, job_id)
     log.info("job %s: started on %s (attempt %d, model %s)", job_id, worker, job.attempts, job.model_id)
+    handed_back = False
     with _Lease(settings, job_id, worker) as lease:
         status, error, code = JobStatus.succeeded, None, None
         try:
             _execute(settings, job, files, lease)
         except _Stop as stop:
             status, error, code = stop.status, stop.message, stop.code
-        if lease.lost:
+        except _HandBack:
+            handed_back = True
+    # The lease thread has stopped here, so no renewal races the release or the finish.
+    if lease.lost:
+        log.warning("job %s: lease lost, another worker owns it now", job_id)
+        return Outcome(job_id, "lost", evaluation_id=job.evaluation_id)
+    if handed_back:
+        with new_session(url) as session:
+            released = jobs.release(session, job_id, worker)
+            row = session.get(Job, job_id)
+            still_ours = row is not None and row.worker == worker and row.status == JobStatus.running.value
+        if released:
+            files.remove_results()
+            log.info("job %s: handed back to the queue (worker %s is stopping)", job_id, worker)
+            return Outcome(job_id, HANDED_BACK, evaluation_id=job.evaluation_id)
+        if not still_ours:
             log.warning("job %s: lease lost, another worker owns it now", job_id)
             return Outcome(job_id, "lost", evaluation_id=job.evaluation_id)
-        if status is not JobStatus.succeeded:
-            files.remove_results()
-        with new_session(url) as session:
-            jobs.finish(session, job_id, worker, status, error=error, error_code=code)
+        # Not released but still ours: the client asked to cancel it meanwhile.
+        status, error, code = JobStatus.cancelled, "cancelled at the client's request", "cancelled"
+    if status is not JobStatus.succeeded:
+        files.remove_results()
+    with new_session(url) as session:
+        jobs.finish(session, job_id, worker, status, error=error, error_code=code)
     log.info("job %s: %s", job_id, status.value)
     return Outcome(job_id, status.value, error or "", job.evaluation_id)
+
+
+class _HandBack(Exception):
+    """The worker is stopping: give the job back to the queue instead of finishing it."""
 
 
 class _Stop(Exception):
@@ -147,6 +176,8 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         reference = read_labels(files.reference_paths(job.reference_files)) if job.reference_files else None
         if reference is not None:
             check_same_grid(image, reference)
+        if shutdown.stopping():
+            raise _HandBack()
         lease.report(0.05)
         predictor = get_predictor(card, settings.resolved_models_dir, settings.device)
 
@@ -154,6 +185,8 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             lease.report(0.05 + 0.85 * fraction)
 
         is_cancelled = _cancel_checker(settings, job.id)
+        if shutdown.stopping():  # loading the model may take a while
+            raise _HandBack()
         if channels:  # formats with input channels (MONAI bundles, nnU-Net) take the volumes in card order
             labels = predictor.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
         else:
@@ -173,6 +206,8 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
             write_json_atomic(files.metrics, report)
     except Cancelled:
+        if shutdown.stopping():
+            raise _HandBack() from None
         raise _Stop(JobStatus.cancelled, "cancelled at the client's request", "cancelled") from None
     except ImageError as exc:
         raise _Stop(JobStatus.failed, str(exc), exc.code) from None

@@ -6,17 +6,18 @@ import logging
 import socket
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from segserve.config import get_settings
 from segserve.db import init_db, new_session
-from workers import evaluations
+from workers import evaluations, shutdown
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
 from workers.intake import IntakeLoop
 from workers.recovery import RecoveryLoop
-from workers.runner import run_job
+from workers.runner import HANDED_BACK, run_job
 
 log = logging.getLogger(__name__)
 _recovery: RecoveryLoop | None = None
@@ -37,6 +38,10 @@ def run_job_task(self: Task, job_id: str) -> str:
     settings = get_settings()
     worker = f"{self.request.hostname or socket.gethostname()}:{self.request.id}"
     outcome = run_job(settings, job_id, worker)
+    if outcome.status == HANDED_BACK:
+        # The worker is stopping and the job is queued again in the database: put the message back on the
+        # broker (kombu restores it to its priority's list) for another worker, without waiting for a lease.
+        raise Reject("worker shutting down: job handed back", requeue=True)
     if outcome.evaluation_id is not None:
         with new_session(settings.resolved_database_url) as session:
             evaluations.maybe_finish(app, session, outcome.evaluation_id)
@@ -75,6 +80,13 @@ def _init_process(**_: object) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     init_db(settings.resolved_database_url)
+    shutdown.install_pool_process_handler()
+
+
+@worker_shutting_down.connect
+def _hand_back_jobs(**_: object) -> None:
+    # In the main process, inside Celery's SIGTERM/SIGINT/SIGQUIT handler, before it waits for the tasks.
+    shutdown.signal_running_tasks()
 
 
 @worker_ready.connect

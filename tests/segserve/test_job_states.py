@@ -123,3 +123,29 @@ def test_abandoned_lists_queued_only_on_request(db_url: str) -> None:
     with new_session(db_url) as s:
         assert jobs.abandoned(s, include_queued=False) == []
         assert [j.id for j in jobs.abandoned(s, include_queued=True)] == ["waiting"]
+
+
+def test_release_hands_a_running_job_back_uncounted(db_url: str) -> None:
+    _add_job(db_url, "stop")
+    with new_session(db_url) as s:
+        assert jobs.claim(s, "stop", "w1", lease_s=60)
+        assert jobs.renew(s, "stop", "w1", 60, progress=0.4)
+        assert not jobs.release(s, "stop", "w2")  # only the owner hands it back
+        assert jobs.release(s, "stop", "w1")
+    job = _get(db_url, "stop")
+    assert job.status == JobStatus.queued.value
+    assert (job.attempts, job.progress, job.worker, job.lease_expires_at) == (0, 0.0, None, None)
+    assert job.started_at is None and job.enqueued_at is not None
+    with new_session(db_url) as s:
+        assert not jobs.release(s, "stop", "w1")  # queued now: nothing to hand back
+        assert jobs.claim(s, "stop", "w2", lease_s=60)  # at once, no lease to wait for
+    assert _get(db_url, "stop").attempts == 1
+
+
+def test_release_leaves_a_cancel_request_to_the_worker(db_url: str) -> None:
+    _add_job(db_url, "cancelme")
+    with new_session(db_url) as s:
+        assert jobs.claim(s, "cancelme", "w1", lease_s=60)
+        assert jobs.cancel(s, "cancelme") is JobStatus.running
+        assert not jobs.release(s, "cancelme", "w1")
+    assert _get(db_url, "cancelme").status == JobStatus.running.value
