@@ -12,8 +12,9 @@ from segserve.config import get_settings
 from segserve.db import init_db
 from segserve.logging import setup_logging
 from segserve.storage import clean_stale_staging
-from service import audit, problems
+from service import audit, problems, shutdown
 from service.api.router import api_router
+from service.shutdown import ShutdownCancelled
 from workers.celery_app import app as celery_app
 from workers.celery_app import configure
 
@@ -32,6 +33,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("removed %d stale upload(s) from staging", removed)
     configure(celery_app, settings)
     yield
+    await shutdown.drain()  # requests cancelled by the shutdown deadline send their 503 first
 
 
 def create_app() -> FastAPI:
@@ -44,4 +46,5 @@ def create_app() -> FastAPI:
     problems.install(app)
     audit.install(app)
     app.include_router(api_router)
+    app.add_middleware(ShutdownCancelled)  # added last: the outermost, around the audit middleware
     return app

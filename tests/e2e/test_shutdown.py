@@ -3,7 +3,9 @@ the queue at once, and an API told to stop finishes the uploads in flight."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import redis
 from tests.conftest import redis_db
 from tests.support.paths import WEIGHTS, require_shared
 from tests.support.stack import Proc, Stack, wait_for, wait_job
-from tests.support.volumes import SUBJECT_A
+from tests.support.volumes import SUBJECT_A, brain_crop
 
 pytestmark = pytest.mark.e2e
 MODEL = "brain-mri-structures"
@@ -94,5 +96,115 @@ def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
             )
             assert wait_job(c, other, timeout=300)["status"] == "succeeded"
             assert c.get(f"/v1/jobs/{job_id}/result").status_code == 200
+    finally:
+        stack.stop()
+
+
+BOUNDARY = "segserve-shutdown-test"
+_STOPPED = (0, -signal.SIGTERM)  # uvicorn re-raises the signal it stopped for once it has shut down
+
+
+def _start_upload(stack: Stack, image: bytes) -> tuple[socket.socket, bytes]:
+    """Open a raw connection, send the headers of a POST /v1/jobs and the first half of its multipart body;
+    returns the socket and the rest of the body, to be sent later."""
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{MODEL}\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="t1.nii.gz"\r\n'
+            "Content-Type: application/gzip\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\n"
+        f"Authorization: Bearer {stack.admin_key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    conn = socket.create_connection(("127.0.0.1", stack.port), timeout=60)
+    half = len(body) // 2
+    conn.sendall(head + body[:half])
+    return conn, body[half:]
+
+
+def _read_response(conn: socket.socket) -> tuple[int, dict[str, str], dict[str, object]]:
+    """Status, headers (lower-case names) and JSON body of the answer, read until the server closes."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, json.loads(payload)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _job_count(stack: Stack) -> int:
+    with sqlite3.connect(stack.tmp / "data" / "segserve.db") as db:
+        return int(db.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
+    require_shared()
+    stack = Stack(tmp_path, {"SEGSERVE_REDIS_URL": redis_db(6), "SEGSERVE_MODELS_DIR": str(WEIGHTS)})
+    try:
+        stack.start()
+        image, _ = brain_crop(tmp_path, size=40)
+        conn, rest = _start_upload(stack, image.read_bytes())
+        time.sleep(0.5)  # the server has the headers and half of the body
+        assert stack.api is not None
+        stack.api.popen.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(stack.port), 10, "new connections to be refused")
+        for start in range(0, len(rest), max(1, len(rest) // 4)):  # the rest, slowly
+            conn.sendall(rest[start : start + max(1, len(rest) // 4)])
+            time.sleep(0.5)
+        status, headers, body = _read_response(conn)
+        assert status == 202, body
+        assert headers["location"] == f"/v1/jobs/{body['id']}"
+        assert stack.api.popen.wait(timeout=30) in _STOPPED, stack.api.log_tail()
+
+        stack.start_api()
+        with stack.client() as c:
+            job = c.get(f"/v1/jobs/{body['id']}").json()
+            assert job["status"] in ("queued", "running", "succeeded"), job
+            assert wait_job(c, str(body["id"]), timeout=180)["status"] == "succeeded"
+    finally:
+        stack.stop()
+
+
+def test_upload_cut_by_the_grace_period_gets_503_and_leaves_nothing(tmp_path: Path) -> None:
+    require_shared()
+    env = {
+        "SEGSERVE_REDIS_URL": redis_db(6),
+        "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+        "SEGSERVE_SHUTDOWN_GRACE_S": "2",
+    }
+    stack = Stack(tmp_path, env)
+    try:
+        stack.start()
+        image, _ = brain_crop(tmp_path, size=40)
+        conn, _rest = _start_upload(stack, image.read_bytes())  # the client stalls halfway
+        time.sleep(0.5)
+        assert stack.api is not None
+        stopped_at = time.monotonic()
+        stack.api.popen.send_signal(signal.SIGTERM)
+        status, headers, body = _read_response(conn)
+        assert status == 503, body
+        assert headers["content-type"] == "application/problem+json"
+        assert body["code"] == "shutting_down" and headers["retry-after"] == "5"
+        assert stack.api.popen.wait(timeout=30) in _STOPPED, stack.api.log_tail()
+        assert time.monotonic() - stopped_at < 15
+        assert _job_count(stack) == 0
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+        assert "Exception in ASGI application" not in stack.api.log_tail(200)
     finally:
         stack.stop()

@@ -37,6 +37,7 @@ from service.files import volume_response
 from service.problems import Problem
 from service.quotas import check_queued, check_rate
 from service.schemas import JobList, JobPublic
+from service.shutdown import mark_finishing
 from service.uploads import ParsedUpload, check_image_parts, receive_form
 from workers.celery_app import app as celery_app
 from workers.celery_app import publish_committed_job
@@ -219,6 +220,9 @@ async def create_job(
             upload_reserve(settings, staging),
             digest,
         )
+        # The upload is in: storing and publishing take seconds and are not cut off by the API's shutdown
+        # deadline (service/shutdown.py), so a client is never told 503 about a stored job.
+        mark_finishing(request.scope)
         held: Claim | None = None
         if idempotency_key and digest is not None:
             claimed = await idempotency.begin(settings, key.id, idempotency_key, digest)
