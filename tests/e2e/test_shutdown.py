@@ -4,18 +4,22 @@ the queue at once, and an API told to stop finishes the uploads in flight."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from tests.conftest import redis_db
-from tests.support.paths import WEIGHTS, require_shared
-from tests.support.stack import Proc, Stack, wait_for, wait_job
+from tests.support.paths import REPO, WEIGHTS, require_shared
+from tests.support.stack import Proc, Stack, free_port, segserve, wait_for, wait_job
 from tests.support.volumes import SUBJECT_A, brain_crop
 
 pytestmark = pytest.mark.e2e
@@ -208,3 +212,58 @@ def test_upload_cut_by_the_grace_period_gets_503_and_leaves_nothing(tmp_path: Pa
         assert "Exception in ASGI application" not in stack.api.log_tail(200)
     finally:
         stack.stop()
+
+
+def test_ctrl_c_on_up_hands_the_running_job_back(tmp_path: Path) -> None:
+    """`segserve up` stops its worker with SIGTERM: the job is queued again, `up` exits within seconds, and
+    the next `up` runs the job (its attempt was not counted)."""
+    require_shared()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
+    env.update(
+        {
+            "SEGSERVE_DATA_DIR": str(tmp_path / "data"),
+            "SEGSERVE_PORT": str(port),
+            "SEGSERVE_MODELS_DIR": str(WEIGHTS),
+            "SEGSERVE_LEASE_S": "600",
+            "SEGSERVE_RECOVERY_INTERVAL_S": "600",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(segserve("up"), env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+    up = start(tmp_path / "up1.log")
+    try:
+        key = wait_for(
+            lambda: re.search(r"ssk_\S+", (tmp_path / "up1.log").read_text()), 60, "the first admin key"
+        ).group(0)
+        wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 120, "readiness")
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            resp = c.post(
+                "/v1/jobs", data={"model": MODEL}, files={"image": (SUBJECT_A / "norm.mgz").open("rb")}
+            )
+            job_id = resp.json()["id"]
+            wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 120, "the forward pass")
+        stopped_at = time.monotonic()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        stopped_s = time.monotonic() - stopped_at
+        assert stopped_s < 15, f"up took {stopped_s:.1f} s to stop"
+        assert "handed back to the queue" in (tmp_path / "up1.log").read_text()
+        with sqlite3.connect(tmp_path / "data" / "segserve.db") as db:
+            row = db.execute("SELECT status, attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        assert tuple(row) == ("queued", 0)
+
+        up = start(tmp_path / "up2.log")
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 60, "second start")
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            done = wait_job(c, job_id, timeout=300)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(timeout=60)
