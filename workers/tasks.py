@@ -86,12 +86,13 @@ def _init_process(**_: object) -> None:
 @worker_shutting_down.connect
 def _hand_back_jobs(**_: object) -> None:
     # In the main process, inside Celery's SIGTERM/SIGINT/SIGQUIT handler, before it waits for the tasks.
-    shutdown.signal_running_tasks()
+    shutdown.signal_pool()
 
 
 @worker_ready.connect
-def _start_recovery(**_: object) -> None:
+def _start_recovery(sender: object = None, **_: object) -> None:
     global _recovery, _intake
+    shutdown.watch_pool(getattr(sender, "pool", None))  # the sender is the worker's consumer
     settings = get_settings()
     init_db(settings.resolved_database_url)
     _recovery = RecoveryLoop(app, settings)
