@@ -53,7 +53,8 @@ _FORM_SCHEMA: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["model", "image"],
+                    # `image` or, for a multi-channel model, one `image.<channel>` part per channel
+                    "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "description": "A model id from GET /v1/models."},
                         "image": {
@@ -61,13 +62,6 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "items": {"type": "string", "format": "binary"},
                             "description": "One .nii/.nii.gz/.mgz/.nrrd file, a .zip of one DICOM series, "
                             "or several parts each holding one DICOM file of one series.",
-                        },
-                        "image.<channel>": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "For a multi-channel model (GET /v1/models: input.channels, "
-                            "e.g. image.t1c, image.t1, image.t2, image.flair): one part per channel, each "
-                            "like 'image', all on one grid; then no 'image' part.",
                         },
                         "priority": {
                             "type": "string",
@@ -80,6 +74,15 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "items": {"type": "string", "format": "binary"},
                             "description": "Optional reference label volume on the image's grid.",
                         },
+                    },
+                    "patternProperties": {
+                        r"^image\.[A-Za-z0-9][A-Za-z0-9_]{0,31}$": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "image.<channel>, for a multi-channel model (GET /v1/models: "
+                            "input.channels, e.g. image.t1c, image.t1, image.t2, image.flair): one part per "
+                            "channel, each like 'image', all on one grid; then no 'image' part.",
+                        }
                     },
                 }
             }
