@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     estimate_runs: int = Field(
         default=20, ge=1, description="Succeeded runs per model whose median duration estimates waits."
     )
+    retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="Files of a finished job (succeeded, failed, cancelled) are deleted this many days after "
+        "it finished; the job's row stays as a tombstone. 0 (the default): files are kept forever.",
+    )
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often a worker looks for finished jobs past the retention."
+    )
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )
@@ -121,6 +130,11 @@ class Settings(BaseSettings):
     @property
     def min_free_disk_bytes(self) -> int:
         return self.min_free_disk_mb * 2**20
+
+    @property
+    def retention_s(self) -> float | None:
+        """The retention in seconds, or None when files are kept forever."""
+        return self.retention_days * 86400.0 if self.retention_days > 0 else None
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -133,6 +133,9 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     evaluation_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     case_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # When the job's files were deleted (retention or an admin's DELETE; segserve.retention). The row stays
+    # as a tombstone. Added after the first release: init_db adds it to older databases.
+    files_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     @property
     def has_reference(self) -> bool:
@@ -348,6 +351,7 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 # here must be nullable or carry a default, so that older rows stay valid and older code can still insert.
 _ADDITIVE_COLUMNS: list[tuple[str, str, str]] = [
     ("jobs", "priority", "VARCHAR(16) NOT NULL DEFAULT 'routine'"),
+    ("jobs", "files_deleted_at", "TIMESTAMP NULL"),
 ]
 
 

@@ -84,6 +84,11 @@ class JobPublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    files_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the job's files were deleted (retention or an admin's DELETE): its file routes "
+        "then answer 410 files_deleted. Null while they are kept.",
+    )
     links: JobLinks
 
     @classmethod
@@ -106,6 +111,7 @@ class JobPublic(BaseModel):
             updated_at=job.updated_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            files_deleted_at=job.files_deleted_at,
             links=JobLinks(
                 self=base,
                 result=f"{base}/result",

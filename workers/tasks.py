@@ -17,11 +17,13 @@ from workers import evaluations, shutdown
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
 from workers.intake import IntakeLoop
 from workers.recovery import RecoveryLoop
+from workers.retention import RetentionLoop
 from workers.runner import HANDED_BACK, run_job
 
 log = logging.getLogger(__name__)
 _recovery: RecoveryLoop | None = None
 _intake: IntakeLoop | None = None
+_retention: RetentionLoop | None = None
 
 
 @app.task(
@@ -91,7 +93,7 @@ def _hand_back_jobs(**_: object) -> None:
 
 @worker_ready.connect
 def _start_recovery(sender: object = None, **_: object) -> None:
-    global _recovery, _intake
+    global _recovery, _intake, _retention
     shutdown.watch_pool(getattr(sender, "pool", None))  # the sender is the worker's consumer
     settings = get_settings()
     init_db(settings.resolved_database_url)
@@ -99,6 +101,13 @@ def _start_recovery(sender: object = None, **_: object) -> None:
     _recovery.start()
     _intake = IntakeLoop(app, settings)  # DICOMweb series that have gone quiet become jobs
     _intake.start()
+    if settings.retention_s is not None:  # files of jobs finished longer ago than the retention are deleted
+        log.info(
+            "retention: files of finished jobs are deleted %g days after they finished",
+            settings.retention_days,
+        )
+        _retention = RetentionLoop(settings)
+        _retention.start()
 
 
 @worker_shutdown.connect
@@ -107,3 +116,5 @@ def _stop_recovery(**_: object) -> None:
         _recovery.stop()
     if _intake is not None:
         _intake.stop()
+    if _retention is not None:
+        _retention.stop()

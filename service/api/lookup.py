@@ -17,6 +17,22 @@ def job_or_404(session: Session, job_id: str) -> Job:
     return job
 
 
+def job_with_files(session: Session, job_id: str) -> Job:
+    """`job_or_404` for routes that read the job's files: 410 `files_deleted` once they were deleted
+    (retention or an admin's DELETE; segserve.retention). GET /v1/jobs/{id} still shows the job."""
+    job = job_or_404(session, job_id)
+    if job.files_deleted_at is not None:
+        when = job.files_deleted_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise Problem(
+            410,
+            f"the files of job '{job_id}' (scan, results, label versions) were deleted at {when} under the "
+            "deployment's retention or by an administrator; the job's record is kept",
+            code="files_deleted",
+            files_deleted_at=when,
+        )
+    return job
+
+
 def available_card(catalog: Catalog, model_id: str) -> ModelCard:
     """The card of a model that can take jobs, or a 422 naming what is wrong."""
     if model_id not in catalog.ids():

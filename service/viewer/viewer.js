@@ -65,6 +65,7 @@ async function openJob(jobId) {
   try {
     job = await apiJson(`/v1/jobs/${jobId}`);
     if (job.status !== "succeeded") throw new Error(`job is ${job.status}; nothing to show yet`);
+    if (job.files_deleted_at) throw new Error(`the job's files were deleted at ${job.files_deleted_at}`);
     const loaded = await Promise.all([
       apiJson(`/v1/models/${job.model.id}`),
       decodeVolume(`/v1/jobs/${jobId}/image`, "image.nii.gz"),

@@ -127,9 +127,17 @@ def test_list_filter_paginate_and_delete(stack: Stack, tmp_path: Path) -> None:
         assert all(item["status"] == "succeeded" for item in page["items"])
         assert c.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
 
-        assert c.delete(f"/v1/jobs/{ids[0]}").status_code == 204
+        # A submitter's DELETE removes a finished job and its files; an admin's removes the files and keeps
+        # the job as a tombstone (as the retention does; tests/e2e/test_retention.py).
+        submitter = c.post("/v1/keys", json={"name": "deleter", "role": "submitter"}).json()["key"]
+        with stack.client(submitter) as s:
+            assert s.delete(f"/v1/jobs/{ids[0]}").status_code == 204
         assert c.get(f"/v1/jobs/{ids[0]}").status_code == 404
         assert not (stack.tmp / "data" / "jobs" / ids[0]).exists()
+        assert c.delete(f"/v1/jobs/{ids[1]}").status_code == 204
+        assert c.get(f"/v1/jobs/{ids[1]}").json()["files_deleted_at"] is not None
+        assert c.get(f"/v1/jobs/{ids[1]}/result").status_code == 410
+        assert not (stack.tmp / "data" / "jobs" / ids[1]).exists()
 
 
 def test_cancel_a_queued_job(stack: Stack, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def _assert_429(resp: httpx.Response, code: str, most_s: int) -> int:
 def test_queued_limit_and_rate_limit_across_api_processes(tmp_path: Path) -> None:
     require_shared()
     env = {
-        "SEGSERVE_REDIS_URL": redis_db(8),
+        "SEGSERVE_REDIS_URL": redis_db(4),
         "SEGSERVE_MODELS_DIR": str(WEIGHTS),
         "SEGSERVE_MAX_QUEUED_JOBS_PER_KEY": str(MAX_QUEUED),
         "SEGSERVE_RATE_LIMIT_PER_MINUTE": str(PER_MINUTE),

@@ -48,7 +48,7 @@ def _broker_holds(url: str, prefix: str, list_name: str, job_id: str) -> bool:
 
 def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
     require_shared()
-    url = redis_db(5)
+    url = redis_db(2)
     # Lease and recovery far beyond the test: the job can only come back through the hand-back.
     env = {
         "SEGSERVE_REDIS_URL": url,
@@ -159,7 +159,7 @@ def _job_count(stack: Stack) -> int:
 
 def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
     require_shared()
-    stack = Stack(tmp_path, {"SEGSERVE_REDIS_URL": redis_db(6), "SEGSERVE_MODELS_DIR": str(WEIGHTS)})
+    stack = Stack(tmp_path, {"SEGSERVE_REDIS_URL": redis_db(3), "SEGSERVE_MODELS_DIR": str(WEIGHTS)})
     try:
         stack.start()
         image, _ = brain_crop(tmp_path, size=40)
@@ -188,7 +188,7 @@ def test_sigterm_lets_an_upload_in_flight_finish(tmp_path: Path) -> None:
 def test_upload_cut_by_the_grace_period_gets_503_and_leaves_nothing(tmp_path: Path) -> None:
     require_shared()
     env = {
-        "SEGSERVE_REDIS_URL": redis_db(6),
+        "SEGSERVE_REDIS_URL": redis_db(3),
         "SEGSERVE_MODELS_DIR": str(WEIGHTS),
         "SEGSERVE_SHUTDOWN_GRACE_S": "2",
     }

@@ -1,5 +1,6 @@
-"""An older database, made before jobs.priority existed, still starts: init_db adds the column (SQLite and
-PostgreSQL), the old rows read as routine, and new jobs are made and claimed as before."""
+"""An older database, made before jobs.priority and jobs.files_deleted_at existed, still starts: init_db adds
+the columns (SQLite and PostgreSQL), the old rows read as routine with their files kept, and new jobs are made
+and claimed as before."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from segserve import jobs
+from segserve import jobs, retention
+from segserve.audit import query
 from segserve.db import Job, JobPriority, get_engine, init_db, new_session
 from tests.conftest import fresh_postgres_database
 from tests.support.legacy_db import make_pre_priority_database
@@ -71,3 +73,27 @@ def test_api_and_worker_migrating_at_once_both_start(empty_url: str) -> None:
         thread.join()
     assert errors == []
     assert "priority" in {c["name"] for c in inspect(get_engine(empty_url)).get_columns("jobs")}
+
+
+def test_old_database_gains_files_deleted_at_and_old_jobs_expire(empty_url: str, tmp_path: Path) -> None:
+    """The tombstone column is added as null, so an old finished job counts as having its files; the
+    retention then finds it (by its finished_at) and tombstones it like any other."""
+    old_id = make_pre_priority_database(empty_url)
+    init_db(empty_url)
+    assert "files_deleted_at" in {c["name"] for c in inspect(get_engine(empty_url)).get_columns("jobs")}
+    jobs_dir = tmp_path / "jobs"
+    (jobs_dir / old_id / "result").mkdir(parents=True)
+    (jobs_dir / old_id / "result" / "labels.nii.gz").write_bytes(b"x")
+    with new_session(empty_url) as session:
+        old = session.get(Job, old_id)
+        assert old is not None and old.files_deleted_at is None
+        assert retention.expired_jobs(session, 3600, limit=10) == []  # it finished 30 s ago
+        assert retention.expired_jobs(session, 10, limit=10) == [old_id]
+        assert retention.delete_files(session, jobs_dir, old_id, by="retention") is not None
+        assert retention.delete_files(session, jobs_dir, old_id, by="retention") is None  # once only
+        session.expire_all()
+        old = session.get(Job, old_id)
+        assert old is not None and old.files_deleted_at is not None
+        events = query(session, resource_id=old_id, action=retention.FILES_DELETED)
+        assert [(e.key_id, e.detail["by"]) for e in events] == [(None, "retention")]
+    assert not (jobs_dir / old_id).exists()

@@ -8,14 +8,19 @@ from sqlalchemy import Column, MetaData, Table, insert, inspect
 
 from segserve.db import Base, Job, get_engine, utcnow
 
+# Columns of `jobs` added after the release before job priorities, in the order they came.
+LATER_JOB_COLUMNS = ("priority", "files_deleted_at")
+
 
 def make_pre_priority_database(
     url: str, *, job_id: str = "old1", model_id: str = "m", run_s: float = 30
 ) -> str:
-    """Every table as the release before job priorities made it (jobs without `priority`), holding one
-    succeeded job of `model_id` that ran `run_s` seconds. Returns that job's id."""
+    """Every table as the release before job priorities made it (jobs without LATER_JOB_COLUMNS), holding
+    one succeeded job of `model_id` that ran `run_s` seconds. Returns that job's id."""
     old = MetaData()
-    columns: list[Column[object]] = [c._copy() for c in Job.__table__.columns if c.name != "priority"]
+    columns: list[Column[object]] = [
+        c._copy() for c in Job.__table__.columns if c.name not in LATER_JOB_COLUMNS
+    ]
     table = Table("jobs", old, *columns)
     engine = get_engine(url)
     Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != "jobs"])
@@ -44,5 +49,5 @@ def make_pre_priority_database(
                 finished_at=now - timedelta(seconds=30),
             )
         )
-    assert "priority" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert not set(LATER_JOB_COLUMNS) & {c["name"] for c in inspect(engine).get_columns("jobs")}
     return job_id

@@ -19,8 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from evaluation.report import to_csv
 from models.catalog import Catalog
 from segserve import jobs as job_states
+from segserve import retention
 from segserve.config import Settings
-from segserve.db import ApiKey, Job, JobPriority, JobStatus, new_session
+from segserve.db import ApiKey, Job, JobPriority, JobStatus, Role, new_session
 from segserve.dicom.seg import SegUnavailable
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
@@ -30,7 +31,7 @@ from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
 from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
-from service.api.lookup import available_card, job_or_404
+from service.api.lookup import available_card, job_or_404, job_with_files
 from service.deid_upload import deidentify_upload
 from service.disk import check_declared_length, upload_reserve
 from service.files import volume_response
@@ -53,7 +54,8 @@ _FORM_SCHEMA: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["model", "image"],
+                    # `image` or, for a multi-channel model, one `image.<channel>` part per channel
+                    "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "description": "A model id from GET /v1/models."},
                         "image": {
@@ -61,13 +63,6 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "items": {"type": "string", "format": "binary"},
                             "description": "One .nii/.nii.gz/.mgz/.nrrd file, a .zip of one DICOM series, "
                             "or several parts each holding one DICOM file of one series.",
-                        },
-                        "image.<channel>": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "For a multi-channel model (GET /v1/models: input.channels, "
-                            "e.g. image.t1c, image.t1, image.t2, image.flair): one part per channel, each "
-                            "like 'image', all on one grid; then no 'image' part.",
                         },
                         "priority": {
                             "type": "string",
@@ -80,6 +75,15 @@ _FORM_SCHEMA: dict[str, Any] = {
                             "items": {"type": "string", "format": "binary"},
                             "description": "Optional reference label volume on the image's grid.",
                         },
+                    },
+                    "patternProperties": {
+                        r"^image\.[A-Za-z0-9][A-Za-z0-9_]{0,31}$": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "image.<channel>, for a multi-channel model (GET /v1/models: "
+                            "input.channels, e.g. image.t1c, image.t1, image.t2, image.flair): one part per "
+                            "channel, each like 'image', all on one grid; then no 'image' part.",
+                        }
                     },
                 }
             }
@@ -329,7 +333,7 @@ def get_result(
         Query(description="nifti (.nii.gz, default) or dicom-seg (a DICOM SEG; DICOM inputs only)"),
     ] = "nifti",
 ) -> Response:
-    job = job_or_404(session, job_id)
+    job = job_with_files(session, job_id)
     _require_succeeded(job)
     if format == "dicom-seg":
         return _seg_response(job, settings, version)
@@ -372,7 +376,7 @@ def get_metrics(
     _key: CanReadJobs,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
-    job = job_or_404(session, job_id)
+    job = job_with_files(session, job_id)
     if not job.has_reference:
         raise Problem(
             404, "this job was submitted without a reference; it has no metrics", code="no_reference"
@@ -396,10 +400,13 @@ def get_metrics(
 @router.delete(
     "/{job_id}",
     status_code=204,
-    summary="Cancel a queued or running job, or delete a finished job and its files",
+    summary="Cancel a queued or running job, or delete a finished job's files (admin: the job stays as a "
+    "tombstone) or the job and its files (other roles)",
     responses={202: {"model": JobPublic}},
 )
-def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanDeleteJobs) -> Response:
+def delete_job(
+    job_id: str, request: Request, session: SessionDep, settings: SettingsDep, key: CanDeleteJobs
+) -> Response:
     job = job_or_404(session, job_id)
     outcome = job_states.cancel(session, job_id)
     if outcome is not None:
@@ -407,6 +414,19 @@ def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: Ca
         if outcome is JobStatus.cancelled:
             JobFiles(settings.jobs_dir, job_id).remove()
         return JSONResponse(JobPublic.from_row(job).model_dump(mode="json"), status_code=202)
+    if key.role == Role.admin.value:
+        # As the retention does (segserve.retention): files removed now, the row kept with files_deleted_at,
+        # one audit event. A second DELETE finds the tombstone and changes nothing.
+        retention.delete_files(
+            session,
+            settings.jobs_dir,
+            job_id,
+            by="admin",
+            key_id=key.id,
+            client_address=request.client.host if request.client else None,
+        )
+        log.info("job %s: files deleted by key %s", job_id, key.id)
+        return Response(status_code=204)
     JobFiles(settings.jobs_dir, job_id).remove()
     session.delete(job)
     session.commit()

@@ -29,7 +29,7 @@ from segserve.imaging.writers import write_labels_nifti
 from segserve.scans.readers import check_same_grid, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service.api.deps import CanReadJobs, CatalogDep, SessionDep, SettingsDep, require
-from service.api.lookup import job_or_404
+from service.api.lookup import job_with_files
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["reviews"])
@@ -37,7 +37,8 @@ CanWriteReviews = Annotated[ApiKey, Depends(require("reviews:write"))]
 
 
 def _succeeded_job(session: Session, job_id: str) -> Job:
-    job = job_or_404(session, job_id)
+    """A succeeded job whose files are kept (404, 410 files_deleted, 409 otherwise)."""
+    job = job_with_files(session, job_id)
     if job.status != JobStatus.succeeded.value:
         raise Problem(
             409,

@@ -27,7 +27,7 @@ from segserve.imaging.writers import write_labels_nifti, write_volume_nifti
 from segserve.scans.readers import read_image, read_labels
 from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
-from service.api.lookup import job_or_404
+from service.api.lookup import job_with_files
 from service.files import volume_response
 from service.problems import Problem
 from service.static_files import static_response
@@ -149,7 +149,7 @@ def reference_volume(settings: Settings, job: Job) -> Path:
 async def get_image(
     job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
 ) -> Response:
-    job = job_or_404(session, job_id)
+    job = job_with_files(session, job_id)
     try:
         path = await run_in_threadpool(image_volume, settings, job)
     except (ImageError, FileNotFoundError) as exc:
@@ -168,7 +168,7 @@ async def get_image(
 async def get_reference(
     job_id: str, request: Request, session: SessionDep, settings: SettingsDep, _key: CanReadJobs
 ) -> Response:
-    job = job_or_404(session, job_id)
+    job = job_with_files(session, job_id)
     if not job.has_reference:
         raise Problem(404, "this job was submitted without a reference", code="no_reference")
     try:
