@@ -79,15 +79,16 @@ def test_sigterm_hands_the_running_job_back(tmp_path: Path) -> None:
             )
             handed_back_s = time.monotonic() - stopped_at
             assert queued["attempts"] == 0 and queued["progress"] == 0.0, queued
-            assert handed_back_s < 5, f"handed back after {handed_back_s:.1f} s"
+            # a model step, two forward passes sharing 2 cores: about 1 s here, up to 3 s under load
+            assert handed_back_s < 8, f"handed back after {handed_back_s:.1f} s"
             assert _job_worker(stack, job_id) is None
             # The message is back on the broker, in the stat list (priority step 0: the queue's own name).
             prefix = stack.env["SEGSERVE_BROKER_KEY_PREFIX"]
             assert wait_for(lambda: _broker_holds(url, prefix, "cpu", job_id), 5, "the requeued message")
-            stopping.popen.wait(timeout=15)
+            stopping.popen.wait(timeout=20)
             exited_s = time.monotonic() - stopped_at
             assert stopping.popen.returncode == 0, stopping.log_tail()
-            assert exited_s < 15, f"worker exited after {exited_s:.1f} s"
+            assert exited_s < 20, f"worker exited after {exited_s:.1f} s"
             assert "handed back to the queue" in stopping.log_tail(300)
             print(f"job queued again after {handed_back_s:.1f} s, worker exited after {exited_s:.1f} s")
 
