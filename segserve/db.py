@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    ForeignKey,
     Integer,
     String,
     Text,
@@ -31,7 +33,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -232,6 +234,23 @@ class IncomingSeries(Base):
     original_uids: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
 
 
+class JobStage(Base):
+    """How long one stage of a job's run took in a worker (seconds, wall clock), for the per-model stage
+    histograms of GET /metrics. Stages: read (inputs and reference decoded and checked), load (the model's
+    predictor, cached per worker process after the first job), predict, write (label NIfTI and, for DICOM
+    input, the SEG), evaluate (metrics against a reference). One row per stage the attempt finished; rows
+    go with their job (ON DELETE CASCADE)."""
+
+    __tablename__ = "job_stages"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
 class DeidUid(Base):
     """A UID that de-identification replaced, and the original it stands for, so results can be tied back
     to the source study. Replacements are derived deterministically (segserve.deid_uids), so writing the
@@ -371,9 +390,18 @@ def _add_missing_columns(engine: Engine) -> None:
 
 
 def init_db(url: str) -> None:
-    """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS)."""
+    """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS). The API and the workers may
+    start together on a database that lacks a table: PostgreSQL then refuses all but one CREATE TABLE
+    (a duplicate type name), SQLite says the table already exists; the others look again and find it."""
     engine = get_engine(url)
-    Base.metadata.create_all(engine)
+    for attempt in range(3):
+        try:
+            Base.metadata.create_all(engine)
+            break
+        except (IntegrityError, OperationalError, ProgrammingError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     _add_missing_columns(engine)
 
 

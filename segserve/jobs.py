@@ -9,12 +9,13 @@ cancelling client) never both win: whoever's WHERE clause still matches wins, th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from segserve.db import Job, JobPriority, JobStatus, utcnow
+from segserve.db import Job, JobPriority, JobStage, JobStatus, utcnow
 
 
 def build_job(
@@ -121,6 +122,14 @@ def finish(
     if status is JobStatus.succeeded:
         values["progress"] = 1.0
     return _update_owned(session, job_id, worker, values)
+
+
+def record_stages(session: Session, job_id: str, attempt: int, stages: Mapping[str, float]) -> None:
+    """Store the seconds each finished stage of attempt `attempt` took (see segserve.db.JobStage). A stage
+    recorded before for the same attempt is replaced. Commits."""
+    for stage, seconds in stages.items():
+        session.merge(JobStage(job_id=job_id, attempt=attempt, stage=stage, seconds=float(seconds)))
+    session.commit()
 
 
 def release(session: Session, job_id: str, worker: str) -> bool:

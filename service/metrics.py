@@ -5,8 +5,9 @@ computed at scrape time by `DatabaseCollector`, so any API process answers with 
 however many there are. Only `segserve_upload_bytes_total` is counted in the process (bytes this process
 wrote to disk); with several API processes each counts its own, and Prometheus should scrape each one.
 
-Durations come from the jobs table's timestamps (created_at, started_at, finished_at), bucketed in SQL, so
-a scrape returns a few rows whatever the number of jobs. Deleting jobs lowers the counts (Prometheus sees a
+Durations come from the jobs table's timestamps (created_at, started_at, finished_at) and, per stage of a
+run, from the job_stages rows the workers write (segserve.db.JobStage), bucketed in SQL, so a scrape
+returns a few rows whatever the number of jobs. Deleting jobs lowers the counts (Prometheus sees a
 counter reset); started_at is the start of the job's latest attempt.
 """
 
@@ -24,7 +25,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from segserve.config import Settings
-from segserve.db import IncomingSeries, IntakeState, Job, JobStatus, new_session
+from segserve.db import IncomingSeries, IntakeState, Job, JobStage, JobStatus, new_session
 from segserve.storage import free_bytes
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class DatabaseCollector(Collector):
             finished,
         )
 
+        yield self._stage_histogram(session)
+
         failures = CounterMetricFamily(
             "segserve_job_failures",
             "Failed jobs in the database by error code and model.",
@@ -157,6 +160,25 @@ class DatabaseCollector(Collector):
             family.add_metric([queue, level], count)
         return family
 
+    def _stage_histogram(self, session: Session) -> Metric:
+        """segserve_job_stage_seconds{model, stage}: the worker's stages of each job's run (read, load,
+        predict, write, evaluate; segserve.db.JobStage), every attempt that finished them."""
+        seconds = JobStage.seconds
+        buckets = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in DURATION_BUCKETS_S]
+        total = func.coalesce(func.sum(seconds), 0.0)
+        query = (
+            select(Job.model_id, JobStage.stage, func.count(), total, *buckets)
+            .join(Job, Job.id == JobStage.job_id)
+            .group_by(Job.model_id, JobStage.stage)
+        )
+        return self._family(
+            "segserve_job_stage_seconds",
+            "Seconds each stage of a job's run took in the worker (read, load, predict, write, evaluate), "
+            "per model and stage.",
+            ["model", "stage"],
+            session.execute(query).all(),
+        )
+
     def _histogram(
         self,
         session: Session,
@@ -171,10 +193,14 @@ class DatabaseCollector(Collector):
         buckets = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in DURATION_BUCKETS_S]
         query = select(*group, func.count(), func.coalesce(func.sum(seconds), 0.0), *buckets)
         rows = session.execute(query.where(where).group_by(*group)).all()
-        labels = ["model", "status"][: len(group)]
+        return self._family(name, documentation, ["model", "status"][: len(group)], rows)
+
+    @staticmethod
+    def _family(name: str, documentation: str, labels: list[str], rows: Sequence[Any]) -> Metric:
+        """A histogram from rows of (*label values, count, sum, cumulative count per DURATION_BUCKETS_S)."""
         family = HistogramMetricFamily(name, documentation, labels=labels)
         for row in rows:
-            keys, (count, total, *cumulative) = row[: len(group)], row[len(group) :]
+            keys, (count, total, *cumulative) = row[: len(labels)], row[len(labels) :]
             pairs = [
                 (floatToGoString(b), float(c or 0))
                 for b, c in zip(DURATION_BUCKETS_S, cumulative, strict=True)

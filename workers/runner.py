@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,10 +116,11 @@ def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
     files = JobFiles(settings.jobs_dir, job_id)
     log.info("job %s: started on %s (attempt %d, model %s)", job_id, worker, job.attempts, job.model_id)
     handed_back = False
+    stages: dict[str, float] = {}
     with _Lease(settings, job_id, worker) as lease:
         status, error, code = JobStatus.succeeded, None, None
         try:
-            _execute(settings, job, files, lease)
+            _execute(settings, job, files, lease, stages)
         except _Stop as stop:
             status, error, code = stop.status, stop.message, stop.code
         except _HandBack:
@@ -144,7 +146,8 @@ def run_job(settings: Settings, job_id: str, worker: str) -> Outcome:
     if status is not JobStatus.succeeded:
         files.remove_results()
     with new_session(url) as session:
-        jobs.finish(session, job_id, worker, status, error=error, error_code=code)
+        if jobs.finish(session, job_id, worker, status, error=error, error_code=code) and stages:
+            jobs.record_stages(session, job_id, job.attempts, stages)
     log.info("job %s: %s", job_id, status.value)
     return Outcome(job_id, status.value, error or "", job.evaluation_id)
 
@@ -161,7 +164,16 @@ class _Stop(Exception):
         self.code = code
 
 
-def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> None:
+@contextmanager
+def _stage(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Time one stage into `stages[name]` (seconds, wall clock), when it completes."""
+    start = time.perf_counter()
+    yield
+    stages[name] = time.perf_counter() - start
+
+
+def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stages: dict[str, float]) -> None:
+    """Run the job's stages: read, load, predict, write, evaluate (their seconds go into `stages`)."""
     from models.predictor import Cancelled, get_predictor  # torch is imported in workers only
 
     catalog = Catalog(settings.resolved_models_dir)
@@ -171,15 +183,18 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
             raise ModelUnavailable(status.reason or "unavailable")
         card = status.card
         channels = input_channels(card)  # a multi-channel model's inputs: input/image/<channel>/
-        volumes = read_channels([(c, files.channel_paths(c)) for c in channels]) if channels else []
-        image = volumes[0] if volumes else read_image(files.image_paths(job.input_files))
-        reference = read_labels(files.reference_paths(job.reference_files)) if job.reference_files else None
-        if reference is not None:
-            check_same_grid(image, reference)
+        with _stage(stages, "read"):
+            volumes = read_channels([(c, files.channel_paths(c)) for c in channels]) if channels else []
+            image = volumes[0] if volumes else read_image(files.image_paths(job.input_files))
+            reference_paths = files.reference_paths(job.reference_files)
+            reference = read_labels(reference_paths) if job.reference_files else None
+            if reference is not None:
+                check_same_grid(image, reference)
         if shutdown.stopping():
             raise _HandBack()
         lease.report(0.05)
-        predictor = get_predictor(card, settings.resolved_models_dir, settings.device)
+        with _stage(stages, "load"):
+            predictor = get_predictor(card, settings.resolved_models_dir, settings.device)
 
         def on_progress(fraction: float) -> None:
             lease.report(0.05 + 0.85 * fraction)
@@ -187,24 +202,32 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease) -> No
         is_cancelled = _cancel_checker(settings, job.id)
         if shutdown.stopping():  # loading the model may take a while
             raise _HandBack()
-        if channels:  # formats with input channels (MONAI bundles, nnU-Net) take the volumes in card order
-            labels = predictor.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
-        else:
-            labels = predictor.predict(image, on_progress=on_progress, is_cancelled=is_cancelled)
-        files.labels.parent.mkdir(parents=True, exist_ok=True)
-        write_labels_nifti(labels, image, files.labels)
-        if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job
-            from segserve.scans.seg_export import try_export_job_seg
+        with _stage(stages, "predict"):
+            if channels:  # formats with input channels (MONAI bundles, nnU-Net) take the volumes in order
+                labels = predictor.predict(volumes, on_progress=on_progress, is_cancelled=is_cancelled)
+            else:
+                labels = predictor.predict(image, on_progress=on_progress, is_cancelled=is_cancelled)
+        with _stage(stages, "write"):
+            files.labels.parent.mkdir(parents=True, exist_ok=True)
+            write_labels_nifti(labels, image, files.labels)
+            if image.source_format == "dicom":  # a SEG failure is logged and recorded, never fails the job
+                from segserve.scans.seg_export import try_export_job_seg
 
-            seg = try_export_job_seg(  # with the volume read above: the series is decoded once per job
-                files.image_paths(job.input_files), files.labels, card, files.seg, job_id=job.id, volume=image
-            )
-            if seg is not None and settings.dicomweb_push_url:
-                _push_seg(settings, seg, job)
+                seg = try_export_job_seg(  # with the volume read above: the series is decoded once per job
+                    files.image_paths(job.input_files),
+                    files.labels,
+                    card,
+                    files.seg,
+                    job_id=job.id,
+                    volume=image,
+                )
+                if seg is not None and settings.dicomweb_push_url:
+                    _push_seg(settings, seg, job)
         lease.report(0.95)
         if reference is not None:
-            report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
-            write_json_atomic(files.metrics, report)
+            with _stage(stages, "evaluate"):
+                report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
+                write_json_atomic(files.metrics, report)
     except Cancelled:
         if shutdown.stopping():
             raise _HandBack() from None

@@ -84,6 +84,10 @@ def test_metrics_count_real_jobs(stack: Stack, tmp_path: Path) -> None:
     assert delta("segserve_job_run_seconds_bucket", model=MODEL, status="succeeded", le="+Inf") == 2
     assert delta("segserve_job_run_seconds_sum", model=MODEL, status="succeeded") > 0
     assert delta("segserve_job_duration_seconds_count", model=MODEL, status="succeeded") == 2
+    for stage in ("read", "load", "predict", "write"):  # no reference given: no evaluate stage
+        assert delta("segserve_job_stage_seconds_count", model=MODEL, stage=stage) == 2, stage
+    assert delta("segserve_job_stage_seconds_sum", model=MODEL, stage="predict") > 0
+    assert delta("segserve_job_stage_seconds_count", model=MODEL, stage="evaluate") == 0
     # The one API process wrote exactly the two image parts to disk.
     assert delta("segserve_upload_bytes_total", route="jobs") == 2 * image.stat().st_size
     assert value(after, "segserve_workers_alive") >= 1

@@ -10,6 +10,8 @@ from segserve.db import Base, Job, get_engine, utcnow
 
 # Columns of `jobs` added after the release before job priorities, in the order they came.
 LATER_JOB_COLUMNS = ("priority", "files_deleted_at")
+# Tables that release did not have and that refer to `jobs` (init_db creates them on the old database).
+LATER_TABLES = ("job_stages",)
 
 
 def make_pre_priority_database(
@@ -23,8 +25,9 @@ def make_pre_priority_database(
     ]
     table = Table("jobs", old, *columns)
     engine = get_engine(url)
-    Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name != "jobs"])
     old.create_all(engine)
+    skipped = ("jobs", *LATER_TABLES)
+    Base.metadata.create_all(engine, tables=[t for t in Base.metadata.sorted_tables if t.name not in skipped])
     now = utcnow()
     with engine.begin() as conn:
         conn.execute(
