@@ -204,9 +204,16 @@ def tiny_case(pipeline: Pipeline, device: str = "cpu") -> tuple[int, ...]:
     spacing = pipeline.info.spacing_mm or (1.5, 1.5, 1.5)
     ramp = np.linspace(1.0, 1000.0, 24**3, dtype=np.float32).reshape(24, 24, 24)
     volume = Volume(ramp, np.diag([*spacing, 1.0]), "nifti")
+    # A window of at most 32 per axis for this check (VISTA-3D's 128^3 window would cost a minute on a CPU
+    # for a 24^3 case): the check is about building, weights and wiring; jobs use the configured roi.
+    inferer = getattr(pipeline.evaluator, "inferer", None)
+    roi = getattr(inferer, "roi_size", None)
+    small = [min(int(r), 32) for r in roi] if isinstance(roi, list | tuple) else None
     with tempfile.TemporaryDirectory(prefix="segserve-check-") as tmp:
         paths = write_inputs([volume] * len(pipeline.info.input_channels), Path(tmp))
         try:
+            if small is not None:
+                inferer.roi_size = small  # type: ignore[union-attr]
             pred = onto_grid(run_case(pipeline, paths, torch.device(device)), volume)
             labels = to_label_map(pred, volume.shape, pipeline.info.name)
         except Exception as exc:  # the bundle's own evaluator, inferer and transforms raise anything
@@ -214,6 +221,9 @@ def tiny_case(pipeline: Pipeline, device: str = "cpu") -> tuple[int, ...]:
                 f"the bundle's evaluator fails on a {volume.shape} case: "
                 f"{type(exc).__name__}: {str(exc)[:300]}"
             ) from None
+        finally:
+            if small is not None:
+                inferer.roi_size = roi  # type: ignore[union-attr]
     return tuple(labels.shape)
 
 

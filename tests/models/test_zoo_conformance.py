@@ -76,6 +76,13 @@ def _service_labels(stack: Stack, model: str, case: Case, out: Path) -> tuple[np
     with stack.client() as c:
         card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == model)
         assert card["available"] is True, card
+        if model == "brats_mri_segmentation":  # the values its Lambdad writes, named from its metadata
+            assert card["labels"] == {
+                "0": "background",
+                "1": "Tumor core",
+                "2": "Whole tumor",
+                "4": "Enhancing tumor",
+            }
         start = time.monotonic()
         resp = c.post("/v1/jobs", data={"model": model}, files=_parts(card, case))
         assert resp.status_code == 202, resp.text
