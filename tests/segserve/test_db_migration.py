@@ -5,7 +5,6 @@ and claimed as before."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,12 @@ from sqlalchemy import inspect
 from segserve import jobs, retention
 from segserve.audit import query
 from segserve.db import Job, JobPriority, get_engine, init_db, new_session
-from tests.conftest import fresh_postgres_database
 from tests.support.legacy_db import make_pre_priority_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        with fresh_postgres_database("segserve_migration") as url:
-            yield url
+@pytest.fixture
+def empty_url(empty_db_url: str) -> str:
+    return empty_db_url
 
 
 def test_old_database_gains_the_priority_column(empty_url: str) -> None:

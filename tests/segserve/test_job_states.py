@@ -4,29 +4,12 @@ cancellation and finishing respect ownership."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 from segserve import jobs
-from segserve.db import Job, JobStatus, init_db, new_session, utcnow
-from tests.conftest import fresh_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-        init_db(url)
-        yield url
-        return
-    # a database of its own: these tests list every queued job, so jobs other tests left must not count
-    with fresh_postgres_database("segserve_jobstates") as url:
-        init_db(url)
-        yield url
+from segserve.db import Job, JobStatus, new_session, utcnow
 
 
 def _add_job(url: str, job_id: str) -> None:

@@ -3,29 +3,19 @@ PostgreSQL rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from segserve.db import Job, init_db, new_session, utcnow
+from segserve.db import Job, new_session, utcnow
 from segserve.queue_wait import first_start, queue_wait, queued_count, run_times
-from tests.conftest import fresh_postgres_database
 
 T0 = utcnow().replace(microsecond=0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path / 'q.db'}"
-        init_db(db)
-        yield db
-    else:
-        with fresh_postgres_database("segserve_wait") as db:
-            init_db(db)
-            yield db
+@pytest.fixture
+def url(db_url: str) -> str:
+    return db_url
 
 
 def _job(

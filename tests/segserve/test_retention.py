@@ -4,7 +4,6 @@ callers race for it (real SQLite and PostgreSQL, real files)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,22 +11,14 @@ import pytest
 
 from segserve import jobs, retention
 from segserve.audit import query
-from segserve.db import Evaluation, Job, JobStatus, init_db, new_session, utcnow
-from tests.conftest import fresh_postgres_database
+from segserve.db import Evaluation, Job, JobStatus, new_session, utcnow
 
 DAY_S = 86400.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path / 'r.db'}"
-        init_db(db)
-        yield db
-    else:
-        with fresh_postgres_database("segserve_retention") as db:
-            init_db(db)
-            yield db
+@pytest.fixture
+def url(db_url: str) -> str:
+    return db_url
 
 
 def _job(url: str, jobs_dir: Path, job_id: str, status: JobStatus, finished_days_ago: float | None) -> None:
