@@ -164,6 +164,10 @@ def side_monai(bundle: Path, inputs: list[Path], out: Path, device: str) -> dict
 def _child(args: argparse.Namespace) -> None:
     import torch
 
+    if args.side == "service":  # the worker's process setting (workers/tasks.py)
+        from workers.malloc import release_large_blocks
+
+        release_large_blocks()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     side = side_service if args.side == "service" else side_monai

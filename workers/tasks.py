@@ -78,6 +78,9 @@ def _init_process(**_: object) -> None:
     # Process-wide torch settings belong to the worker, not the model library.
     import torch
 
+    from workers.malloc import release_large_blocks
+
+    release_large_blocks()
     settings = get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
+from models.bundle.padding import infer_prepadded
 from models.bundle.stitching import label_steps, stitched_pred
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.installed import InstallError, read_manifest
@@ -156,7 +157,8 @@ def run_case(
     report(_PRE)
     batch = list_data_collate([data])
     del data  # the batch holds its own copy: one pre-processed image less during the forward pass
-    image = batch[IMAGE_KEY].to(device)
+    batch[IMAGE_KEY] = batch[IMAGE_KEY].to(device)
+    image = batch[IMAGE_KEY]
     amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
     pipeline.network.eval()
     replaced = label_steps(pipeline) if pipeline.label_path and pipeline.out_channels else None
@@ -173,11 +175,14 @@ def run_case(
         replaced = 0
         total = window_count(pipeline.inferer, image.shape[2:])
         network = _Watched(pipeline.network, total, report, is_cancelled)
+        del image  # from here on the batch holds the only reference (infer_prepadded replaces it)
         with torch.no_grad(), amp:
-            pred = pipeline.inferer(image, network)
+            pred = infer_prepadded(pipeline.inferer, batch, IMAGE_KEY, network)
+            if pred is None:
+                pred = pipeline.inferer(batch[IMAGE_KEY], network)
     if is_cancelled is not None and is_cancelled():
         raise Cancelled()
-    batch.update({IMAGE_KEY: image, "label": batch.get("label"), "pred": pred})
+    batch.update({"label": batch.get("label"), "pred": pred})
     item = decollate_batch(batch, detach=True)[0]
     with torch.no_grad():
         if replaced:
