@@ -38,5 +38,10 @@ fi
 
 echo "== ruff"; $BIN/ruff check .
 echo "== mypy"; $BIN/mypy
+# Two test processes (pytest-xdist), each taking whole files in collection order (longest first, see
+# tests/conftest.py) so that a module's stack is started once; most end-to-end tests wait on processes
+# they started, so two overlap well on 2 cores. SEGSERVE_TEST_WORKERS=0 runs everything in one process.
 echo "== pytest"
-exec $BIN/pytest "$@"
+workers=${SEGSERVE_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then exec $BIN/pytest "$@"; fi
+exec $BIN/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -103,13 +103,14 @@ def test_wholebody_equals_monai_runner(tmp_path: Path) -> None:
     write_seeded_weights(bundle, seed=1)
     data = tmp_path / "data"
     data.mkdir()
-    # A real CT crop, its slices declared 5 mm apart (3 mm in the scan) so that the model grid (1.5 mm) is
-    # at least one 96-voxel window on every axis: no padding, so the label path runs (wholeBody pads with
-    # "replicate", which only MONAI's own inferer does).
+    # A real CT crop (3 mm voxels) declared 3.04 x 3.04 x 5 mm so that the model grid (1.5 mm) is
+    # 96 x 96 x 98: at least one 96-voxel window on every axis, so no padding and the label path runs
+    # (wholeBody pads with "replicate", which only MONAI's own inferer does), and two overlapping windows
+    # along z, blended.
     source = nib.load(str(DATA / "ct/abdomen-totalseg/example_ct_sm.nii.gz"))
-    crop = np.asanyarray(source.dataobj)[30:80, 25:75, :]
+    crop = np.asanyarray(source.dataobj)[30:78, 25:73, :]
     case = data / "case.nii.gz"
-    nib.save(nib.Nifti1Image(crop, np.diag([3.0, 3.0, 5.0, 1.0])), str(case))
+    nib.save(nib.Nifti1Image(crop, np.diag([3.04, 3.04, 5.0, 1.0])), str(case))
     checked = check_bundle(bundle, trust_code=True)
     assert checked["executes_code"] and checked["first_code_element"].startswith("pixdim: $[1.5")
     assert len(checked["labels"]) == 105
