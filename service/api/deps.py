@@ -40,7 +40,8 @@ def get_catalog(request: Request, settings: SettingsDep) -> Catalog:
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 
 
-def _presented_key(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
+    """The secret the client sent: 'Authorization: Bearer <secret>' or 'X-API-Key: <secret>'."""
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
@@ -50,7 +51,7 @@ def _presented_key(request: Request) -> str | None:
 
 
 def current_key(request: Request, session: SessionDep) -> ApiKey:
-    presented = _presented_key(request)
+    presented = presented_key(request)
     if presented is None:
         raise Problem(
             401,

@@ -13,48 +13,21 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from segserve.config import Settings
-from segserve.security import allowed, find_key
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import SessionDep, SettingsDep, current_key, presented_key, require
 from service.metrics import scrape_registry
-from service.problems import Problem
 from workers.celery_app import app as celery_app
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["metrics"])
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.headers.get("x-api-key") or None
-
-
 def _authorize(request: Request, settings: Settings, session: SessionDep) -> None:
-    presented = _bearer(request)
-    if presented is None:
-        raise Problem(
-            401,
-            "/metrics needs 'Authorization: Bearer <SEGSERVE_METRICS_TOKEN or an admin API key>'",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """The metrics token, else an API key whose role may read metrics (401 / 403 as for every route)."""
+    presented = presented_key(request)
     token = settings.metrics_token
-    if token and hmac.compare_digest(presented.encode(), token.encode()):
+    if presented and token and hmac.compare_digest(presented.encode(), token.encode()):
         return
-    key = find_key(session, presented)
-    if key is None:
-        raise Problem(
-            401,
-            "neither the metrics token nor a valid API key",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    request.state.key_id = key.id
-    if not allowed(key.role, "metrics:read"):
-        raise Problem(
-            403, f"role '{key.role}' may not read metrics (needs metrics:read)", code="forbidden_role"
-        )
+    require("metrics:read")(current_key(request, session))
 
 
 def _workers_alive() -> int | None:
