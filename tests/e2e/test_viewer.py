@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segserve import jobs as job_states
 from segserve.db import new_session
+from tests.support.rows import job_row
 from tests.support.stack import Stack, wait_job
 from tests.support.viewer import (
     assert_no_patient_data,
@@ -134,16 +134,10 @@ def test_worklist_lists_evaluation_jobs_by_case_id(stack: Stack) -> None:
     with new_session(url) as session:
         for case in ("BRATS_001", "BRATS_002", "BRATS_003"):
             session.add(
-                job_states.build_job(
+                job_row(  # never published: the worklist only reads rows
                     uuid.uuid4().hex,
                     model_id=MODEL,
-                    model_version="1.0.0",
-                    queue="none",  # never published: the worklist only reads rows
-                    input_format="nifti",
-                    input_files=["0000.nii.gz"],
-                    reference_files=[],
-                    image_shape=[8, 8, 8],
-                    image_spacing_mm=[1.0, 1.0, 1.0],
+                    queue="none",
                     submitted_by="eval",
                     evaluation_id=evaluation_id,
                     case_id=case,

@@ -14,6 +14,7 @@ from segserve import jobs, retention
 from segserve.audit import query
 from segserve.db import Job, JobPriority, get_engine, init_db, new_session
 from tests.support.legacy_db import make_pre_priority_database
+from tests.support.rows import job_row
 
 
 @pytest.fixture
@@ -28,21 +29,7 @@ def test_old_database_gains_the_priority_column(empty_url: str) -> None:
     with new_session(empty_url) as session:
         old = session.get(Job, "old1")
         assert old is not None and old.priority == JobPriority.routine.value
-        session.add(
-            jobs.build_job(
-                "new1",
-                model_id="m",
-                model_version="1",
-                queue="cpu",
-                input_format="nifti",
-                input_files=["0000.nii.gz"],
-                reference_files=[],
-                image_shape=[2, 2, 2],
-                image_spacing_mm=[1.0, 1.0, 1.0],
-                submitted_by="k",
-                priority=JobPriority.stat,
-            )
-        )
+        session.add(job_row("new1", priority=JobPriority.stat))
         session.commit()
         assert jobs.claim(session, "new1", "w1", lease_s=60)
         new = session.get(Job, "new1")

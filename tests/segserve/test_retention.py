@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from segserve import jobs, retention
+from segserve import retention
 from segserve.audit import query
 from segserve.db import Evaluation, Job, JobStatus, new_session, utcnow
+from tests.support.rows import job_row
 
 DAY_S = 86400.0
 
@@ -25,19 +26,7 @@ def _job(url: str, jobs_dir: Path, job_id: str, status: JobStatus, finished_days
     """A job row in `status` with finished_at that many days back (also for unfinished statuses, so that
     only the status can keep them), and a file in its directory."""
     with new_session(url) as session:
-        row = jobs.build_job(
-            job_id,
-            model_id="m",
-            model_version="1",
-            queue="cpu",
-            input_format="nifti",
-            input_files=["0000.nii.gz"],
-            reference_files=[],
-            image_shape=[2, 2, 2],
-            image_spacing_mm=[1.0, 1.0, 1.0],
-            submitted_by="k",
-            evaluation_id="ev1" if job_id.startswith("case") else None,
-        )
+        row = job_row(job_id, evaluation_id="ev1" if job_id.startswith("case") else None)
         row.status = status.value
         if finished_days_ago is not None:
             row.finished_at = utcnow() - timedelta(days=finished_days_ago)

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from segserve import jobs as job_states
 from segserve.db import ApiKey, Job, JobStatus, Review, get_engine, init_db, new_session
 from service.api.routes.worklist import MAX_LIMIT, WorklistFilter, worklist, worklist_page
 from tests.conftest import fresh_postgres_database
+from tests.support.rows import job_row
 
 N_JOBS = MAX_LIMIT + 120  # more than the largest page
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,17 +47,9 @@ def _seed(session: Session) -> dict[str, dict[str, str | None]]:
     for i in range(N_JOBS):
         job_id = f"{i:04d}" + uuid.uuid4().hex[:28]
         evaluation = "eval0001" if i % 5 == 0 else None
-        job = job_states.build_job(
+        job = job_row(
             job_id,
             model_id="brain-mri-structures",
-            model_version="1.0.0",
-            queue="cpu",
-            input_format="nifti",
-            input_files=["0000.nii.gz"],
-            reference_files=[],
-            image_shape=[8, 8, 8],
-            image_spacing_mm=[1.0, 1.0, 1.0],
-            submitted_by="k",
             evaluation_id=evaluation,
             case_id=f"CASE_{i:03d}" if evaluation else None,
         )
