@@ -133,6 +133,19 @@ def _folds(text: str | None) -> tuple[int | str, ...] | None:
     return tuple(folds)
 
 
+def _lesion_labels(text: str | None) -> tuple[int, ...]:
+    """``--lesion-labels 2,3`` -> (2, 3); () when not given."""
+    from models.installed import InstallError
+
+    if not text:
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    bad = [p for p in parts if not p.isdigit() or int(p) == 0]
+    if bad:
+        raise InstallError(f"--lesion-labels takes label values > 0 separated by commas; got {bad[0]!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.catalog import Catalog
     from models.formats import InstallOptions
@@ -150,7 +163,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         installed_by = args.installed_by or os.environ.get("USER") or "unknown"
         try:
             options = InstallOptions(
-                trust_code=args.trust_code, installed_by=installed_by, folds=_folds(args.folds)
+                trust_code=args.trust_code,
+                installed_by=installed_by,
+                folds=_folds(args.folds),
+                lesion_labels=_lesion_labels(args.lesion_labels),
             )
             installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
@@ -302,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
     install.add_argument(
         "--folds", help="nnU-Net models: folds to install, e.g. 0,1 or all (default: every trained fold)"
+    )
+    install.add_argument(
+        "--lesion-labels",
+        help="label values that are lesions (tumour, metastasis...), e.g. 2,3: their jobs get lesion "
+        "instances and lesion-wise metrics",
     )
     pull = models_sub.add_parser(
         "pull",
