@@ -236,6 +236,7 @@ def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path)
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation.dataset import DatasetError
+    from models.installed import InstallError
     from shell.evaluate import evaluate_dataset, evaluate_folders
 
     try:
@@ -255,9 +256,14 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             print("give --predictions and --references, or --dataset and --model", file=sys.stderr)
             return 2
         return evaluate_folders(
-            Path(args.predictions), Path(args.references), Path(args.out), args.labels, args.tolerance_mm
+            Path(args.predictions),
+            Path(args.references),
+            Path(args.out),
+            args.labels,
+            args.tolerance_mm,
+            _lesion_labels(args.lesion_labels),
         )
-    except DatasetError as exc:
+    except (DatasetError, InstallError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -360,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="catalog model to run over the dataset")
     ev.add_argument("--label-map", help='JSON {"model value": dataset value}, e.g. \'{"1": 1, "7": 2}\'')
     ev.add_argument("--tolerance-mm", type=float, help="surface Dice tolerance in mm (folders mode)")
+    ev.add_argument(
+        "--lesion-labels",
+        help="label values that are lesions, e.g. 2: adds lesion-wise results, detection by size and missed "
+        "lesions (folders mode)",
+    )
     ev.add_argument("--api", help="service URL for --dataset (default http://SEGSERVE_HOST:SEGSERVE_PORT)")
     ev.add_argument("--key", help="API key for --dataset (default $SEGSERVE_API_KEY)")
     ev.add_argument("--out", required=True, help="folder for summary.json, cases.csv, report.html")
