@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from evaluation.instances import label_components
+from evaluation.instances import box_centroids, label_components
 from evaluation.surface import check_spacing, surface_distances
 
 HD95_PENALTY_MM = 374.0
@@ -167,7 +167,7 @@ def lesionwise_metrics(
     pred_labels, n_pred = label_components(pred)
     pred_boxes = ndimage.find_objects(pred_labels)
     pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    pred_centres = ndimage.center_of_mass(pred, pred_labels, range(1, n_pred + 1)) if n_pred else []
+    pred_centres = box_centroids(pred_labels, pred_boxes)
 
     if rule == "brats2023":
         dilated, n_ref = brats2023_reference_lesions(ref, dilation_iterations)
@@ -182,7 +182,7 @@ def lesionwise_metrics(
         matches = _bipartite(pairs, ref_labels, pred_sizes, n_ref, n_pred)
     ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
     ref_boxes = ndimage.find_objects(ref_labels, max_label=n_ref)
-    ref_centres = ndimage.center_of_mass(ref, ref_labels, range(1, n_ref + 1)) if n_ref else []
+    ref_centres = box_centroids(ref_labels, ref_boxes)
 
     scores: list[LesionScore] = []
     for r in range(1, n_ref + 1):
