@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -228,7 +229,18 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                 if seg is not None and settings.dicomweb_push_url:
                     _push_seg(settings, seg, job)
             if card.lesion_labels:
-                _write_lesions(labels, image.affine, volumes[0] if volumes else image, card, files)
+                table = _write_lesions(labels, image.affine, volumes[0] if volumes else image, card, files)
+                if image.source_format == "dicom":  # one SEG segment per lesion; failures only recorded
+                    from segserve.scans.seg_export import instance_card, try_export_job_seg
+
+                    try_export_job_seg(
+                        files.image_paths(job.input_files),
+                        files.instances,
+                        instance_card(card, table["lesions"]),
+                        files.instances_seg,
+                        job_id=job.id,
+                        volume=image,
+                    )
         lease.report(0.95)
         if reference is not None:
             with _stage(stages, "evaluate"):
@@ -279,7 +291,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
 
 def _write_lesions(
     labels: np.ndarray, affine: np.ndarray, scan: Volume, card: ModelCard, files: JobFiles
-) -> None:
+) -> dict[str, Any]:
     """The lesion table (result/lesions.json) and instance volume (result/instances.nii.gz) of a result."""
     intensities: np.ndarray | None = scan.array
     if intensities is None or intensities.shape != labels.shape:  # e.g. a 4D series: no intensity statistics
@@ -287,6 +299,7 @@ def _write_lesions(
     instances, table = lesion_table(labels, card.labels, card.lesion_labels, affine, intensities)
     write_labels_nifti(instances, scan, files.instances)
     write_json_atomic(files.lesions, table)
+    return table
 
 
 def _internal_error(job: Job, exc: Exception) -> _Stop:

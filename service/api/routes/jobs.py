@@ -32,7 +32,7 @@ from segserve.storage import JobFiles, new_staging_dir
 from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404, job_with_files, require_succeeded
-from service.api.routes.lesions import instances_response
+from service.api.routes.lesions import instances_response, no_lesions
 from service.deid_upload import deidentify_upload
 from service.disk import check_declared_length, upload_reserve
 from service.files import volume_response
@@ -327,11 +327,20 @@ def get_result(
             "(the lesion instance volume, ids 1..N, for models with lesion labels)"
         ),
     ] = "nifti",
+    instances: Annotated[
+        bool, Query(description="with format=dicom-seg: one segment per lesion instance (lesion models)")
+    ] = False,
 ) -> Response:
     job = job_with_files(session, job_id)
     require_succeeded(job)
+    if instances and format != "dicom-seg":
+        raise Problem(
+            400,
+            "instances=true goes with format=dicom-seg; the instance volume as NIfTI is format=instances",
+            code="bad_format",
+        )
     if format == "dicom-seg":
-        return _seg_response(job, settings, version)
+        return _seg_response(job, settings, version, instances)
     if format == "instances":
         return instances_response(request, job, settings, version)
     path = JobFiles(settings.jobs_dir, job.id).labels_version(version or 0)
@@ -343,13 +352,16 @@ def get_result(
     return volume_response(request, path, f"{job.id}_labels{suffix}.nii.gz")
 
 
-def _seg_response(job: Job, settings: Settings, version: int | None) -> FileResponse:
+def _seg_response(job: Job, settings: Settings, version: int | None, instances: bool) -> FileResponse:
     if version:
         raise Problem(
             422, "a DICOM SEG is made for the model's result only (version 0)", code="seg_version_unsupported"
         )
+    files = JobFiles(settings.jobs_dir, job.id)
+    if instances and not files.lesions.exists():
+        raise no_lesions(job)
     try:
-        path = seg_result_path(JobFiles(settings.jobs_dir, job.id).seg)
+        path = seg_result_path(files.instances_seg if instances else files.seg)
     except SegUnavailable as exc:
         if exc.code == "seg_not_available" and job.input_format != "dicom":
             raise Problem(
@@ -358,7 +370,8 @@ def _seg_response(job: Job, settings: Settings, version: int | None) -> FileResp
                 code="seg_needs_dicom_input",
             ) from None
         raise Problem(422, str(exc), code=exc.code) from None
-    return FileResponse(path, media_type="application/dicom", filename=f"{job.id}_seg.dcm")
+    name = f"{job.id}_instances_seg.dcm" if instances else f"{job.id}_seg.dcm"
+    return FileResponse(path, media_type="application/dicom", filename=name)
 
 
 @router.get(

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 FORMATS = ("json", "csv")
 
 
-def _no_lesions(job: Job) -> Problem:
+def no_lesions(job: Job) -> Problem:
     return Problem(
         404,
         f"job has no lesion table: model '{job.model_id}' marks none of its labels as lesions (the model "
@@ -45,7 +45,7 @@ def get_lesions(
     require_succeeded(job)
     files = JobFiles(settings.jobs_dir, job.id)
     if not files.lesions.exists():
-        raise _no_lesions(job)
+        raise no_lesions(job)
     payload = json.loads(files.lesions.read_text(encoding="utf-8"))
     if job.has_reference and files.metrics.exists():
         metrics = json.loads(files.metrics.read_text(encoding="utf-8"))
@@ -70,5 +70,5 @@ def instances_response(request: Request, job: Job, settings: Settings, version: 
         )
     path = JobFiles(settings.jobs_dir, job.id).instances
     if not path.exists():
-        raise _no_lesions(job)
+        raise no_lesions(job)
     return volume_response(request, path, f"{job.id}_instances.nii.gz")
