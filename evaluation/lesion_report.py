@@ -93,12 +93,20 @@ def lesionwise_report(
 ) -> dict[str, Any]:
     """{label name: lesion-wise result (see evaluation.lesionwise) + "missed": [...]} per lesion label.
 
+    With the default rule (BraTS 2023) each result also carries "bipartite": the same scores under the
+    rule of the BraTS challenges' current package (`brats-evaluation`), without the per-lesion list.
+
     `options` go to `lesionwise_metrics` (rule, dilation_iterations, min_volume_mm3, size_bins_ml).
     """
     out: dict[str, Any] = {}
     for value in sorted(int(v) for v in lesion_labels):
-        result = lesionwise_metrics(prediction == value, reference == value, spacing_mm, **options).as_dict()
+        pred_mask, ref_mask = prediction == value, reference == value
+        result = lesionwise_metrics(pred_mask, ref_mask, spacing_mm, **options).as_dict()
         result["label"] = value
+        if result["rule"] != "bipartite":  # the BraTS package's current rule too, for comparison with it
+            other = {k: v for k, v in options.items() if k != "rule"}
+            bipartite = lesionwise_metrics(pred_mask, ref_mask, spacing_mm, rule="bipartite", **other)
+            result["bipartite"] = {k: v for k, v in bipartite.as_dict().items() if k != "lesions"}
         result["missed"] = [
             {
                 "ref_id": s["ref_id"],

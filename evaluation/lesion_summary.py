@@ -31,6 +31,7 @@ CASE_FIELDS = (
     "pq",
     "by_size",
     "missed",
+    "bipartite",
 )
 
 

@@ -26,13 +26,14 @@ def test_folders_with_lesion_labels_pool_lesionwise_results(tmp_path: Path) -> N
     preds, refs = tmp_path / "preds", tmp_path / "refs"
     preds.mkdir()
     refs.mkdir()
-    expected = []
+    expected, bipartite = [], []
     for seed in (0, 1):
         tumour = perturb_lesions(labels == 2, seed)
         prediction = np.where(tumour, 2, np.where(labels == 1, 1, 0)).astype(np.uint8)
         nib.save(nib.Nifti1Image(labels, affine), refs / f"case{seed}.nii.gz")
         nib.save(nib.Nifti1Image(prediction, affine), preds / f"case{seed}.nii.gz")
         expected.append(lesionwise_metrics(prediction == 2, labels == 2, (0.8, 0.8, 2.0)))
+        bipartite.append(lesionwise_metrics(prediction == 2, labels == 2, (0.8, 0.8, 2.0), rule="bipartite"))
     (tmp_path / "labels.json").write_text(json.dumps({"0": "background", "1": "liver", "2": "tumour"}))
     out = tmp_path / "out"
     code = main(
@@ -52,8 +53,9 @@ def test_folders_with_lesion_labels_pool_lesionwise_results(tmp_path: Path) -> N
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    for case, want in zip(summary["metric_per_case"], expected, strict=True):
+    for case, want, want_bip in zip(summary["metric_per_case"], expected, bipartite, strict=True):
         got = case["lesionwise"]["tumour"]
+        assert (got["bipartite"]["tp"], got["bipartite"]["pq"]) == (want_bip.tp, want_bip.pq)
         assert (got["tp"], got["fp"], got["fn"]) == (want.tp, want.fp, want.fn)
         assert got["lesionwise_dice"] == pytest.approx(want.lesionwise_dice, abs=1e-9)
         assert len(got["missed"]) == want.fn
