@@ -177,15 +177,21 @@ def lesion_instances(
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
     ml_per_voxel = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    instances = np.zeros(label_volume.shape, dtype=np.uint32)
-    lesions: list[Lesion] = []
+    labelled = []
     for value in sorted(int(v) for v in lesion_labels):
         components, n = label_components(label_volume == value)
-        if n == 0:
-            continue
-        counts = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        if n:
+            labelled.append((value, components, ndimage.find_objects(components)))
+    total = sum(len(boxes) for _, _, boxes in labelled)
+    instances = np.zeros(label_volume.shape, dtype=np.uint16 if total < 1 << 16 else np.uint32)
+    lesions: list[Lesion] = []
+    axis = axial_axis(affine)
+    for value, components, boxes in labelled:
+        # sizes and centroids from each component's box: no pass over the whole volume
+        counts = np.array(
+            [0 if b is None else np.count_nonzero(components[b] == i + 1) for i, b in enumerate(boxes)]
+        )
         order = np.argsort(-counts, kind="stable")
-        boxes = ndimage.find_objects(components)
         centroids = box_centroids(components, boxes)
         for comp in order:
             lesion_id = len(lesions) + 1
@@ -195,7 +201,6 @@ def lesion_instances(
             instances[box][own] = lesion_id
             inside = None if intensities is None else intensities[box][own].astype(np.float64)
             long_axis, short_axis, slice_in_box = recist_diameters(own, affine)
-            axis = axial_axis(affine)
             centroid = centroids[comp]
             world = (affine @ np.append(centroid, 1.0))[:3] * RAS_TO_LPS
             lesions.append(
@@ -216,6 +221,4 @@ def lesion_instances(
                     intensity_max=None if inside is None else float(inside.max()),
                 )
             )
-    if len(lesions) < 1 << 16:
-        return instances.astype(np.uint16), lesions
     return instances, lesions
