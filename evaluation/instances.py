@@ -61,6 +61,12 @@ def box_centroids(components: np.ndarray, boxes: list[tuple[slice, ...] | None])
     return out
 
 
+def box_sizes(components: np.ndarray, boxes: list[tuple[slice, ...] | None]) -> np.ndarray:
+    """Voxel counts of components 0..n (index 0, background, is 0), each counted inside its own box."""
+    sizes = [0 if b is None else np.count_nonzero(components[b] == i + 1) for i, b in enumerate(boxes)]
+    return np.array([0, *sizes], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Lesion:
     """One lesion instance (see module doc for units and conventions)."""

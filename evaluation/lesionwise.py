@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from evaluation.instances import box_centroids, label_components
+from evaluation.instances import box_centroids, box_sizes, label_components
 from evaluation.surface import check_spacing, surface_distances
 
 HD95_PENALTY_MM = 374.0
@@ -166,7 +166,7 @@ def lesionwise_metrics(
     pred = np.asarray(prediction, dtype=bool)
     pred_labels, n_pred = label_components(pred)
     pred_boxes = ndimage.find_objects(pred_labels)
-    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    pred_sizes = box_sizes(pred_labels, pred_boxes)
     pred_centres = box_centroids(pred_labels, pred_boxes)
 
     if rule == "brats2023":
@@ -179,10 +179,11 @@ def lesionwise_metrics(
     else:
         ref_labels, n_ref = label_components(ref)
         pairs = _overlap_pairs(ref_labels, pred_labels, n_pred)
-        matches = _bipartite(pairs, ref_labels, pred_sizes, n_ref, n_pred)
-    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
     ref_boxes = ndimage.find_objects(ref_labels, max_label=n_ref)
+    ref_sizes = box_sizes(ref_labels, ref_boxes)
     ref_centres = box_centroids(ref_labels, ref_boxes)
+    if rule == "bipartite":
+        matches = _bipartite(pairs, ref_sizes, pred_sizes, n_ref, n_pred)
 
     scores: list[LesionScore] = []
     for r in range(1, n_ref + 1):
@@ -227,12 +228,11 @@ def lesionwise_metrics(
 
 
 def _bipartite(
-    pairs: np.ndarray, ref_labels: np.ndarray, pred_sizes: np.ndarray, n_ref: int, n_pred: int
+    pairs: np.ndarray, ref_sizes: np.ndarray, pred_sizes: np.ndarray, n_ref: int, n_pred: int
 ) -> dict[int, list[int]]:
     """One-to-one matches maximising summed Dice over overlapping pairs (panoptica's cost: 1 - Dice)."""
     if n_ref == 0 or n_pred == 0 or len(pairs) == 0:
         return {}
-    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)
     cost = np.full((n_ref, n_pred), 1.0 + 1e-6)
     r, p, inter = pairs[:, 0], pairs[:, 1], pairs[:, 2]
     dice = 2.0 * inter / (ref_sizes[r] + pred_sizes[p])
