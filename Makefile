@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
+LESION_REFERENCES := panoptica==2.1.7 brats-evaluation==0.0.10 connected-components-3d==3.29.0 \
+	ruamel.yaml==0.19.1 plotly==5.24.1 tenacity==9.2.1
 
 .PHONY: up test setup setup-test viewer-deps models lint clean
 
@@ -14,8 +16,12 @@ $(BIN)/python:
 
 # torch is pinned (pyproject) to 2.13.0; installing it in the same command as monai keeps pip from
 # resolving a newer torch with several GB of CUDA wheels.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test,nnunet]"
+	# Lesion-wise reference implementations for tests/evaluation/test_lesionwise_reference.py. Without their
+	# dependencies: they pin numpy<2.3 and pandas<3, which would move the project's numpy and pandas; they
+	# run with ours (checked), and what they import is listed here.
+	$(BIN)/pip install --quiet --no-deps $(LESION_REFERENCES)
 	touch $@
 
 setup: $(VENV)/.installed

@@ -7,6 +7,9 @@ summary.json (nnU-Net v2's keys, extended):
     mean:            {"<label>": {metric: mean over cases}}
     foreground_mean: {metric: mean over labels of the per-label means}
     labels, conventions, n_cases, failed_cases
+    case_mean:       {voxel_accuracy, mean_class_accuracy, mean_iou: mean over cases}; per case under "case"
+    lesionwise:      with lesion labels: pooled lesion-wise results per lesion label
+                     (evaluation/lesion_summary.py); per case under "lesionwise"
 Per-label metric names follow nnU-Net where it has them (Dice, IoU, TP, FP, FN, n_pred, n_ref) and add
 precision, recall, HD, HD95, ASSD, NSD and volumes. Means skip null values (nnU-Net's nanmean), so a
 structure empty in both prediction and reference does not count for that case.
@@ -24,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.lesion_report import lesionwise_report
+from evaluation.lesion_summary import compact, pool
 from evaluation.report import CONVENTIONS, evaluate_case
 from segserve.imaging.errors import ImageError
 from segserve.scans.readers import check_same_grid, read_labels
@@ -57,6 +62,8 @@ class CaseResult:
     reference_file: str
     rows: list[dict[str, Any]]
     error: str | None = None
+    case: dict[str, Any] | None = None  # voxel accuracy, mean class accuracy, mean IoU
+    lesionwise: dict[str, Any] | None = None  # evaluation.lesion_summary.compact of the lesion-wise report
 
 
 def map_labels(prediction: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
@@ -78,9 +85,10 @@ def evaluate_files(
     *,
     label_map: Mapping[int, int] | None = None,
     tolerance_mm: float | None = None,
+    lesion_labels: Sequence[int] = (),
 ) -> CaseResult:
     """One case from files. A grid mismatch or unreadable file becomes the case's error (named), never a
-    resampled comparison."""
+    resampled comparison. `lesion_labels` (dataset values) add lesion-wise results (BraTS 2023 rule)."""
     try:
         pred = read_labels([prediction])
         ref = read_labels([reference])
@@ -88,10 +96,16 @@ def evaluate_files(
     except ImageError as exc:
         return CaseResult(case_id, str(prediction), str(reference), [], error=str(exc))
     kwargs: dict[str, Any] = {} if tolerance_mm is None else {"tolerance_mm": tolerance_mm}
-    report = evaluate_case(
-        map_labels(pred.array, label_map or {}), ref.array, labels, ref.spacing_mm, **kwargs
+    prediction_array = map_labels(pred.array, label_map or {})
+    report = evaluate_case(prediction_array, ref.array, labels, ref.spacing_mm, **kwargs)
+    lesionwise = None
+    if lesion_labels:
+        lesionwise = compact(
+            lesionwise_report(prediction_array, ref.array, labels, lesion_labels, ref.affine, ref.spacing_mm)
+        )
+    return CaseResult(
+        case_id, str(prediction), str(reference), report["structures"], None, report["case"], lesionwise
     )
-    return CaseResult(case_id, str(prediction), str(reference), report["structures"])
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -114,6 +128,8 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[int, str]) -> dict[
                 "prediction_file": r.prediction_file,
                 "reference_file": r.reference_file,
                 "metrics": metrics,
+                "case": r.case,
+                **({"lesionwise": r.lesionwise} if r.lesionwise is not None else {}),
                 "error": r.error,
             }
         )
@@ -126,10 +142,17 @@ def summarize(results: Sequence[CaseResult], labels: Mapping[int, str]) -> dict[
             for name in METRIC_NAMES.values()
         }
     foreground = {name: _mean([mean[str(v)][name] for v in structures]) for name in METRIC_NAMES.values()}
+    case_mean = {
+        k: _mean([(c["case"] or {}).get(k) for c in ok])
+        for k in ("voxel_accuracy", "mean_class_accuracy", "mean_iou")
+    }
+    lesion_cases = [(c["case_id"], c["lesionwise"]) for c in ok if "lesionwise" in c]
     return {
         "metric_per_case": per_case,
         "mean": mean,
         "foreground_mean": foreground,
+        "case_mean": case_mean,
+        **({"lesionwise": pool(lesion_cases)} if lesion_cases else {}),
         "labels": {str(v): labels[v] for v in structures},
         "n_cases": len(per_case),
         "failed_cases": [c["case_id"] for c in per_case if c["error"] is not None],
@@ -161,12 +184,19 @@ def run_batch(
     label_map: Mapping[int, int] | None = None,
     tolerance_mm: float | None = None,
     on_case: Callable[[int, int, CaseResult], None] | None = None,
+    lesion_labels: Sequence[int] = (),
 ) -> list[CaseResult]:
     """Evaluate (case id, prediction, reference) triples in order, reporting each finished case."""
     results: list[CaseResult] = []
     for index, (case_id, prediction, reference) in enumerate(jobs):
         result = evaluate_files(
-            case_id, prediction, reference, labels, label_map=label_map, tolerance_mm=tolerance_mm
+            case_id,
+            prediction,
+            reference,
+            labels,
+            label_map=label_map,
+            tolerance_mm=tolerance_mm,
+            lesion_labels=lesion_labels,
         )
         results.append(result)
         if on_case is not None:

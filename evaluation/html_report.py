@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.lesion_summary import lesion_sections
+
 _PLOTS = (
     ("Dice", "Dice", (0.0, 1.0)),
     ("HD95", "HD95 (mm)", None),
@@ -129,6 +131,8 @@ def render_report(summary: Mapping[str, Any], title: str) -> str:
         if c["error"] is not None
     )
     fg = summary["foreground_mean"]
+    cm = summary.get("case_mean", {})
+    lesions = lesion_sections(summary["lesionwise"]) if summary.get("lesionwise") else ""
     conventions = "".join(
         f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
         for k, v in summary.get("conventions", {}).items()
@@ -144,7 +148,10 @@ td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{summary["n_cases"]} cases, {len(summary["failed_cases"])} failed.
-Foreground mean: Dice {_fmt(fg["Dice"])}, HD95 {_fmt(fg["HD95"], 2)} mm, NSD {_fmt(fg["NSD"])}.</p>
+Foreground mean: Dice {_fmt(fg["Dice"])} (= F1), IoU {_fmt(fg["IoU"])}, HD95 {_fmt(fg["HD95"], 2)} mm,
+NSD {_fmt(fg["NSD"])}. Mean over cases: voxel accuracy {_fmt(cm.get("voxel_accuracy"), 4)},
+mean class accuracy {_fmt(cm.get("mean_class_accuracy"))},
+mean IoU (with background) {_fmt(cm.get("mean_iou"))}.</p>
 <h2>Per structure</h2>
 <table><tr><th>label</th><th>structure</th><th>cases</th><th>mean Dice</th><th>median Dice</th>
 <th>sd Dice</th><th>mean HD95 (mm)</th><th>mean NSD</th><th>mean volume diff (ml)</th></tr>
@@ -152,6 +159,7 @@ Foreground mean: Dice {_fmt(fg["Dice"])}, HD95 {_fmt(fg["HD95"], 2)} mm, NSD {_f
 <div class="plots">{"".join(plots)}</div>
 <h2>Worst cases (lowest mean Dice over structures)</h2>
 <table><tr><th>case</th><th>mean Dice</th></tr>{worst_rows}</table>
+{lesions}
 {f"<h2>Failed cases</h2><ul>{failed}</ul>" if failed else ""}
 <h2>Conventions</h2><ul>{conventions}</ul>
 </body></html>

@@ -6,6 +6,14 @@ Conventions (nnU-Net's):
   of the mean.
 - Empty in exactly one: Dice and IoU are 0.0.
 - Volumes are in millilitres: voxel count x voxel volume (mm^3) / 1000.
+- Dice = 2 TP / (2 TP + FP + FN) is, for a binary mask, exactly the F1 score of voxel classification
+  (harmonic mean of precision and recall); IoU (Jaccard) = TP / (TP + FP + FN) = Dice / (2 - Dice).
+
+Case-level vocabulary (`accuracy_summary`), over classes that include background (value 0), as in the
+semantic-segmentation literature (Long et al., FCN): voxel (pixel) accuracy = correctly labelled voxels /
+all voxels; mean class accuracy = mean over classes present in the reference of the per-class recall;
+mean IoU = mean over classes present in prediction or reference of the per-class IoU. The per-structure
+means of Dice and IoU (`overlap_report`'s "mean") are over foreground structures only.
 """
 
 from __future__ import annotations
@@ -15,6 +23,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+CASE_CONVENTIONS: dict[str, str] = {
+    "dice": "2TP / (2TP + FP + FN): for a binary mask the F1 score of voxel classification",
+    "iou": "Jaccard, TP / (TP + FP + FN) = Dice / (2 - Dice)",
+    "voxel_accuracy": "correctly labelled voxels / all voxels (pixel accuracy), background included",
+    "mean_class_accuracy": "mean over classes present in the reference (background included) of recall",
+    "mean_iou": "mean over classes present in prediction or reference (background included) of IoU; "
+    "the structures' mean Dice/IoU are over foreground structures only",
+}
 
 _CHUNK_VOXELS = 1 << 18  # 256k voxels: the chunk's temporaries stay in cache
 
@@ -67,16 +84,46 @@ class OverlapCounts:
     n_ref: int
 
 
+def label_confusion(prediction: np.ndarray, reference: np.ndarray, structures: Iterable[int]) -> np.ndarray:
+    """`confusion_matrix` sized to hold every value of both arrays and of `structures`."""
+    values = [int(v) for v in structures]
+    n_labels = int(max([*values, int(prediction.max(initial=0)), int(reference.max(initial=0))])) + 1
+    return confusion_matrix(prediction, reference, n_labels)
+
+
+def counts_from_confusion(cm: np.ndarray, structures: Iterable[int]) -> list[OverlapCounts]:
+    """Counts for each label value in `structures` (each < len(cm)) from a confusion matrix."""
+    n_pred = cm.sum(axis=1)
+    n_ref = cm.sum(axis=0)
+    return [OverlapCounts(v, int(cm[v, v]), int(n_pred[v]), int(n_ref[v])) for v in sorted(structures)]
+
+
 def overlap_counts(
     prediction: np.ndarray, reference: np.ndarray, structures: Iterable[int]
 ) -> list[OverlapCounts]:
     """Counts for each label value in `structures`, all from one confusion matrix (one pass over the data)."""
     values = sorted(int(v) for v in structures)
-    n_labels = int(max([*values, int(prediction.max(initial=0)), int(reference.max(initial=0))])) + 1
-    cm = confusion_matrix(prediction, reference, n_labels)
-    n_pred = cm.sum(axis=1)
-    n_ref = cm.sum(axis=0)
-    return [OverlapCounts(v, int(cm[v, v]), int(n_pred[v]), int(n_ref[v])) for v in values]
+    return counts_from_confusion(label_confusion(prediction, reference, values), values)
+
+
+def accuracy_summary(cm: np.ndarray, classes: Iterable[int]) -> dict[str, Any]:
+    """Voxel accuracy, mean class accuracy and mean IoU of a case (see the module doc), from its confusion
+    matrix; `classes` are the label values taken as classes (background 0 included by the callers).
+
+    Voxel accuracy counts every voxel, also those whose values are not in `classes`. Each value is None
+    where it is undefined (no voxel; no class present).
+    """
+    total = int(cm.sum())
+    values = sorted(int(v) for v in classes)
+    counts = counts_from_confusion(cm, values)
+    recalls = [c.tp / c.n_ref for c in counts if c.n_ref > 0]
+    ious = [c.tp / (c.n_pred + c.n_ref - c.tp) for c in counts if c.n_pred + c.n_ref > 0]
+    return {
+        "voxel_accuracy": float(np.trace(cm)) / total if total else None,
+        "mean_class_accuracy": float(np.mean(recalls)) if recalls else None,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+        "n_classes": len(values),
+    }
 
 
 @dataclass(frozen=True)
@@ -124,6 +171,8 @@ def overlap_report(
 ) -> dict[str, object]:
     """JSON-ready report: per structure values plus the means over structures that are not empty in both."""
     rows = structure_overlaps(prediction, reference, labels, voxel_volume_mm3)
+    classes = sorted({0, *(int(v) for v in labels)})
+    case = accuracy_summary(label_confusion(prediction, reference, classes), classes)
     dices = [r.dice for r in rows if r.dice is not None]
     ious = [r.iou for r in rows if r.iou is not None]
     return {
@@ -133,9 +182,11 @@ def overlap_report(
             "iou": float(np.mean(ious)) if ious else None,
             "n_structures": len(dices),
         },
+        "case": case,
         "conventions": {
             "empty_in_both": "null, excluded from the mean",
             "empty_in_one": "0.0",
             "volume_unit": "ml",
+            **CASE_CONVENTIONS,
         },
     }

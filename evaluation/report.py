@@ -18,6 +18,9 @@ default (`ignore_empty=True`) gives nan whenever the reference is empty, also fo
 give 0), and `ignore_empty=False` gives 1.0 when both are empty (we give None, as nnU-Net). For the
 surface metrics see `evaluation.surface`.
 
+Per case (`case`): voxel accuracy, mean class accuracy and mean IoU over classes with background
+(`evaluation.overlap.accuracy_summary`; Dice is the F1 score of binary voxel classification).
+
 Means are over structures not empty in both, skipping None values; `n_structures` counts those
 structures and `n_with_distances` the ones present in both, over which the distance means are taken (a
 missed structure has no distance, so mean HD95 says nothing about misses: read it with mean Dice).
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.overlap import overlap_counts
+from evaluation.overlap import CASE_CONVENTIONS, accuracy_summary, counts_from_confusion, label_confusion
 from evaluation.surface import (
     DEFAULT_TOLERANCE_MM,
     NSD_RELATIVE_SLACK,
@@ -75,6 +78,7 @@ CONVENTIONS: dict[str, str] = {
     "nsd": "fraction of surface voxels of both within the tolerance, counted not area-weighted "
     f"(MONAI SurfaceDiceMetric, use_subvoxels=False); d <= t*(1+{NSD_RELATIVE_SLACK:g})",
     "mean": "over structures not empty in both, null values skipped",
+    **CASE_CONVENTIONS,
 }
 
 
@@ -110,7 +114,9 @@ def evaluate_case(
         raise ValueError(f"tolerances_mm names labels not in labels: {unknown}")
     structures = sorted(int(v) for v in labels if v > 0)
     ml_per_voxel = math.prod(spacing) / 1000.0
-    counts = overlap_counts(prediction, reference, structures)
+    classes = sorted({0, *structures})
+    cm = label_confusion(prediction, reference, classes)
+    counts = counts_from_confusion(cm, structures)
     surfaces = structure_surface_metrics(
         prediction, reference, structures, spacing, tolerances_mm, tolerance_mm=default_t
     )
@@ -143,6 +149,7 @@ def evaluate_case(
     return {
         "structures": rows,
         "mean": _means(rows),
+        "case": accuracy_summary(cm, classes),
         "spacing_mm": list(spacing),
         "conventions": dict(CONVENTIONS),
     }

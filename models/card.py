@@ -58,6 +58,10 @@ class ModelCard:
         params: loader / pre-processing parameters: weights_format, model_json (relative path),
             normalisation ("minmax", "quantile:LO,HI" or "scale:Q,V"; see :mod:`models.meshnet.preprocess`),
             clip_intensities, axis_order, crop_margin_voxels.
+        lesion_labels: the label values that are abnormalities (tumour, metastasis, nodule...): a job of
+            such a model gets lesion instances (evaluation/instances.py) and, with a reference, lesion-wise
+            metrics. Built-in cards list them in their JSON; installed bundles and nnU-Net models get them
+            from the installer (`segserve models install --lesion-labels 2,3`), stored in the manifest.
     """
 
     id: str
@@ -74,6 +78,7 @@ class ModelCard:
     licence: str
     citation: str
     params: dict[str, object]
+    lesion_labels: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -106,7 +111,23 @@ def card_from_dict(data: dict[str, Any]) -> ModelCard:
         licence=str(data["licence"]),
         citation=str(data["citation"]),
         params=dict(data.get("params", {})),
+        lesion_labels=check_lesion_labels(data.get("lesion_labels", ()), data["labels"]),
     )
+
+
+def check_lesion_labels(values: Any, labels: Any) -> tuple[int, ...]:
+    """Lesion label values as a sorted tuple, each a foreground value of `labels` (keys int or str).
+
+    Raises ValueError naming the values that are not labels of the model.
+    """
+    known = {int(k) for k in labels}
+    chosen = sorted({int(v) for v in values})
+    unknown = [v for v in chosen if v <= 0 or v not in known]
+    if unknown:
+        raise ValueError(
+            f"lesion labels {unknown} are not foreground labels of the model (its labels: {sorted(known)})"
+        )
+    return tuple(chosen)
 
 
 _hash_cache: dict[tuple[str, int, int], str] = {}

@@ -129,6 +129,7 @@ def card_to_public(status: ModelStatus) -> dict[str, object]:
         "architecture": card.architecture,
         "labels": {str(k): v for k, v in sorted(card.labels.items())},
         "colors": {str(k): list(v) for k, v in sorted(card.colors.items())},
+        "lesion_labels": list(card.lesion_labels),
         "input": json.loads(json.dumps(card.input)),
         "files": [{"path": w.path, "sha256": w.sha256, "source_url": w.source_url} for w in card.files],
         "licence": card.licence,

@@ -26,11 +26,14 @@ class InstallOptions:
         folds: nnU-Net folds to use: fold numbers, or "all" for ``fold_all`` (None: every numbered fold with
             a final checkpoint, as nnU-Net's own prediction picks them).
         installed_by: who installed it (recorded in the manifest and the audit log).
+        lesion_labels: label values the admin marks as lesions (abnormalities); recorded in the manifest,
+            checked against the model's labels.
     """
 
     trust_code: bool = False
     folds: tuple[int | str, ...] | None = None
     installed_by: str = ""
+    lesion_labels: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -7,6 +7,9 @@
     result/labels.nii.gz   the label volume on the scan's grid
     result/metrics.json    per-structure metrics, when a reference was given
     result/labels.seg.dcm  the label volume as a DICOM SEG, when the input was a DICOM series
+    result/lesions.json    the lesion table, when the model has lesion labels (evaluation/lesion_report.py)
+    result/instances.nii.gz  the lesion instance volume (ids 1..N) on the scan's grid, with lesions.json
+    result/instances.seg.dcm the instances as a DICOM SEG (one segment per lesion), for DICOM inputs
 
 Uploads are first written to `<data_dir>/staging/<uuid>/` and moved into place with one rename once they
 have been validated, so a job directory is either complete or absent.
@@ -26,6 +29,9 @@ from typing import Any
 RESULT_LABELS = "result/labels.nii.gz"
 RESULT_METRICS = "result/metrics.json"
 RESULT_SEG = "result/labels.seg.dcm"
+RESULT_LESIONS = "result/lesions.json"
+RESULT_INSTANCES = "result/instances.nii.gz"
+RESULT_INSTANCES_SEG = "result/instances.seg.dcm"
 
 
 class JobFiles:
@@ -49,6 +55,18 @@ class JobFiles:
     @property
     def metrics(self) -> Path:
         return self.root / RESULT_METRICS
+
+    @property
+    def lesions(self) -> Path:
+        return self.root / RESULT_LESIONS
+
+    @property
+    def instances(self) -> Path:
+        return self.root / RESULT_INSTANCES
+
+    @property
+    def instances_seg(self) -> Path:
+        return self.root / RESULT_INSTANCES_SEG
 
     def labels_version(self, version: int) -> Path:
         """Version 0 is the model's result; versions 1.. are reviewers' corrections (never overwritten)."""

@@ -133,6 +133,19 @@ def _folds(text: str | None) -> tuple[int | str, ...] | None:
     return tuple(folds)
 
 
+def _lesion_labels(text: str | None) -> tuple[int, ...]:
+    """``--lesion-labels 2,3`` -> (2, 3); () when not given."""
+    from models.installed import InstallError
+
+    if not text:
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    bad = [p for p in parts if not p.isdigit() or int(p) == 0]
+    if bad:
+        raise InstallError(f"--lesion-labels takes label values > 0 separated by commas; got {bad[0]!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.catalog import Catalog
     from models.formats import InstallOptions
@@ -150,7 +163,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         installed_by = args.installed_by or os.environ.get("USER") or "unknown"
         try:
             options = InstallOptions(
-                trust_code=args.trust_code, installed_by=installed_by, folds=_folds(args.folds)
+                trust_code=args.trust_code,
+                installed_by=installed_by,
+                folds=_folds(args.folds),
+                lesion_labels=_lesion_labels(args.lesion_labels),
             )
             installed = install_models(Path(args.path), models_dir, options=options)
         except (InstallError, FileNotFoundError, NotADirectoryError) as exc:
@@ -220,6 +236,7 @@ def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path)
 
 def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from evaluation.dataset import DatasetError
+    from models.installed import InstallError
     from shell.evaluate import evaluate_dataset, evaluate_folders
 
     try:
@@ -239,9 +256,14 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
             print("give --predictions and --references, or --dataset and --model", file=sys.stderr)
             return 2
         return evaluate_folders(
-            Path(args.predictions), Path(args.references), Path(args.out), args.labels, args.tolerance_mm
+            Path(args.predictions),
+            Path(args.references),
+            Path(args.out),
+            args.labels,
+            args.tolerance_mm,
+            _lesion_labels(args.lesion_labels),
         )
-    except DatasetError as exc:
+    except (DatasetError, InstallError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -303,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--folds", help="nnU-Net models: folds to install, e.g. 0,1 or all (default: every trained fold)"
     )
+    install.add_argument(
+        "--lesion-labels",
+        help="label values that are lesions (tumour, metastasis...), e.g. 2,3: their jobs get lesion "
+        "instances and lesion-wise metrics",
+    )
     pull = models_sub.add_parser(
         "pull",
         help="fetch a model from its public source, check its hashes, install it: a MONAI Model Zoo bundle "
@@ -339,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="catalog model to run over the dataset")
     ev.add_argument("--label-map", help='JSON {"model value": dataset value}, e.g. \'{"1": 1, "7": 2}\'')
     ev.add_argument("--tolerance-mm", type=float, help="surface Dice tolerance in mm (folders mode)")
+    ev.add_argument(
+        "--lesion-labels",
+        help="label values that are lesions, e.g. 2: adds lesion-wise results, detection by size and missed "
+        "lesions (folders mode)",
+    )
     ev.add_argument("--api", help="service URL for --dataset (default http://SEGSERVE_HOST:SEGSERVE_PORT)")
     ev.add_argument("--key", help="API key for --dataset (default $SEGSERVE_API_KEY)")
     ev.add_argument("--out", required=True, help="folder for summary.json, cases.csv, report.html")

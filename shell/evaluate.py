@@ -47,7 +47,12 @@ def _labels_for(references: Path, labels_file: str | None) -> dict[int, str]:
 
 
 def evaluate_folders(
-    predictions: Path, references: Path, out: Path, labels_file: str | None, tolerance: float | None
+    predictions: Path,
+    references: Path,
+    out: Path,
+    labels_file: str | None,
+    tolerance: float | None,
+    lesion_labels: tuple[int, ...] = (),
 ) -> int:
     labels = {v: n for v, n in _labels_for(references, labels_file).items() if v > 0}
     pairs = pair_folders(predictions, references)
@@ -60,6 +65,7 @@ def evaluate_folders(
         labels,
         tolerance_mm=tolerance,
         on_case=on_case,
+        lesion_labels=lesion_labels,
     )
     summary = summarize(results, labels)
     paths = write_outputs(out, summary, f"segserve evaluation: {predictions.name} vs {references.name}")

@@ -15,14 +15,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from evaluation.lesion_report import lesion_table, lesionwise_report
 from evaluation.report import evaluate_case
-from models.card import ModelUnavailable, input_channels
+from models.card import ModelCard, ModelUnavailable, input_channels
 from models.catalog import Catalog
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
+from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
@@ -223,10 +228,32 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                 )
                 if seg is not None and settings.dicomweb_push_url:
                     _push_seg(settings, seg, job)
+            if card.lesion_labels:
+                table = _write_lesions(labels, image.affine, volumes[0] if volumes else image, card, files)
+                if image.source_format == "dicom":  # one SEG segment per lesion; failures only recorded
+                    from segserve.scans.seg_export import instance_card, try_export_job_seg
+
+                    try_export_job_seg(
+                        files.image_paths(job.input_files),
+                        files.instances,
+                        instance_card(card, table["lesions"]),
+                        files.instances_seg,
+                        job_id=job.id,
+                        volume=image,
+                    )
         lease.report(0.95)
         if reference is not None:
             with _stage(stages, "evaluate"):
                 report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
+                if card.lesion_labels:
+                    report["lesionwise"] = lesionwise_report(
+                        labels,
+                        reference.array,
+                        card.labels,
+                        card.lesion_labels,
+                        image.affine,
+                        image.spacing_mm,
+                    )
                 write_json_atomic(files.metrics, report)
     except Cancelled:
         if shutdown.stopping():
@@ -260,6 +287,19 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                 "time_limit",
             ) from None
         raise _internal_error(job, exc) from None
+
+
+def _write_lesions(
+    labels: np.ndarray, affine: np.ndarray, scan: Volume, card: ModelCard, files: JobFiles
+) -> dict[str, Any]:
+    """The lesion table (result/lesions.json) and instance volume (result/instances.nii.gz) of a result."""
+    intensities: np.ndarray | None = scan.array
+    if intensities is None or intensities.shape != labels.shape:  # e.g. a 4D series: no intensity statistics
+        intensities = None
+    instances, table = lesion_table(labels, card.labels, card.lesion_labels, affine, intensities)
+    write_labels_nifti(instances, scan, files.instances)
+    write_json_atomic(files.lesions, table)
+    return table
 
 
 def _internal_error(job: Job, exc: Exception) -> _Stop:

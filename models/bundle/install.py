@@ -24,7 +24,7 @@ from models.bundle.config import (
     load_config,
     read_bundle,
 )
-from models.card import ModelCard, WeightFile
+from models.card import ModelCard, WeightFile, check_lesion_labels
 from models.format import InstallOptions, ModelFormat
 from models.installed import (
     MANIFEST,
@@ -58,12 +58,14 @@ def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
     params: dict[str, object] = {"weights_format": WEIGHTS_FORMAT, "bundle_dir": rel_dir}
     files: tuple[WeightFile, ...] = ()
     labels = dict(info.labels)
+    lesion_labels: tuple[int, ...] = ()
     try:
         manifest = read_manifest(directory)
         files = manifest_files(manifest, rel_dir)
         stored = manifest.get("labels")
         if isinstance(stored, dict) and stored:
             labels = {int(k): str(v) for k, v in stored.items()}
+        lesion_labels = check_lesion_labels(manifest.get("lesion_labels", ()), labels)
         params["executes_code"] = bool(manifest.get("executes_code", False))
         params["weights"] = str(manifest.get("weights", ""))
         if manifest.get("executes_code") and not manifest.get("trusted_code"):
@@ -99,6 +101,7 @@ def card_from_bundle(info: BundleInfo, models_dir: Path) -> ModelCard:
         licence="see the bundle's LICENSE" if (directory / "LICENSE").is_file() else "not stated",
         citation="",
         params=params,
+        lesion_labels=lesion_labels,
     )
 
 
@@ -158,6 +161,11 @@ def install_bundle(source: Path, models_dir: Path, options: InstallOptions | Non
     model_id = bundle_id(source)
     extra = check_bundle(source, options.trust_code)
     extra["installed_by"] = options.installed_by
+    if options.lesion_labels:
+        try:
+            extra["lesion_labels"] = list(check_lesion_labels(options.lesion_labels, extra["labels"]))
+        except ValueError as exc:
+            raise BundleError(f"bundle {model_id}: {exc}") from None
     try:
         files = model_files(source)
     except InstallError as exc:

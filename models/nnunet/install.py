@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from models.card import ModelCard, WeightFile
+from models.card import ModelCard, WeightFile, check_lesion_labels
 from models.format import InstallOptions, ModelFormat
 from models.installed import (
     MANIFEST,
@@ -104,6 +104,7 @@ def card_from_spec(spec: NnunetSpec, manifest: dict[str, Any] | None, rel_dir: s
         licence=spec.licence or "not stated",
         citation=CITATION,
         params=params,
+        lesion_labels=check_lesion_labels((manifest or {}).get("lesion_labels", ()), spec.labels),
     )
 
 
@@ -154,6 +155,11 @@ def install_model_folder(source: Path, models_dir: Path, options: InstallOptions
         NNUNET: {"folder": source.name, "folds": list(spec.folds), **checked},
         "installed_by": options.installed_by,
     }
+    if options.lesion_labels:
+        try:
+            extra["lesion_labels"] = list(check_lesion_labels(options.lesion_labels, spec.labels))
+        except ValueError as exc:
+            raise NnunetError(f"nnU-Net model {name}: {exc}") from None
     if not install_folder(source, Path(models_dir) / NNUNET, name, sorted(files), extra):
         return []
     return [f"{NNUNET}/{name}/{rel}" for rel in sorted(files)]

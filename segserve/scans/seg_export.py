@@ -14,8 +14,10 @@ import os
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -104,6 +106,25 @@ def read_dicom_volume_and_datasets(
 
 
 # ------------------------------------------------------------------------------------------ job export
+
+
+@dataclass(frozen=True)
+class InstanceCard:
+    """A card-like for `build_seg` over a lesion instance volume: one segment per lesion id."""
+
+    id: str
+    version: str
+    labels: Mapping[int, str]
+    colors: Mapping[int, tuple[int, int, int]]
+
+
+def instance_card(card: ModelCardLike, lesions: Sequence[Mapping[str, Any]]) -> InstanceCard:
+    """Segments "lesion <id> (<label name>)" in the colour of the lesion's label, from a lesion table's rows
+    (evaluation/lesion_report.py: each with id, label, name). Segment labels are unique, so a reader can
+    tell the instances apart."""
+    labels = {0: "background", **{int(r["id"]): f"lesion {int(r['id'])} ({r['name']})"[:64] for r in lesions}}
+    colors = {int(r["id"]): card.colors[int(r["label"])] for r in lesions if int(r["label"]) in card.colors}
+    return InstanceCard(id=card.id, version=card.version, labels=labels, colors=colors)
 
 
 def _error_path(out_path: Path) -> Path:

@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 
 from models.card import ModelCard, input_channels
 from models.catalog import Catalog
-from segserve.db import Job
+from segserve.db import Job, JobStatus
 from service.problems import Problem
 
 
@@ -58,3 +58,13 @@ def single_image_card(catalog: Catalog, model_id: str, route: str) -> ModelCard:
             code="multi_channel_model",
         )
     return card
+
+
+def require_succeeded(job: Job) -> None:
+    """409 unless the job succeeded: `job_not_finished` while queued or running, else `job_has_no_result`."""
+    if job.status == JobStatus.succeeded.value:
+        return
+    if job.status in (JobStatus.queued.value, JobStatus.running.value):
+        raise Problem(409, f"job is {job.status}; the result is not ready yet", code="job_not_finished")
+    reason = f": {job.error}" if job.error else ""
+    raise Problem(409, f"job {job.status}{reason}; it has no result", code="job_has_no_result")

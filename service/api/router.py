@@ -10,6 +10,7 @@ from service.api.routes import (
     intake,
     jobs,
     keys,
+    lesions,
     metrics,
     models,
     reviews,
@@ -21,6 +22,7 @@ api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(metrics.router)
 api_router.include_router(jobs.router)
+api_router.include_router(lesions.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
 api_router.include_router(evaluations.router)

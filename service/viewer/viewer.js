@@ -1,6 +1,7 @@
 // segserve viewer: sign in, worklist, a job's scan with its labels (NiiVue: three planes and 3D), the
 // reference beside the prediction, contrast, structure toggles, crosshair readout, brush corrections saved
 // as label versions, and the review. See views.js for what costs a re-slice.
+import { loadLesions } from "./lesions.js";
 import { $, api, apiJson, apiKey, gzip, setApiKey, setState, show, viewer } from "./page.js";
 import { loadMetrics, loadReview, loadVersions, postReview } from "./review.js";
 import {
@@ -89,7 +90,7 @@ async function openJob(jobId) {
     $("show-reference").checked = false;
     nv.createOnLocationChange(); // fill the readout for the initial crosshair
     setState("loaded");
-    await Promise.all([loadMetrics(job), loadVersions(job, 0), loadReview(job)]);
+    await Promise.all([loadMetrics(job), loadVersions(job, 0), loadReview(job), loadLesions(job, card, moveTo)]);
   } catch (error) {
     if (token === opening) setState("error", error.message);
   }
@@ -251,6 +252,14 @@ function setAllVisible(on) {
 }
 
 // --- crosshair readout -------------------------------------------------------------------------------------
+
+// Moves the crosshair to a point in world mm (RAS), as a click there would (the readout follows).
+function moveTo(mm) {
+  if (!nv || !image) return;
+  nv.scene.crosshairPos = nv.mm2frac(mm);
+  nv.drawScene();
+  nv.createOnLocationChange();
+}
 
 function structureAt(data, volume) {
   const at = data.values.find((v) => v.id === volume.id);

@@ -189,7 +189,9 @@ def test_dicom_scan_is_served_on_the_result_grid_without_patient_data(stack: Sta
 def test_viewer_page_has_a_strict_content_security_policy(stack: Stack) -> None:
     with stack.client() as c:
         page = c.get("/viewer")
-        scripts = [c.get(f"/viewer/static/{name}") for name in ("viewer.js", "views.js", "page.js")]
+        scripts = [
+            c.get(f"/viewer/static/{name}") for name in ("viewer.js", "views.js", "page.js", "lesions.js")
+        ]
         niivue = c.get("/viewer/static/niivue/index.js")
         unknown = c.get("/viewer/static/other.js")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

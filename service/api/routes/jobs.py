@@ -31,7 +31,8 @@ from segserve.scans.seg_export import seg_result_path
 from segserve.storage import JobFiles, new_staging_dir
 from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
-from service.api.lookup import available_card, job_or_404, job_with_files
+from service.api.lookup import available_card, job_or_404, job_with_files, require_succeeded
+from service.api.routes.lesions import instances_response, no_lesions
 from service.deid_upload import deidentify_upload
 from service.disk import check_declared_length, upload_reserve
 from service.files import volume_response
@@ -304,15 +305,6 @@ def get_job(job_id: str, session: SessionDep, settings: SettingsDep, _key: CanRe
     return JobPublic.from_row(job, queue_wait(session, job, runs=settings.estimate_runs))
 
 
-def _require_succeeded(job: Job) -> None:
-    if job.status == JobStatus.succeeded.value:
-        return
-    if job.status in (JobStatus.queued.value, JobStatus.running.value):
-        raise Problem(409, f"job is {job.status}; the result is not ready yet", code="job_not_finished")
-    reason = f": {job.error}" if job.error else ""
-    raise Problem(409, f"job {job.status}{reason}; it has no result", code="job_has_no_result")
-
-
 @router.get(
     "/{job_id}/result",
     summary="The label volume (.nii.gz) on the scan's grid, or a DICOM SEG with ?format=dicom-seg",
@@ -329,14 +321,28 @@ def get_result(
         int | None, Query(ge=0, description="A label version (GET .../labels/versions); 0 is the model's")
     ] = None,
     format: Annotated[
-        Literal["nifti", "dicom-seg"],
-        Query(description="nifti (.nii.gz, default) or dicom-seg (a DICOM SEG; DICOM inputs only)"),
+        Literal["nifti", "dicom-seg", "instances"],
+        Query(
+            description="nifti (.nii.gz, default), dicom-seg (a DICOM SEG; DICOM inputs only) or instances "
+            "(the lesion instance volume, ids 1..N, for models with lesion labels)"
+        ),
     ] = "nifti",
+    instances: Annotated[
+        bool, Query(description="with format=dicom-seg: one segment per lesion instance (lesion models)")
+    ] = False,
 ) -> Response:
     job = job_with_files(session, job_id)
-    _require_succeeded(job)
+    require_succeeded(job)
+    if instances and format != "dicom-seg":
+        raise Problem(
+            400,
+            "instances=true goes with format=dicom-seg; the instance volume as NIfTI is format=instances",
+            code="bad_format",
+        )
     if format == "dicom-seg":
-        return _seg_response(job, settings, version)
+        return _seg_response(job, settings, version, instances)
+    if format == "instances":
+        return instances_response(request, job, settings, version)
     path = JobFiles(settings.jobs_dir, job.id).labels_version(version or 0)
     if not path.exists():
         if version:
@@ -346,13 +352,16 @@ def get_result(
     return volume_response(request, path, f"{job.id}_labels{suffix}.nii.gz")
 
 
-def _seg_response(job: Job, settings: Settings, version: int | None) -> FileResponse:
+def _seg_response(job: Job, settings: Settings, version: int | None, instances: bool) -> FileResponse:
     if version:
         raise Problem(
             422, "a DICOM SEG is made for the model's result only (version 0)", code="seg_version_unsupported"
         )
+    files = JobFiles(settings.jobs_dir, job.id)
+    if instances and not files.lesions.exists():
+        raise no_lesions(job)
     try:
-        path = seg_result_path(JobFiles(settings.jobs_dir, job.id).seg)
+        path = seg_result_path(files.instances_seg if instances else files.seg)
     except SegUnavailable as exc:
         if exc.code == "seg_not_available" and job.input_format != "dicom":
             raise Problem(
@@ -361,7 +370,8 @@ def _seg_response(job: Job, settings: Settings, version: int | None) -> FileResp
                 code="seg_needs_dicom_input",
             ) from None
         raise Problem(422, str(exc), code=exc.code) from None
-    return FileResponse(path, media_type="application/dicom", filename=f"{job.id}_seg.dcm")
+    name = f"{job.id}_instances_seg.dcm" if instances else f"{job.id}_seg.dcm"
+    return FileResponse(path, media_type="application/dicom", filename=name)
 
 
 @router.get(
@@ -381,7 +391,7 @@ def get_metrics(
         raise Problem(
             404, "this job was submitted without a reference; it has no metrics", code="no_reference"
         )
-    _require_succeeded(job)
+    require_succeeded(job)
     path = JobFiles(settings.jobs_dir, job.id).metrics
     if not path.exists():
         raise Problem(404, "the metrics file is missing from storage", code="metrics_missing")

@@ -41,6 +41,7 @@ _STATIC_FILES = {
     "views.js": "text/javascript",
     "worklist.js": "text/javascript",
     "review.js": "text/javascript",
+    "lesions.js": "text/javascript",
     "viewer.css": "text/css",
 }
 
