@@ -105,6 +105,7 @@ def _run_folders(session: Session, settings: Settings, evaluation: Evaluation) -
         _labels(params),
         tolerance_mm=params.get("tolerance_mm"),
         on_case=progress,
+        lesion_labels=params.get("lesion_labels") or (),
     )
     _write(settings, evaluation, results)
     _finish(session, evaluation.id, JobStatus.succeeded)
@@ -190,7 +191,11 @@ def finish_evaluation(settings: Settings, evaluation_id: str) -> str:
                 if j.status == JobStatus.succeeded.value
             ]
             results = run_batch(
-                ready, _labels(params), label_map=label_map, tolerance_mm=params.get("tolerance_mm")
+                ready,
+                _labels(params),
+                label_map=label_map,
+                tolerance_mm=params.get("tolerance_mm"),
+                lesion_labels=params.get("lesion_labels") or (),
             )
             results += [
                 CaseResult(

@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from evaluation.lesion_report import lesionwise_report
+from evaluation.lesion_summary import compact
 from evaluation.report import evaluate_case
 from tests.support.stack import Stack, wait_for
 from tests.support.volumes import SUBJECT_A
@@ -89,7 +91,8 @@ def test_folders_evaluation_over_the_api(stack: Stack, folders: Path) -> None:
     with stack.client() as admin:
         researcher = admin.post("/v1/keys", json={"name": "lab", "role": "researcher"}).json()["key"]
         submitter = admin.post("/v1/keys", json={"name": "pacs", "role": "submitter"}).json()["key"]
-    body = {"predictions": "folders/predictions", "references": "folders/references"}
+    # thalamus (3) scored lesion-wise too: its two sides are two components per case
+    body = {"predictions": "folders/predictions", "references": "folders/references", "lesion_labels": [3]}
     with stack.client(submitter) as c:
         assert c.post("/v1/evaluations", json=body).status_code == 403
     with stack.client(researcher) as c:
@@ -121,6 +124,22 @@ def test_folders_evaluation_over_the_api(stack: Stack, folders: Path) -> None:
             got = case["metrics"][str(row["label"])]
             assert got["Dice"] == pytest.approx(row["dice"], abs=1e-12)
             assert got["HD95"] == pytest.approx(row["hd95_mm"], rel=1e-6)  # spacing from a float32 affine
+        lesionwise = compact(
+            lesionwise_report(
+                np.asarray(pred.dataobj),
+                np.asarray(ref.dataobj),
+                {1: "white_matter", 2: "cortex", 3: "thalamus"},
+                [3],
+                ref.affine,
+                (1.0, 1.0, 1.0),
+            )
+        )
+        got_lesions, want = case["lesionwise"]["thalamus"], lesionwise["thalamus"]
+        assert got_lesions["tp"] == want["tp"] > 0
+        assert got_lesions["lesionwise_dice"] == pytest.approx(want["lesionwise_dice"])
+    assert summary["lesionwise"]["thalamus"]["tp"] == sum(
+        c["lesionwise"]["thalamus"]["tp"] for c in summary["metric_per_case"] if not c["error"]
+    )
     assert summary["mean"]["1"]["Dice"] == pytest.approx(
         np.mean([c["metrics"]["1"]["Dice"] for c in summary["metric_per_case"] if not c["error"]])
     )
@@ -139,6 +158,15 @@ def test_evaluation_requests_are_validated(stack: Stack, folders: Path) -> None:
         missing = c.post("/v1/evaluations", json={"dataset": "folders", "model": "nope"})
         assert missing.status_code == 422
         assert c.get("/v1/evaluations/nope").status_code == 404
+        not_a_label = c.post(
+            "/v1/evaluations",
+            json={
+                "predictions": "folders/predictions",
+                "references": "folders/references",
+                "lesion_labels": [9],
+            },
+        )
+        assert not_a_label.status_code == 422 and not_a_label.json()["code"] == "invalid_lesion_labels"
 
 
 @pytest.fixture(scope="module")

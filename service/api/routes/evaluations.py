@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,11 @@ class EvaluationCreate(BaseModel):
         default=None, description="Dataset mode: model label value -> dataset label value (others become 0)"
     )
     tolerance_mm: float | None = Field(default=None, gt=0, description="Surface Dice tolerance, mm")
+    lesion_labels: list[int] | None = Field(
+        default=None,
+        description="Label values (the references' values) scored lesion-wise as well; dataset mode "
+        "defaults to the model card's lesion labels, mapped through label_map",
+    )
 
     @model_validator(mode="after")
     def _one_mode(self) -> EvaluationCreate:
@@ -79,6 +85,19 @@ def _inside(settings: Settings, relative: str) -> Path:
     return path
 
 
+def _lesion_labels(values: list[int], labels: Mapping[int, str]) -> list[int]:
+    """``values`` as stored: sorted, each a foreground label of the references (else 422)."""
+    wrong = sorted({v for v in values if v <= 0 or v not in labels})
+    if wrong:
+        raise Problem(
+            422,
+            f"lesion_labels {wrong} are not foreground labels of the references "
+            f"({', '.join(str(k) for k in sorted(labels) if k > 0)})",
+            code="invalid_lesion_labels",
+        )
+    return sorted(set(values))
+
+
 def _plan(settings: Settings, body: EvaluationCreate, catalog: CatalogDep) -> dict[str, Any]:
     """Validate the request against the files; return the evaluation's stored params."""
     try:
@@ -102,6 +121,7 @@ def _plan(settings: Settings, body: EvaluationCreate, catalog: CatalogDep) -> di
                 "references": body.references,
                 "labels": {str(k): v for k, v in labels.items() if k > 0},
                 "tolerance_mm": body.tolerance_mm,
+                "lesion_labels": _lesion_labels(body.lesion_labels or [], labels),
                 "n_cases": len(pairs),
             }
         assert body.dataset is not None and body.model is not None
@@ -119,12 +139,17 @@ def _plan(settings: Settings, body: EvaluationCreate, catalog: CatalogDep) -> di
             f"dataset values {wrong_values} are not in dataset.json",
             code="invalid_label_map",
         )
+    lesions = body.lesion_labels
+    if lesions is None:  # the model's lesion labels, in the dataset's values (unmapped ones become 0)
+        mapped = label_map or {v: v for v in card.lesion_labels}
+        lesions = [mapped[v] for v in card.lesion_labels if v in mapped]
     return {
         "dataset": body.dataset,
         "model": body.model,
         "label_map": {str(k): v for k, v in label_map.items()},
         "labels": {str(k): v for k, v in dataset.labels.items() if k > 0},
         "tolerance_mm": body.tolerance_mm,
+        "lesion_labels": _lesion_labels(lesions, dataset.labels),
         "n_cases": len(dataset.cases),
     }
 
