@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +19,13 @@ from pathlib import Path
 from evaluation.report import evaluate_case
 from models.card import ModelUnavailable, input_channels
 from models.catalog import Catalog
+from models.memory import check_job_memory
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
 from segserve.imaging.writers import write_labels_nifti
+from segserve.memory import worker_budget
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
 from workers import shutdown
@@ -183,6 +185,22 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
             raise ModelUnavailable(status.reason or "unavailable")
         card = status.card
         channels = input_channels(card)  # a multi-channel model's inputs: input/image/<channel>/
+        budget = worker_budget(settings)
+
+        def check_memory(shape: Sequence[int], itemsize: int) -> None:
+            check_job_memory(
+                card,
+                shape,
+                itemsize,
+                budget,
+                channels=max(1, len(channels)),
+                reference=bool(job.reference_files),
+                dicom_seg=job.input_format == "dicom",
+            )
+
+        # Before reading, at 1 byte a voxel (the least any input takes): what cannot fit at all fails now;
+        # after reading, with the scan's own dtype.
+        check_memory(job.image_shape, 1)
         with _stage(stages, "read"):
             volumes = read_channels([(c, files.channel_paths(c)) for c in channels]) if channels else []
             image = volumes[0] if volumes else read_image(files.image_paths(job.input_files))
@@ -190,6 +208,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
             reference = read_labels(reference_paths) if job.reference_files else None
             if reference is not None:
                 check_same_grid(image, reference)
+        check_memory(image.shape, image.array.dtype.itemsize)
         if shutdown.stopping():
             raise _HandBack()
         lease.report(0.05)
