@@ -147,22 +147,92 @@ def surface_distances(
     if pred_mask.shape != ref_mask.shape:
         raise ValueError(f"shapes differ: prediction {pred_mask.shape}, reference {ref_mask.shape}")
     spacing = np.asarray(check_spacing(spacing_mm, pred_mask.ndim), dtype=np.float64)
-    edges_pred, edges_ref = edge_mask(pred_mask), edge_mask(ref_mask)
-    if not edges_pred.any() or not edges_ref.any():
+    edges = _EdgePoints.of(edge_mask(pred_mask), edge_mask(ref_mask))
+    if not len(edges.pred) or not len(edges.ref):
         raise ValueError("surface_distances needs both masks non-empty")
-    # Coordinates relative to one voxel before the box, as MONAI's margin-1 crop has them, so that the
-    # float64 products (index x spacing) are the very numbers MONAI feeds its k-d tree.
-    pts_pred = (np.argwhere(edges_pred) + 1.0) * spacing
-    pts_ref = (np.argwhere(edges_ref) + 1.0) * spacing
-    # Boolean indexing and argwhere both run in C order, so these flags line up with the points.
-    pred_only = ~edges_ref[edges_pred]
-    ref_only = ~edges_pred[edges_ref]
-    n_shared = int(pred_only.size - np.count_nonzero(pred_only))
-    only_pred, only_ref = pts_pred[pred_only], pts_ref[ref_only]
-    d_pr = _nearest(only_pred, pts_ref)
-    d_rp = _nearest(only_ref, pts_pred)
-    zeros = np.zeros(n_shared)
-    return np.concatenate((zeros, d_pr)), np.concatenate((zeros, d_rp))
+    return edges.distances(spacing)
+
+
+@dataclass(frozen=True)
+class _EdgePoints:
+    """Edge-voxel indices of prediction and reference (C order) and whether each is on one side only.
+
+    Indices are kept as int32 (not float64 coordinates) until the distances need them.
+    """
+
+    pred: np.ndarray  # (N, ndim) int32
+    ref: np.ndarray  # (M, ndim) int32
+    pred_only: np.ndarray  # (N,) bool: not also a reference edge voxel
+    ref_only: np.ndarray  # (M,) bool
+
+    @staticmethod
+    def of(edges_pred: np.ndarray, edges_ref: np.ndarray, offset: int = 0) -> _EdgePoints:
+        """From two edge masks of one shape; ``offset`` is added to the first index (a slab's start)."""
+        pred = np.argwhere(edges_pred).astype(np.int32)
+        ref = np.argwhere(edges_ref).astype(np.int32)
+        pred[:, 0] += offset
+        ref[:, 0] += offset
+        # Boolean indexing and argwhere both run in C order, so these flags line up with the points.
+        return _EdgePoints(pred, ref, ~edges_ref[edges_pred], ~edges_pred[edges_ref])
+
+    @staticmethod
+    def join(parts: list[_EdgePoints], ndim: int) -> _EdgePoints:
+        empty = np.zeros((0, ndim), dtype=np.int32)
+        return _EdgePoints(
+            np.concatenate([p.pred for p in parts]) if parts else empty,
+            np.concatenate([p.ref for p in parts]) if parts else empty,
+            np.concatenate([p.pred_only for p in parts]) if parts else np.zeros(0, dtype=bool),
+            np.concatenate([p.ref_only for p in parts]) if parts else np.zeros(0, dtype=bool),
+        )
+
+    def distances(self, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Directed distances (mm), shared edge voxels first with 0 (see :func:`surface_distances`)."""
+        # Coordinates relative to one voxel before the box, as MONAI's margin-1 crop has them, so that the
+        # float64 products (index x spacing) are the very numbers MONAI feeds its k-d tree.
+        pts_ref = (self.ref + 1.0) * spacing
+        only_pred = (self.pred[self.pred_only] + 1.0) * spacing
+        d_pr = _nearest(only_pred, pts_ref)
+        del only_pred
+        pts_pred = (self.pred + 1.0) * spacing
+        only_ref = pts_ref[self.ref_only]
+        del pts_ref
+        d_rp = _nearest(only_ref, pts_pred)
+        n_shared = int(self.pred_only.size - np.count_nonzero(self.pred_only))
+        zeros = np.zeros(n_shared)
+        return np.concatenate((zeros, d_pr)), np.concatenate((zeros, d_rp))
+
+
+# Structures are cut into slabs of about this many voxels along their box's first axis, so the masks of
+# one slab exist at a time (a whole-box mask of a body-sized structure is as large as the label map).
+_SLAB_VOXELS = 1 << 22
+
+
+def _edges_in_slabs(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    box: tuple[slice, ...],
+    value: int,
+    slab_voxels: int = _SLAB_VOXELS,
+) -> _EdgePoints:
+    """Edge voxels of structure ``value`` within ``box`` (indices relative to the box), slab by slab.
+
+    Equal to ``edge_mask(prediction[box] == value)`` and the same for the reference, taken whole: each slab
+    is read with one row more on each side (where the box has one), so every voxel sees its 6 neighbours;
+    outside the box is background either way, as the structure does not reach past its box.
+    """
+    pred_box, ref_box = prediction[box], reference[box]
+    rows = pred_box.shape[0]
+    step = max(1, slab_voxels // max(1, int(np.prod(pred_box.shape[1:]))))
+    parts: list[_EdgePoints] = []
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        low, high = max(0, start - 1), min(rows, stop + 1)
+        inner = slice(start - low, stop - low)
+        edges_pred = edge_mask(pred_box[low:high] == value)[inner]
+        edges_ref = edge_mask(ref_box[low:high] == value)[inner]
+        parts.append(_EdgePoints.of(edges_pred, edges_ref, start))
+        del edges_pred, edges_ref
+    return _EdgePoints.join(parts, prediction.ndim)
 
 
 def _nearest(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -218,13 +288,11 @@ def structure_surface_metrics(
         if box is None:
             out[value] = SurfaceMetrics(None, None, None, None, t, 0, 0)
             continue
-        pred_mask = prediction[box] == value
-        ref_mask = reference[box] == value
-        if not pred_mask.any() or not ref_mask.any():
-            n_pred = int(np.count_nonzero(edge_mask(pred_mask)))
-            n_ref = int(np.count_nonzero(edge_mask(ref_mask)))
-            out[value] = SurfaceMetrics(None, None, None, 0.0, t, n_pred, n_ref)
+        edges = _edges_in_slabs(prediction, reference, box, value)
+        if not len(edges.pred) or not len(edges.ref):  # a non-empty mask always has an edge voxel
+            out[value] = SurfaceMetrics(None, None, None, 0.0, t, len(edges.pred), len(edges.ref))
             continue
-        d_pr, d_rp = surface_distances(pred_mask, ref_mask, spacing)
+        d_pr, d_rp = edges.distances(np.asarray(spacing, dtype=np.float64))
+        del edges
         out[value] = summarise(d_pr, d_rp, t)
     return out
