@@ -40,15 +40,17 @@ class _PathCost:
     per_voxel: float
 
 
-# Bytes per input voxel beyond the input array, measured with bench/memory.py (see the module docstring).
+# Bytes per input voxel beyond the input array, from bench/memory.py on 0.8 mm CTs (2026-11-27, README):
+# (peak - the path's working set) / voxels, rounded up.
 _PATHS: dict[str, _PathCost] = {
-    # labels on the input grid (uint8) + nearest-neighbour back-mapping's output
+    # labels on the input grid (uint8) and the back-mapping's output; measured 1.7 at 512x512x400
     "meshnet": _PathCost(2 * MESHNET_MAX_CHANNELS * MESHNET_GRID_VOXELS * 4 + GIB // 4, 2.0),
-    # nnU-Net's float32 copy (C, z, y, x), its preprocessing's copies and the export's per-channel arrays
-    "nnunet": _PathCost(GIB, 14.0),
-    "totalseg": _PathCost(GIB, 14.0),
-    # the bundle path's own resampling and inversion (models/bundle/)
-    "bundle": _PathCost(GIB, 14.0),
+    # nnU-Net's float32 copy and float64 resampling at full resolution (its own preprocessing and resampling
+    # functions), the export's per-channel arrays; measured 26 (256^3) and 32.6 (512x512x400)
+    "nnunet": _PathCost(GIB, 34.0),
+    "totalseg": _PathCost(GIB, 34.0),
+    # MONAI's resampling and inversion in models/bundle/; measured 52 (256^3) and 56 (512x512x400)
+    "bundle": _PathCost(GIB, 60.0),
 }
 _REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + one structure's masks, computed in slabs
 _SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
