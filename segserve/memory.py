@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from segserve.config import Settings
-from segserve.imaging.errors import ImageError
 
 GIB = 1 << 30
 # cgroup v2 first, then v1; "max" (v2) or a v1 value near 2^63 means no limit
@@ -17,8 +16,11 @@ _CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory
 _NO_LIMIT = 1 << 60
 
 
-class InsufficientMemory(ImageError):
-    """The input is too large for the memory a worker has: the message names the estimate and the budget."""
+class InsufficientMemory(ValueError):
+    """The input is too large for the memory a worker has: the message names the estimate and the budget.
+
+    The API answers it as 422 problem+json with ``code``; a worker fails the job with that code.
+    """
 
     code = "insufficient_worker_memory"
     status = 422

@@ -25,7 +25,7 @@ from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
 from segserve.imaging.writers import write_labels_nifti
-from segserve.memory import worker_budget
+from segserve.memory import InsufficientMemory, worker_budget
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
 from workers import shutdown
@@ -251,7 +251,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
         if shutdown.stopping():
             raise _HandBack() from None
         raise _Stop(JobStatus.cancelled, "cancelled at the client's request", "cancelled") from None
-    except ImageError as exc:
+    except (ImageError, InsufficientMemory) as exc:
         raise _Stop(JobStatus.failed, str(exc), exc.code) from None
     except ModelUnavailable as exc:
         raise _Stop(

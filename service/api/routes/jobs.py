@@ -26,7 +26,7 @@ from segserve.db import ApiKey, Job, JobPriority, JobStatus, Role, new_session
 from segserve.dicom.seg import SegUnavailable
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
-from segserve.memory import worker_budget
+from segserve.memory import InsufficientMemory, worker_budget
 from segserve.queue_wait import queue_wait
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.scans.seg_export import seg_result_path
@@ -284,7 +284,7 @@ async def _accept(
             reference=info.reference,
             dicom_seg=info.input_format == "dicom",
         )
-    except ImageError as exc:
+    except (ImageError, InsufficientMemory) as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
     return await run_in_threadpool(
         _store_job, settings, staging, form, model_id, card.version, info, key, priority, held
