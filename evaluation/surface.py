@@ -187,16 +187,8 @@ class _EdgePoints:
 
     def distances(self, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Directed distances (mm), shared edge voxels first with 0 (see :func:`surface_distances`)."""
-        # Coordinates relative to one voxel before the box, as MONAI's margin-1 crop has them, so that the
-        # float64 products (index x spacing) are the very numbers MONAI feeds its k-d tree.
-        pts_ref = (self.ref + 1.0) * spacing
-        only_pred = (self.pred[self.pred_only] + 1.0) * spacing
-        d_pr = _nearest(only_pred, pts_ref)
-        del only_pred
-        pts_pred = (self.pred + 1.0) * spacing
-        only_ref = pts_ref[self.ref_only]
-        del pts_ref
-        d_rp = _nearest(only_ref, pts_pred)
+        d_pr = _nearest(self.pred[self.pred_only], self.ref, spacing)
+        d_rp = _nearest(self.ref[self.ref_only], self.pred, spacing)
         n_shared = int(self.pred_only.size - np.count_nonzero(self.pred_only))
         zeros = np.zeros(n_shared)
         return np.concatenate((zeros, d_pr)), np.concatenate((zeros, d_rp))
@@ -235,13 +227,29 @@ def _edges_in_slabs(
     return _EdgePoints.join(parts, prediction.ndim)
 
 
-def _nearest(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+_QUERY_POINTS = (
+    1 << 20
+)  # points per k-d tree query: their float64 coordinates and answers exist one piece at a time
+
+
+def _nearest(points: np.ndarray, targets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distance (mm, float64) from each point to its nearest target; both are voxel indices (int, (N, ndim)).
+
+    Coordinates are (index + 1) x spacing: relative to one voxel before the box, as MONAI's margin-1 crop has
+    them, so that the float64 products are the very numbers MONAI feeds its k-d tree. Each query point is
+    answered on its own, so querying in pieces gives the same distances as one batch.
+    """
     if len(points) == 0:
         return np.zeros(0)
     # An unbalanced, non-compacted tree builds faster; one batched query does not repay a tidier tree.
-    tree = cKDTree(targets, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False)
-    distances, _ = tree.query(points, k=1)
-    return np.asarray(distances, dtype=np.float64)
+    tree = cKDTree(
+        (targets + 1.0) * spacing, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False
+    )
+    out = np.empty(len(points), dtype=np.float64)
+    for start in range(0, len(points), _QUERY_POINTS):
+        piece = (points[start : start + _QUERY_POINTS] + 1.0) * spacing
+        out[start : start + len(piece)] = tree.query(piece, k=1)[0]
+    return out
 
 
 def summarise(d_pr: np.ndarray, d_rp: np.ndarray, tolerance_mm: float) -> SurfaceMetrics:

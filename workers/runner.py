@@ -244,8 +244,10 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                     _push_seg(settings, seg, job)
         lease.report(0.95)
         if reference is not None:
+            spacing_mm = image.spacing_mm
+            del image, volumes  # the scan's voxels are done with: the metrics need its labels and spacing
             with _stage(stages, "evaluate"):
-                report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
+                report = evaluate_case(labels, reference.array, card.labels, spacing_mm)
                 write_json_atomic(files.metrics, report)
     except Cancelled:
         if shutdown.stopping():
