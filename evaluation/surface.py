@@ -187,11 +187,10 @@ class _EdgePoints:
 
     def distances(self, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Directed distances (mm), shared edge voxels first with 0 (see :func:`surface_distances`)."""
-        d_pr = _nearest(self.pred[self.pred_only], self.ref, spacing)
-        d_rp = _nearest(self.ref[self.ref_only], self.pred, spacing)
-        n_shared = int(self.pred_only.size - np.count_nonzero(self.pred_only))
-        zeros = np.zeros(n_shared)
-        return np.concatenate((zeros, d_pr)), np.concatenate((zeros, d_rp))
+        return (
+            _nearest(self.pred, self.pred_only, self.ref, spacing),
+            _nearest(self.ref, self.ref_only, self.pred, spacing),
+        )
 
 
 # Structures are cut into slabs of about this many voxels along their box's first axis, so the masks of
@@ -227,28 +226,32 @@ def _edges_in_slabs(
     return _EdgePoints.join(parts, prediction.ndim)
 
 
-_QUERY_POINTS = (
-    1 << 20
-)  # points per k-d tree query: their float64 coordinates and answers exist one piece at a time
+# Points per k-d tree query: their float64 coordinates and the answers exist one piece at a time.
+_QUERY_POINTS = 1 << 18
 
 
-def _nearest(points: np.ndarray, targets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance (mm, float64) from each point to its nearest target; both are voxel indices (int, (N, ndim)).
+def _nearest(points: np.ndarray, wanted: np.ndarray, targets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distances (mm, float64) of the ``wanted`` points to their nearest target, after one 0 per point not
+    wanted (those on both surfaces). Points and targets are voxel indices (int, (N, ndim)).
 
     Coordinates are (index + 1) x spacing: relative to one voxel before the box, as MONAI's margin-1 crop has
     them, so that the float64 products are the very numbers MONAI feeds its k-d tree. Each query point is
     answered on its own, so querying in pieces gives the same distances as one batch.
     """
-    if len(points) == 0:
-        return np.zeros(0)
+    n_wanted = int(np.count_nonzero(wanted))
+    out = np.zeros(len(points) - n_wanted + n_wanted, dtype=np.float64)
+    if n_wanted == 0:
+        return out
     # An unbalanced, non-compacted tree builds faster; one batched query does not repay a tidier tree.
     tree = cKDTree(
         (targets + 1.0) * spacing, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False
     )
-    out = np.empty(len(points), dtype=np.float64)
+    at = len(points) - n_wanted
     for start in range(0, len(points), _QUERY_POINTS):
-        piece = (points[start : start + _QUERY_POINTS] + 1.0) * spacing
-        out[start : start + len(piece)] = tree.query(piece, k=1)[0]
+        piece = points[start : start + _QUERY_POINTS][wanted[start : start + _QUERY_POINTS]]
+        if len(piece):
+            out[at : at + len(piece)] = tree.query((piece + 1.0) * spacing, k=1)[0]
+            at += len(piece)
     return out
 
 
