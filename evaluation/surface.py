@@ -147,31 +147,112 @@ def surface_distances(
     if pred_mask.shape != ref_mask.shape:
         raise ValueError(f"shapes differ: prediction {pred_mask.shape}, reference {ref_mask.shape}")
     spacing = np.asarray(check_spacing(spacing_mm, pred_mask.ndim), dtype=np.float64)
-    edges_pred, edges_ref = edge_mask(pred_mask), edge_mask(ref_mask)
-    if not edges_pred.any() or not edges_ref.any():
+    edges = _EdgePoints.of(edge_mask(pred_mask), edge_mask(ref_mask))
+    if not len(edges.pred) or not len(edges.ref):
         raise ValueError("surface_distances needs both masks non-empty")
-    # Coordinates relative to one voxel before the box, as MONAI's margin-1 crop has them, so that the
-    # float64 products (index x spacing) are the very numbers MONAI feeds its k-d tree.
-    pts_pred = (np.argwhere(edges_pred) + 1.0) * spacing
-    pts_ref = (np.argwhere(edges_ref) + 1.0) * spacing
-    # Boolean indexing and argwhere both run in C order, so these flags line up with the points.
-    pred_only = ~edges_ref[edges_pred]
-    ref_only = ~edges_pred[edges_ref]
-    n_shared = int(pred_only.size - np.count_nonzero(pred_only))
-    only_pred, only_ref = pts_pred[pred_only], pts_ref[ref_only]
-    d_pr = _nearest(only_pred, pts_ref)
-    d_rp = _nearest(only_ref, pts_pred)
-    zeros = np.zeros(n_shared)
-    return np.concatenate((zeros, d_pr)), np.concatenate((zeros, d_rp))
+    return edges.distances(spacing)
 
 
-def _nearest(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    if len(points) == 0:
-        return np.zeros(0)
+@dataclass(frozen=True)
+class _EdgePoints:
+    """Edge-voxel indices of prediction and reference (C order) and whether each is on one side only.
+
+    Indices are kept as int32 (not float64 coordinates) until the distances need them.
+    """
+
+    pred: np.ndarray  # (N, ndim) int32
+    ref: np.ndarray  # (M, ndim) int32
+    pred_only: np.ndarray  # (N,) bool: not also a reference edge voxel
+    ref_only: np.ndarray  # (M,) bool
+
+    @staticmethod
+    def of(edges_pred: np.ndarray, edges_ref: np.ndarray, offset: int = 0) -> _EdgePoints:
+        """From two edge masks of one shape; ``offset`` is added to the first index (a slab's start)."""
+        pred = np.argwhere(edges_pred).astype(np.int32)
+        ref = np.argwhere(edges_ref).astype(np.int32)
+        pred[:, 0] += offset
+        ref[:, 0] += offset
+        # Boolean indexing and argwhere both run in C order, so these flags line up with the points.
+        return _EdgePoints(pred, ref, ~edges_ref[edges_pred], ~edges_pred[edges_ref])
+
+    @staticmethod
+    def join(parts: list[_EdgePoints], ndim: int) -> _EdgePoints:
+        empty = np.zeros((0, ndim), dtype=np.int32)
+        return _EdgePoints(
+            np.concatenate([p.pred for p in parts]) if parts else empty,
+            np.concatenate([p.ref for p in parts]) if parts else empty,
+            np.concatenate([p.pred_only for p in parts]) if parts else np.zeros(0, dtype=bool),
+            np.concatenate([p.ref_only for p in parts]) if parts else np.zeros(0, dtype=bool),
+        )
+
+    def distances(self, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Directed distances (mm), shared edge voxels first with 0 (see :func:`surface_distances`)."""
+        return (
+            _nearest(self.pred, self.pred_only, self.ref, spacing),
+            _nearest(self.ref, self.ref_only, self.pred, spacing),
+        )
+
+
+# Structures are cut into slabs of about this many voxels along their box's first axis, so the masks of
+# one slab exist at a time (a whole-box mask of a body-sized structure is as large as the label map).
+_SLAB_VOXELS = 1 << 22
+
+
+def _edges_in_slabs(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    box: tuple[slice, ...],
+    value: int,
+    slab_voxels: int = _SLAB_VOXELS,
+) -> _EdgePoints:
+    """Edge voxels of structure ``value`` within ``box`` (indices relative to the box), slab by slab.
+
+    Equal to ``edge_mask(prediction[box] == value)`` and the same for the reference, taken whole: each slab
+    is read with one row more on each side (where the box has one), so every voxel sees its 6 neighbours;
+    outside the box is background either way, as the structure does not reach past its box.
+    """
+    pred_box, ref_box = prediction[box], reference[box]
+    rows = pred_box.shape[0]
+    step = max(1, slab_voxels // max(1, int(np.prod(pred_box.shape[1:]))))
+    parts: list[_EdgePoints] = []
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        low, high = max(0, start - 1), min(rows, stop + 1)
+        inner = slice(start - low, stop - low)
+        edges_pred = edge_mask(pred_box[low:high] == value)[inner]
+        edges_ref = edge_mask(ref_box[low:high] == value)[inner]
+        parts.append(_EdgePoints.of(edges_pred, edges_ref, start))
+        del edges_pred, edges_ref
+    return _EdgePoints.join(parts, prediction.ndim)
+
+
+# Points per k-d tree query: their float64 coordinates and the answers exist one piece at a time.
+_QUERY_POINTS = 1 << 18
+
+
+def _nearest(points: np.ndarray, wanted: np.ndarray, targets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Distances (mm, float64) of the ``wanted`` points to their nearest target, after one 0 per point not
+    wanted (those on both surfaces). Points and targets are voxel indices (int, (N, ndim)).
+
+    Coordinates are (index + 1) x spacing: relative to one voxel before the box, as MONAI's margin-1 crop has
+    them, so that the float64 products are the very numbers MONAI feeds its k-d tree. Each query point is
+    answered on its own, so querying in pieces gives the same distances as one batch.
+    """
+    n_wanted = int(np.count_nonzero(wanted))
+    out = np.zeros(len(points) - n_wanted + n_wanted, dtype=np.float64)
+    if n_wanted == 0:
+        return out
     # An unbalanced, non-compacted tree builds faster; one batched query does not repay a tidier tree.
-    tree = cKDTree(targets, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False)
-    distances, _ = tree.query(points, k=1)
-    return np.asarray(distances, dtype=np.float64)
+    tree = cKDTree(
+        (targets + 1.0) * spacing, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False
+    )
+    at = len(points) - n_wanted
+    for start in range(0, len(points), _QUERY_POINTS):
+        piece = points[start : start + _QUERY_POINTS][wanted[start : start + _QUERY_POINTS]]
+        if len(piece):
+            out[at : at + len(piece)] = tree.query((piece + 1.0) * spacing, k=1)[0]
+            at += len(piece)
+    return out
 
 
 def summarise(d_pr: np.ndarray, d_rp: np.ndarray, tolerance_mm: float) -> SurfaceMetrics:
@@ -218,13 +299,11 @@ def structure_surface_metrics(
         if box is None:
             out[value] = SurfaceMetrics(None, None, None, None, t, 0, 0)
             continue
-        pred_mask = prediction[box] == value
-        ref_mask = reference[box] == value
-        if not pred_mask.any() or not ref_mask.any():
-            n_pred = int(np.count_nonzero(edge_mask(pred_mask)))
-            n_ref = int(np.count_nonzero(edge_mask(ref_mask)))
-            out[value] = SurfaceMetrics(None, None, None, 0.0, t, n_pred, n_ref)
+        edges = _edges_in_slabs(prediction, reference, box, value)
+        if not len(edges.pred) or not len(edges.ref):  # a non-empty mask always has an edge voxel
+            out[value] = SurfaceMetrics(None, None, None, 0.0, t, len(edges.pred), len(edges.ref))
             continue
-        d_pr, d_rp = surface_distances(pred_mask, ref_mask, spacing)
+        d_pr, d_rp = edges.distances(np.asarray(spacing, dtype=np.float64))
+        del edges
         out[value] = summarise(d_pr, d_rp, t)
     return out

@@ -126,6 +126,14 @@ class Settings(BaseSettings):
     deidentify: bool = Field(
         default=False, description="Store DICOM inputs de-identified (PS3.15 Basic Confidentiality Profile)."
     )
+    worker_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Memory a worker may use for one job, MiB. A job whose estimated peak is larger fails at "
+        "once (code insufficient_worker_memory) instead of being killed; set on the API too, uploads no "
+        "worker could take are refused with 422. Unset: workers use their cgroup's limit when there is one, "
+        "the API checks nothing.",
+    )
 
     @property
     def min_free_disk_bytes(self) -> int:

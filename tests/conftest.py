@@ -114,6 +114,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         "SEGSERVE_REDIS_URL": redis_url,
         "SEGSERVE_MODELS_DIR": str(models_dir),
         "SEGSERVE_MAX_UPLOAD_BYTES": str(50 * 1024 * 1024),
+        # Every job the suite sends fits (MeshNet's 256^3 working set is most of it); a 512x512x360 scan
+        # for MeshNet does not (tests/e2e/test_api_errors.py).
+        "SEGSERVE_WORKER_MEMORY_MB": "4864",
     }
     with running_stack(tmp, env) as running:
         yield running

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +23,14 @@ from evaluation.lesion_report import lesion_table, lesionwise_report
 from evaluation.report import evaluate_case
 from models.card import ModelCard, ModelUnavailable, input_channels
 from models.catalog import Catalog
+from models.memory import check_job_memory
 from segserve import jobs
 from segserve.config import Settings
 from segserve.db import Job, JobStatus, new_session, session_scope
 from segserve.imaging.errors import ImageError
 from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
+from segserve.memory import InsufficientMemory, worker_budget
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
 from workers import shutdown
@@ -188,6 +190,22 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
             raise ModelUnavailable(status.reason or "unavailable")
         card = status.card
         channels = input_channels(card)  # a multi-channel model's inputs: input/image/<channel>/
+        budget = worker_budget(settings)
+
+        def check_memory(shape: Sequence[int], itemsize: int) -> None:
+            check_job_memory(
+                card,
+                shape,
+                itemsize,
+                budget,
+                channels=max(1, len(channels)),
+                reference=bool(job.reference_files),
+                dicom_seg=job.input_format == "dicom",
+            )
+
+        # Before reading, at 1 byte a voxel (the least any input takes): what cannot fit at all fails now;
+        # after reading, with the scan's own dtype.
+        check_memory(job.image_shape, 1)
         with _stage(stages, "read"):
             volumes = read_channels([(c, files.channel_paths(c)) for c in channels]) if channels else []
             image = volumes[0] if volumes else read_image(files.image_paths(job.input_files))
@@ -195,6 +213,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
             reference = read_labels(reference_paths) if job.reference_files else None
             if reference is not None:
                 check_same_grid(image, reference)
+        check_memory(image.shape, image.array.dtype.itemsize)
         if shutdown.stopping():
             raise _HandBack()
         lease.report(0.05)
@@ -243,23 +262,20 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                     )
         lease.report(0.95)
         if reference is not None:
+            spacing_mm, affine = image.spacing_mm, image.affine
+            del image, volumes  # the scan's voxels are done with: the metrics need its labels and spacing
             with _stage(stages, "evaluate"):
-                report = evaluate_case(labels, reference.array, card.labels, image.spacing_mm)
+                report = evaluate_case(labels, reference.array, card.labels, spacing_mm)
                 if card.lesion_labels:
                     report["lesionwise"] = lesionwise_report(
-                        labels,
-                        reference.array,
-                        card.labels,
-                        card.lesion_labels,
-                        image.affine,
-                        image.spacing_mm,
+                        labels, reference.array, card.labels, card.lesion_labels, affine, spacing_mm
                     )
                 write_json_atomic(files.metrics, report)
     except Cancelled:
         if shutdown.stopping():
             raise _HandBack() from None
         raise _Stop(JobStatus.cancelled, "cancelled at the client's request", "cancelled") from None
-    except ImageError as exc:
+    except (ImageError, InsufficientMemory) as exc:
         raise _Stop(JobStatus.failed, str(exc), exc.code) from None
     except ModelUnavailable as exc:
         raise _Stop(

@@ -17,6 +17,7 @@ from scipy import ndimage
 from segserve.imaging.volume import Volume
 
 CONFORMED_SHAPE: tuple[int, int, int] = (256, 256, 256)
+_EXACT_IN_FLOAT32 = {np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32)}
 # Columns are the world (RAS) directions of the voxel axes: i -> Left, j -> Inferior, k -> Anterior.
 LIA_DIRECTIONS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
@@ -81,8 +82,14 @@ def conform(volume: Volume) -> ConformedImage:
     target_affine = conformed_affine(source_affine, shape)
     # Maps a conformed voxel index to a source voxel index (what affine_transform wants: output -> input).
     mapping = np.linalg.inv(source_affine) @ target_affine
+    # Types that float32 holds exactly (int16 for most CTs, uint8 MRIs, float32) go in as stored: scipy
+    # interpolates in float64 whatever the input type and order 1 needs no spline prefilter, so the values
+    # equal those from a float32 copy, without that whole-input copy (2 x a CT's bytes). Other types are
+    # rounded to float32 first, as before, so their results do not change either.
+    if source.dtype not in _EXACT_IN_FLOAT32:
+        source = np.asarray(source, dtype=np.float32)
     resampled = ndimage.affine_transform(
-        np.asarray(source, dtype=np.float32),
+        source,
         mapping[:3, :3],
         offset=mapping[:3, 3],
         output_shape=CONFORMED_SHAPE,

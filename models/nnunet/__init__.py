@@ -12,7 +12,7 @@ Public interface (stable; other rooms, e.g. TotalSegmentator's, build on it):
   ``NNUNET_FORMAT`` (registered in :func:`models.formats.formats`); ``WEIGHTS_FORMAT = "nnunet-v2"``.
 - :mod:`models.nnunet.validate` (torch): ``validate_weights(spec, trust_code)`` (restricted unpickling,
   network built from the plans, weights loaded, one forward pass), ``load_checkpoint``, ``build_network``.
-- :mod:`models.nnunet.geometry`: ``nnunet_input(volumes) -> ((C, z, y, x) float32, properties)`` as
+- :mod:`models.nnunet.geometry`: ``nnunet_input(volumes) -> ((C, z, y, x) array, properties)`` as
   nnU-Net's SimpleITK reader gives them; ``labels_to_volume_grid(labels_zyx)``.
 - :mod:`models.nnunet.export`: ``logits_to_labels(logits, plans_manager, configuration_manager,
   label_manager, properties)``: nnU-Net's export to the original grid, one output channel at a time.

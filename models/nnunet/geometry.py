@@ -51,7 +51,13 @@ def image_properties(volume: Volume) -> dict[str, Any]:
 
 
 def nnunet_input(volumes: Sequence[Volume]) -> tuple[np.ndarray, dict[str, Any]]:
-    """(C, z, y, x) float32 C-contiguous image and its properties, as nnU-Net's reader would give them.
+    """(C, z, y, x) C-contiguous image and its properties, as nnU-Net's reader would give them.
+
+    The voxels keep their own type (one type for all channels: numpy's common type of theirs), not float32:
+    nnU-Net's preprocessing starts with its own ``data.astype(np.float32)`` copy, which gives the same
+    float32 values from int16 as from a float32 copy of ours, so a float32 copy here would only cost
+    2 x an int16 input's bytes more at the peak. C-contiguous as a reader's array is, so that nnU-Net's
+    statistics sum in the same order.
 
     Raises:
         ValueError: the volumes are not on one grid shape (the caller checks the full geometry).
@@ -59,9 +65,10 @@ def nnunet_input(volumes: Sequence[Volume]) -> tuple[np.ndarray, dict[str, Any]]
     shapes = {v.shape for v in volumes}
     if len(shapes) != 1:
         raise ValueError(f"all input channels must have one shape, got {sorted(shapes)}")
-    image = np.empty((len(volumes), *volumes[0].shape[::-1]), dtype=np.float32)
-    for index, volume in enumerate(volumes):
-        array = np.asarray(volume.array)
+    arrays = [np.asarray(v.array) for v in volumes]
+    dtype = np.result_type(*arrays) if arrays else np.dtype(np.float32)
+    image = np.empty((len(volumes), *volumes[0].shape[::-1]), dtype=dtype)
+    for index, array in enumerate(arrays):
         if array.ndim != 3:
             raise ValueError(f"input channel {index} must be 3D, got shape {array.shape}")
         image[index] = array.transpose(2, 1, 0)

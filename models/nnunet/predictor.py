@@ -16,9 +16,11 @@ nnU-Net's own resampling function (:mod:`models.nnunet.export`), so the labels e
 the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
 once nnU-Net's window loop has ended (so its producer thread ends too).
 
-Memory: nnU-Net keeps the whole case in memory: the float32 image (twice while preprocessing) and the float16
-logits of every output channel on the model's grid (on the CPU unless the device is CUDA). The export holds
-one channel at a time on the original grid instead of all of them; ``bench/nnunet.py`` measures the peak.
+Memory: nnU-Net keeps the whole case in memory: its float32 copy of the image while preprocessing (we hand it
+the voxels in their own type, e.g. int16, not a float32 copy of ours: same values) and the logits of every
+output channel on the model's grid (on the CPU unless the device is CUDA). The export holds one channel at a
+time on the original grid instead of all of them; ``bench/nnunet.py`` and ``bench/memory.py`` measure the
+peak.
 """
 
 from __future__ import annotations

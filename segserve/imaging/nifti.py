@@ -41,7 +41,7 @@ def read_nifti(path: Path, source_format: str) -> Volume:
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
-        fh: IO[bytes] = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb")) if compressed else raw
+        fh: IO[bytes] = cast(IO[bytes], _ChunkedGzipFile(fileobj=raw, mode="rb")) if compressed else raw
         try:
             img = _load(fh, source_format)
             shape = spatial_shape(tuple(int(d) for d in img.shape))
@@ -72,6 +72,30 @@ def read_nifti(path: Path, source_format: str) -> Volume:
         meta["sform_code"] = int(header["sform_code"])
         meta["qform_code"] = int(header["qform_code"])
     return Volume(array=array, affine=affine, source_format=source_format, meta=meta, header=header)
+
+
+#: Decompressed bytes per read into the voxel buffer.
+_READ_CHUNK = 4 << 20
+
+
+class _ChunkedGzipFile(gzip.GzipFile):
+    """A GzipFile whose ``readinto`` fills the buffer piece by piece.
+
+    nibabel reads a compressed volume with one ``readinto`` of a buffer of the volume's size, and
+    GzipFile's (io's default) first decompresses all of it into a ``bytes`` object of that size, then
+    copies: 2 x the volume at the peak. In pieces the peak is the volume plus one piece; same bytes.
+    """
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        total = 0
+        while total < len(view):
+            data = self.read(min(_READ_CHUNK, len(view) - total))
+            if not data:
+                break
+            view[total : total + len(data)] = data
+            total += len(data)
+        return total
 
 
 def _load(fh: IO[bytes], source_format: str) -> Any:

@@ -99,11 +99,24 @@ def read_labels(paths: Sequence[Path]) -> Volume:
     """
     volume = _read_volume(paths)
     labels = to_label_array(volume.array)
-    counts = np.bincount(labels.ravel(order="K"))
     meta = dict(volume.meta)
     meta["dtype"] = str(labels.dtype)
-    meta["label_values"] = [int(v) for v in np.nonzero(counts)[0]]
+    meta["label_values"] = label_values(labels)
     return replace(volume, array=labels, meta=meta)
+
+
+#: Label maps are counted in pieces of this many voxels: np.bincount takes its input as intp, 8 bytes a voxel.
+_COUNT_CHUNK = 1 << 22
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The sorted values present in an unsigned integer label array (uint8 / uint16), counted in pieces."""
+    flat = labels.ravel(order="K")  # a view for C- or F-ordered arrays
+    top = int(flat.max(initial=0))
+    counts = np.zeros(top + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=top + 1)
+    return [int(v) for v in np.nonzero(counts)[0]]
 
 
 def to_label_array(array: np.ndarray) -> np.ndarray:
@@ -115,16 +128,21 @@ def to_label_array(array: np.ndarray) -> np.ndarray:
     if array.size == 0:
         raise ImageError("the label volume is empty", code="invalid_labels")
     if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
+        # in slabs along the first axis (C order overall, as one whole-array mask would be): no full-size
+        # float copy or mask
+        step = max(1, _COUNT_CHUNK // max(1, array[:1].size))
+        slabs = [array[i : i + step] for i in range(0, array.shape[0], step)]
+        if not all(np.all(np.isfinite(slab)) for slab in slabs):
             raise ImageError("the label volume holds NaN or infinite values", code="invalid_labels")
-        fractional = array != np.round(array)
-        if np.any(fractional):
-            example = float(array[fractional].flat[0])
-            raise ImageError(
-                f"the label volume holds non-integral values (e.g. {example:g}); labels must be integers "
-                "(was an intensity image sent as the reference?)",
-                code="invalid_labels",
-            )
+        for slab in slabs:
+            fractional = slab != np.round(slab)
+            if np.any(fractional):
+                example = float(slab[fractional].flat[0])
+                raise ImageError(
+                    f"the label volume holds non-integral values (e.g. {example:g}); labels must be integers "
+                    "(was an intensity image sent as the reference?)",
+                    code="invalid_labels",
+                )
     low, high = array.min(), array.max()
     if low < 0:
         raise ImageError(

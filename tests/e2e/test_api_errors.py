@@ -225,3 +225,20 @@ def test_unknown_job_is_404(stack: Stack) -> None:
         body = _problem(c.get("/v1/jobs/doesnotexist"), 404)
         assert "doesnotexist" in body["detail"]
         _problem(c.get("/v1/jobs/doesnotexist/result"), 404)
+
+
+def test_scan_no_worker_could_hold_is_refused_at_upload(stack: Stack, no_leftovers: None) -> None:
+    """The stack's workers have SEGSERVE_WORKER_MEMORY_MB=4864 (tests/conftest.py): a 512x512x600 scan with
+    MeshNet's working set does not fit, and the API says so with both sizes before storing anything."""
+    data = gzip.compress(_nifti_bytes(np.zeros((512, 512, 600), dtype=np.uint8)), compresslevel=1)
+    with stack.client() as c:
+        resp = c.post("/v1/jobs", data={"model": MODEL}, files={"image": ("big.nii.gz", data)})
+    body = _problem(resp, 422)
+    assert body["code"] == "insufficient_worker_memory"
+    for part in ("512x512x600", "150 MiB", "4.8 GiB (SEGSERVE_WORKER_MEMORY_MB)", MODEL):
+        assert part in body["detail"], body["detail"]
+
+
+def _nifti_bytes(array: np.ndarray) -> bytes:
+    image = nib.Nifti1Image(array, np.eye(4))
+    return bytes(image.to_bytes())

@@ -174,3 +174,48 @@ def test_shape_mismatch_names_both_shapes() -> None:
         structure_surface_metrics(
             np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8), [1], (1, 1, 1)
         )
+
+
+@pytest.mark.parametrize("slab_voxels", [1, 128 * 40, 1 << 22])
+def test_slab_edges_equal_whole_box_edges_on_a_real_label_map(slab_voxels: int) -> None:
+    """The metrics cut each structure into slabs: same edge voxels, in the same order, and so the same
+    distances, as the whole-box masks (the LiTS case: liver and 79 tumour pieces, against a shifted copy)."""
+    import nibabel as nib
+
+    from evaluation.surface import _edges_in_slabs
+    from tests.support.paths import DATA, require_shared
+
+    require_shared()
+    reference = np.asarray(nib.load(DATA / "ct" / "liver-tumor" / "lits117_label.nii.gz").dataobj).astype(
+        np.uint8
+    )
+    prediction = np.zeros_like(reference)
+    prediction[1:, :-2, 1:] = reference[:-1, 2:, :-1]
+    spacing = (0.8, 0.8, 2.5)
+    boxes = bounding_boxes(prediction, reference, [1, 2])
+    for value, box in boxes.items():
+        assert box is not None
+        edges = _edges_in_slabs(prediction, reference, box, value, slab_voxels)
+        whole_pred, whole_ref = edge_mask(prediction[box] == value), edge_mask(reference[box] == value)
+        np.testing.assert_array_equal(edges.pred, np.argwhere(whole_pred))
+        np.testing.assert_array_equal(edges.ref, np.argwhere(whole_ref))
+        got = edges.distances(np.asarray(spacing))
+        for a, b in zip(got, _whole_box_distances(whole_pred, whole_ref, spacing), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _whole_box_distances(
+    edges_pred: np.ndarray, edges_ref: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distances as computed before the slabs: float64 points of whole-box edge masks, one k-d tree."""
+    from scipy.spatial import cKDTree
+
+    pts_pred = (np.argwhere(edges_pred) + 1.0) * np.asarray(spacing)
+    pts_ref = (np.argwhere(edges_ref) + 1.0) * np.asarray(spacing)
+    pred_only, ref_only = ~edges_ref[edges_pred], ~edges_pred[edges_ref]
+    shared = np.zeros(int(pred_only.size - np.count_nonzero(pred_only)))
+    tree_ref = cKDTree(pts_ref, leafsize=32, balanced_tree=False, compact_nodes=False)
+    tree_pred = cKDTree(pts_pred, leafsize=32, balanced_tree=False, compact_nodes=False)
+    d_pr = tree_ref.query(pts_pred[pred_only], k=1)[0] if pred_only.any() else np.zeros(0)
+    d_rp = tree_pred.query(pts_ref[ref_only], k=1)[0] if ref_only.any() else np.zeros(0)
+    return np.concatenate((shared, d_pr)), np.concatenate((shared, d_rp))

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from evaluation.report import to_csv
 from models.catalog import Catalog
+from models.memory import check_job_memory
 from segserve import jobs as job_states
 from segserve import retention
 from segserve.config import Settings
@@ -25,6 +26,7 @@ from segserve.db import ApiKey, Job, JobPriority, JobStatus, Role, new_session
 from segserve.dicom.seg import SegUnavailable
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
+from segserve.memory import InsufficientMemory, worker_budget
 from segserve.queue_wait import queue_wait
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.scans.seg_export import seg_result_path
@@ -99,6 +101,9 @@ class _Validated:
     shape: list[int]
     spacing_mm: list[float]
     input_files: list[str]  # relative to the job's input/image/: the scan the viewer shows
+    itemsize: int = 2  # bytes per voxel of the scan as read (int16: 2)
+    n_channels: int = 1
+    reference: bool = False
 
 
 def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ...]) -> _Validated:
@@ -119,6 +124,9 @@ def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ..
         shape=list(image.shape),
         spacing_mm=[round(s, 6) for s in image.spacing_mm],
         input_files=input_files,
+        itemsize=int(image.array.dtype.itemsize),
+        n_channels=max(1, len(channels)),
+        reference=bool(form.files["reference"]),
     )
 
 
@@ -267,7 +275,17 @@ async def _accept(
         if settings.deidentify:  # before validation and storage: nothing identifying is kept
             form = await run_in_threadpool(deidentify_upload, settings, staging, form)
         info = await run_in_threadpool(_validate_volumes, staging, form, channels)
-    except ImageError as exc:
+        # Refused now when no worker could take it (SEGSERVE_WORKER_MEMORY_MB set here too): 422, sizes named.
+        check_job_memory(
+            card,
+            info.shape,
+            info.itemsize,
+            worker_budget(settings, use_cgroup=False),
+            channels=info.n_channels,
+            reference=info.reference,
+            dicom_seg=info.input_format == "dicom",
+        )
+    except (ImageError, InsufficientMemory) as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
     return await run_in_threadpool(
         _store_job, settings, staging, form, model_id, card.version, info, key, priority, held

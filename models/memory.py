@@ -1,0 +1,145 @@
+"""How much memory a job needs in a worker, estimated from its input's shape before it runs.
+
+A worker's peak (VmHWM) for one job is, per model path, about
+
+    process + model working set + input bytes + per-voxel bytes x voxels (+ reference and export terms)
+
+- process: Python, numpy, torch and the service's modules imported (measured about 0.4 GiB);
+- model working set: weights plus one window of activations; it does not grow with the input. MeshNet's
+  network always runs on its own 256^3 grid, so its "window" is that grid (a CT fills it): two activations
+  of its widest layer (brainchop's MeshNets have at most 30 channels), float32;
+- input bytes: the scan as read (its stored dtype, e.g. int16), once per input channel;
+- per voxel: what each path keeps on the input grid besides the input (label maps, nnU-Net's float32 copy
+  and its export's per-channel arrays, conform's and back-mapping's outputs), in bytes per input voxel,
+  from ``bench/memory.py`` runs on 256^3 to 512x512x1500 CTs (README, Benchmarks) with some headroom;
+- reference: the reference label map (1 byte a voxel as uint8) and the metrics' per-structure masks;
+- DICOM SEG export: the labels read back and the SEG's frames of the structures found.
+
+The estimate is deliberately a little above the measured peaks, so a job refused by it would also have
+been killed, and a job let through fits. ``segserve.memory`` compares it with the worker's budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.card import ModelCard
+
+GIB = 1 << 30
+PROCESS_BYTES = GIB // 2
+MESHNET_GRID_VOXELS = 256**3
+MESHNET_MAX_CHANNELS = 30
+
+
+@dataclass(frozen=True)
+class _PathCost:
+    """A model path's working set (bytes) and its bytes per input voxel beyond the input array."""
+
+    working_set: int
+    per_voxel: float
+
+
+# Bytes per input voxel beyond the input array, from bench/memory.py on 0.8 mm CTs (2026-11-27, README):
+# (peak - the path's working set) / voxels, rounded up.
+_PATHS: dict[str, _PathCost] = {
+    # labels on the input grid (uint8) and the back-mapping's output; measured 1.7 at 512x512x400
+    "meshnet": _PathCost(2 * MESHNET_MAX_CHANNELS * MESHNET_GRID_VOXELS * 4 + GIB // 4, 2.0),
+    # nnU-Net's float32 copy and float64 resampling at full resolution (its own preprocessing and resampling
+    # functions), the export's per-channel arrays; measured 26 (256^3) and 32.6 (512x512x400)
+    "nnunet": _PathCost(GIB, 34.0),
+    "totalseg": _PathCost(GIB, 34.0),
+    # MONAI's resampling and inversion in models/bundle/; measured 52 (256^3) and 56 (512x512x400)
+    "bundle": _PathCost(GIB, 60.0),
+}
+_REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + one structure's masks, computed in slabs
+_SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A job's estimated peak, in bytes, and its parts (for the messages)."""
+
+    input_bytes: int
+    model_bytes: int
+    total_bytes: int
+
+    def describe(self) -> str:
+        """ "about 3.1 GiB (input 0.8 GiB, model 1.5 GiB)"."""
+        return (
+            f"about {self.total_bytes / GIB:.1f} GiB (input {self.input_bytes / GIB:.2f} GiB, "
+            f"model {self.model_bytes / GIB:.1f} GiB)"
+        )
+
+
+def path_of(card: ModelCard) -> str:
+    """The card's model path: "meshnet", "nnunet", "totalseg" or "bundle"."""
+    if card.architecture == "meshnet" or card.params.get("weights_format") == "tfjs-layers":
+        return "meshnet"
+    weights_format = str(card.params.get("weights_format", ""))
+    if weights_format.startswith("nnunet"):
+        return "nnunet"
+    if weights_format == "totalseg":
+        return "totalseg"
+    return "bundle"
+
+
+def estimate_job_bytes(
+    card: ModelCard,
+    shape: Sequence[int],
+    itemsize: int,
+    *,
+    channels: int = 1,
+    reference: bool = False,
+    dicom_seg: bool = False,
+) -> MemoryEstimate:
+    """Estimated peak bytes of a worker running ``card`` on an input of ``shape`` (I, J, K) voxels.
+
+    Args:
+        itemsize: bytes per voxel of the input as read (2 for int16, 4 for float32).
+        channels: number of input volumes (multi-channel models), each of ``shape``.
+        reference: a reference label map is evaluated against.
+        dicom_seg: the input is a DICOM series, so a DICOM SEG is exported too.
+    """
+    if len(shape) != 3 or any(int(n) < 1 for n in shape):
+        raise ValueError(f"shape must be three positive sizes, got {tuple(shape)}")
+    if itemsize < 1 or channels < 1:
+        raise ValueError(f"itemsize and channels must be >= 1, got {itemsize} and {channels}")
+    voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
+    cost = _PATHS[path_of(card)]
+    weights = sum(int(f.size_bytes) for f in card.files)
+    input_bytes = voxels * itemsize * channels
+    per_voxel = cost.per_voxel * channels
+    if reference:
+        per_voxel += _REFERENCE_PER_VOXEL
+    if dicom_seg:
+        per_voxel += _SEG_PER_VOXEL
+    model = cost.working_set + weights
+    total = PROCESS_BYTES + model + input_bytes + int(per_voxel * voxels)
+    return MemoryEstimate(input_bytes=input_bytes, model_bytes=model, total_bytes=total)
+
+
+def check_job_memory(
+    card: ModelCard,
+    shape: Sequence[int],
+    itemsize: int,
+    budget: tuple[int, str] | None,
+    *,
+    channels: int = 1,
+    reference: bool = False,
+    dicom_seg: bool = False,
+) -> MemoryEstimate:
+    """Estimate the job's peak and raise ``segserve.memory.InsufficientMemory`` when it is over ``budget``
+    (``segserve.memory.worker_budget``); the message names the input's and the worker's sizes."""
+    from segserve.memory import check_fits
+
+    estimate = estimate_job_bytes(
+        card, shape, itemsize, channels=channels, reference=reference, dicom_seg=dicom_seg
+    )
+    grid = "x".join(str(int(n)) for n in shape)
+    what = (
+        f"model {card.id} on a {grid} scan ({estimate.input_bytes / (1 << 20):.0f} MiB as read"
+        f"{f', {channels} channels' if channels > 1 else ''}) needs {estimate.describe()}"
+    )
+    check_fits(estimate.total_bytes, what, budget)
+    return estimate

@@ -1,0 +1,72 @@
+"""The memory estimate per model path and the budget it is checked against (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from models.catalog import builtin_cards
+from models.memory import GIB, check_job_memory, estimate_job_bytes, path_of
+from segserve.config import Settings
+from segserve.memory import InsufficientMemory, cgroup_memory_limit, worker_budget
+
+CARD = next(c for c in builtin_cards() if c.id == "brain-mri-structures")
+NNUNET = replace(CARD, id="ct-organs", architecture="nnunet", params={"weights_format": "nnunet-v2"})
+
+
+def test_paths_of_cards() -> None:
+    assert path_of(CARD) == "meshnet"
+    assert path_of(NNUNET) == "nnunet"
+    assert path_of(replace(CARD, architecture="x", params={"weights_format": "monai-bundle"})) == "bundle"
+
+
+def test_estimate_grows_with_the_input_and_its_extras() -> None:
+    ct = (512, 512, 1500)
+    base = estimate_job_bytes(CARD, ct, 2)
+    assert base.input_bytes == 512 * 512 * 1500 * 2
+    # the input and the model are both counted, and the rest is bounded by the 4 x input target
+    assert base.input_bytes + base.model_bytes < base.total_bytes
+    assert base.total_bytes <= 5 * base.input_bytes + base.model_bytes + GIB
+    assert estimate_job_bytes(CARD, ct, 4).total_bytes > base.total_bytes
+    assert estimate_job_bytes(CARD, ct, 2, reference=True).total_bytes > base.total_bytes
+    assert estimate_job_bytes(CARD, ct, 2, dicom_seg=True).total_bytes > base.total_bytes
+    two = estimate_job_bytes(NNUNET, ct, 2, channels=2)
+    assert two.input_bytes == 2 * base.input_bytes
+    assert two.total_bytes > estimate_job_bytes(NNUNET, ct, 2).total_bytes
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (4, 4)])
+def test_estimate_refuses_bad_shapes(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="three positive sizes"):
+        estimate_job_bytes(CARD, shape, 2)
+
+
+def test_check_names_sizes_and_budget_source() -> None:
+    with pytest.raises(InsufficientMemory) as caught:
+        check_job_memory(CARD, (512, 512, 1500), 2, (4 * GIB, "SEGSERVE_WORKER_MEMORY_MB"))
+    message = str(caught.value)
+    assert caught.value.code == "insufficient_worker_memory" and caught.value.status == 422
+    assert (
+        "512x512x1500" in message
+        and "750 MiB" in message
+        and "4.0 GiB (SEGSERVE_WORKER_MEMORY_MB)" in message
+    )
+    # no budget, or a large one: nothing is refused
+    check_job_memory(CARD, (512, 512, 1500), 2, None)
+    check_job_memory(CARD, (512, 512, 1500), 2, (64 * GIB, "x"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("max\n", None), ("8589934592\n", 8 << 30), ("9223372036854771712", None)]
+)
+def test_cgroup_limit(tmp_path: Path, text: str, expected: int | None) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text(text)
+    assert cgroup_memory_limit((tmp_path / "missing", limit)) == expected
+
+
+def test_budget_from_settings_wins_and_api_ignores_its_cgroup() -> None:
+    assert worker_budget(Settings(worker_memory_mb=8192)) == (8 << 30, "SEGSERVE_WORKER_MEMORY_MB")
+    assert worker_budget(Settings(), use_cgroup=False) is None
