@@ -13,6 +13,7 @@ from service.api.routes import (
     lesions,
     metrics,
     models,
+    results,
     reviews,
     viewer,
     worklist,
@@ -22,6 +23,7 @@ api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(metrics.router)
 api_router.include_router(jobs.router)
+api_router.include_router(results.router)
 api_router.include_router(lesions.router)
 api_router.include_router(models.router)
 api_router.include_router(keys.router)
