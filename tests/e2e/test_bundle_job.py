@@ -23,7 +23,7 @@ def test_installed_bundle_runs_a_job(stack: Stack, tmp_path: Path) -> None:
     assert "installed" in installed.stdout
     with stack.client() as c:
         items = c.get("/v1/models").json()["items"]
-        card = next(m for m in items if m["architecture"] == "UNet")
+        card = next(m for m in items if m["id"] == "spleen_ct_test_bundle")
         assert card["available"] is True and card["labels"] == {"0": "background", "1": "spleen"}
         resp = c.post(
             "/v1/jobs",
@@ -47,7 +47,7 @@ def test_installed_bundle_runs_a_job(stack: Stack, tmp_path: Path) -> None:
     assert [r["label"] for r in metrics["structures"]] == [1]
 
     # a changed weight file marks the model unavailable, and new jobs for it are refused with 422
-    weights = next((Path(stack.env["SEGSERVE_MODELS_DIR"]) / "bundles").glob("*/models/model.pt"))
+    weights = Path(stack.env["SEGSERVE_MODELS_DIR"]) / "bundles" / card["id"] / "models" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
     with stack.client() as c:
         card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == card["id"])

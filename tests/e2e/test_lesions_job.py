@@ -15,36 +15,26 @@ import pytest
 from skimage.measure import label as sk_label
 
 from evaluation.lesionwise import lesionwise_metrics
-from models.testing.make_bundle import write_unet_bundle
 from segserve.scans.seg_export import read_dicom_volume_and_datasets
+from tests.support.lesions import LESION_CASE, install_lesion_model
 from tests.support.paths import DATA
 from tests.support.seg_compare import seg_to_labels
 from tests.support.stack import Stack, wait_job
 
 pytestmark = pytest.mark.e2e
-SPLEEN = DATA / "ct" / "spleen"
 sitk = pytest.importorskip("SimpleITK")
 
 
 @pytest.fixture(scope="module")
 def lesion_model(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A seeded UNet bundle whose label 1 is marked as a lesion at install time; returns its id."""
-    bundle = write_unet_bundle(
-        tmp_path_factory.mktemp("bundle") / "lesion_ct_test_bundle",
-        labels={0: "background", 1: "lesion"},
-        seed=3,
-        largest_component=[1],  # a random network finds hundreds of specks on the 512x512 CT: keep one lesion
-    )
-    refused = stack.cli("models", "install", str(bundle), "--lesion-labels", "2", check=False)
-    assert refused.returncode == 2 and "lesion labels [2]" in refused.stderr
-    stack.cli("models", "install", str(bundle), "--lesion-labels", "1")
-    return "lesion_ct_test_bundle"
+    """The seeded UNet bundle with label 1 marked as a lesion (tests/support/lesions.py)."""
+    return install_lesion_model(stack, tmp_path_factory.mktemp("bundle"))
 
 
 def test_lesion_model_job_has_lesions_and_lesionwise_metrics(
     stack: Stack, lesion_model: str, tmp_path: Path
 ) -> None:
-    image, reference = SPLEEN / "sub-spleen2_ct.nii.gz", SPLEEN / "sub-spleen2_ct_seg-manual.nii.gz"
+    image, reference = LESION_CASE
     with stack.client() as c:
         card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == lesion_model)
         assert card["available"] is True and card["lesion_labels"] == [1], card
