@@ -194,6 +194,11 @@ class LabelVersion(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     label_values: Mapped[list[int]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Added for interaction sessions (segserve.interactions); init_db adds them to older databases, where
+    # existing rows read None. label_names: {"<value>": name} of labels a reviewer added beyond the model
+    # card's; provenance: how the version was made ({"session_id", "engine", "prompts"}).
+    label_names: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class IntakeState(enum.StrEnum):
@@ -371,6 +376,8 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 _ADDITIVE_COLUMNS: list[tuple[str, str, str]] = [
     ("jobs", "priority", "VARCHAR(16) NOT NULL DEFAULT 'routine'"),
     ("jobs", "files_deleted_at", "TIMESTAMP NULL"),
+    ("label_versions", "label_names", "JSON NULL"),
+    ("label_versions", "provenance", "JSON NULL"),
 ]
 
 
@@ -393,6 +400,8 @@ def init_db(url: str) -> None:
     """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS). The API and the workers may
     start together on a database that lacks a table: PostgreSQL then refuses all but one CREATE TABLE
     (a duplicate type name), SQLite says the table already exists; the others look again and find it."""
+    import segserve.interactions  # noqa: F401  (its table joins Base.metadata before create_all)
+
     engine = get_engine(url)
     for attempt in range(3):
         try:
