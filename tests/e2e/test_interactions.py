@@ -278,12 +278,12 @@ def test_bad_prompts_and_sessions_get_4xx(istack: Stack, jobs: dict[str, str], r
             assert resp.status_code == 404 and resp.json()["code"] == "session_not_found", resp.text
         assert c.post("/v1/jobs/nope/interactions", json={}).status_code == 404
 
-        # a click outside the structure only (background): an empty mask, which cannot be committed
+        # a background click alone seeds no structure: an empty mask, which cannot be committed
         background = _click(c, job, sid, [0, 0, 0], foreground=False)
-        assert background.status_code == 200, background.text
-        if background.json()["voxels"] == 0:
-            resp = c.post(f"/v1/jobs/{job}/interactions/{sid}/commit", json={"target": {"label": 2}})
-            assert resp.status_code == 422 and resp.json()["code"] == "empty_mask"
+        assert background.status_code == 200 and background.json()["voxels"] == 0, background.text
+        assert background.json()["bbox"] is None and not _mask(c, job, sid).any()
+        resp = c.post(f"/v1/jobs/{job}/interactions/{sid}/commit", json={"target": {"label": 2}})
+        assert resp.status_code == 422 and resp.json()["code"] == "empty_mask", resp.text
 
         closed = c.delete(f"/v1/jobs/{job}/interactions/{sid}")
         assert closed.status_code == 200 and closed.json()["status"] == "closed"

@@ -10,30 +10,30 @@ clicks. The mask is a function of the prompt list alone, so undo drops the last 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.catalog import Catalog
-from models.interactive.codec import prompt_from_json
-from models.interactive.prompts import PromptError, check_prompts
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, LabelVersion
 from segserve.interactions import InteractionSession, SessionStatus, end, expire_if_idle, mask_path, touch
 from service import interactive
 from service.api.deps import CatalogDep, SessionDep, SettingsDep, require
 from service.api.lookup import job_with_files, require_succeeded
-from service.api.routes.reviews import (
-    LabelVersionPublic,
-    card_labels,
-    named_labels,
-    save_version,
-    version_public,
+from service.api.routes.reviews import LabelVersionPublic, save_version, version_public
+from service.api.sessions import (
+    Bbox,
+    CommitIn,
+    MaskSummary,
+    PromptIn,
+    SessionCreate,
+    SessionPublic,
+    Target,
+    prompt_doc,
+    resolve_target,
 )
 from service.problems import Problem
 
@@ -41,107 +41,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["interactions"])
 CanInteract = Annotated[ApiKey, Depends(require("reviews:write"))]
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 410: {}, 422: {}}
 _WORKER_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 503: {}}
-
-Point = Annotated[list[float], Field(min_length=3, max_length=3)]
-Coordinates = Annotated[
-    Literal["voxel", "scanner"],
-    Field(
-        description="voxel: indices of the image array (I, J, K, as in the result NIfTI); scanner: DICOM "
-        "patient coordinates in mm (LPS), as GET .../lesions reports centroids, mapped to the nearest voxel"
-    ),
-]
-
-
-class Target(BaseModel):
-    """The structure a mask is for: an existing label (`label`), or a new one the reviewer names (`name`,
-    with an optional `value`; default the lowest value above every label the job has)."""
-
-    label: int | None = Field(default=None, ge=1, le=255)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    value: int | None = Field(default=None, ge=1, le=255)
-
-    @model_validator(mode="after")
-    def _one_of(self) -> Target:
-        if (self.label is None) == (self.name is None):
-            raise ValueError("give either label (an existing structure) or name (a new one)")
-        if self.value is not None and self.name is None:
-            raise ValueError("value goes with name (a new label)")
-        return self
-
-
-class SessionCreate(BaseModel):
-    engine: str = Field(
-        default="classical", description="An interactive engine (GET /v1/interactive/engines)"
-    )
-    target: Target | None = Field(default=None, description="May also be given at the commit")
-
-
-class ClickIn(BaseModel):
-    type: Literal["click"]
-    point: Point
-    foreground: bool = Field(default=True, description="inside the structure (true) or outside it")
-    coordinates: Coordinates = "voxel"
-
-
-class BoxIn(BaseModel):
-    type: Literal["box"]
-    lo: Point
-    hi: Point
-    coordinates: Coordinates = "voxel"
-
-
-class SliceIn(BaseModel):
-    """Painted pixels of one slice (voxel indices only): (u, v) in the slice's plane, i.e. the image's two
-    other axes in order."""
-
-    type: Literal["slice"]
-    axis: int = Field(ge=0, le=2)
-    index: int = Field(ge=0)
-    pixels: list[Annotated[list[int], Field(min_length=2, max_length=2)]] = Field(max_length=1_000_000)
-
-
-PromptIn = Annotated[ClickIn | BoxIn | SliceIn, Body(discriminator="type")]
-
-
-class Bbox(BaseModel):
-    start: list[int] = Field(description="first voxel (inclusive) along I, J, K")
-    stop: list[int] = Field(description="last voxel + 1 (exclusive)")
-
-
-class MaskSummary(BaseModel):
-    session_id: str
-    job_id: str
-    prompt_count: int
-    voxels: int
-    volume_ml: float
-    bbox: Bbox | None
-    mask_url: str = Field(description="The mask (.nii.gz, uint8 0/1 on the job's result grid)")
-    seconds: float = Field(description="The worker's time for this mask (prepare on a cache miss + segment)")
-    prepared: bool = Field(description="Whether the image was prepared for this call (a cache miss)")
-
-
-class SessionPublic(BaseModel):
-    id: str
-    job_id: str
-    key_id: str
-    engine: str
-    status: str = Field(description="open, committed, closed or expired")
-    target: dict[str, Any] | None
-    prompts: list[dict[str, Any]] = Field(description="In voxel indices, oldest first")
-    prompt_count: int
-    mask_url: str | None
-    committed_version: int | None
-    created_at: datetime
-    last_used_at: datetime
-    expires_at: datetime
-
-
-class CommitIn(BaseModel):
-    target: Target | None = Field(default=None, description="Default: the session's target")
-    comment: str = Field(default="", max_length=5000)
-    base_version: int | None = Field(
-        default=None, ge=0, description="The label version the mask goes into (default: the latest)"
-    )
 
 
 def _mask_url(row: InteractionSession) -> str:
@@ -167,47 +66,6 @@ def _public(row: InteractionSession) -> SessionPublic:
         last_used_at=row.last_used_at,
         expires_at=row.expires_at,
     )
-
-
-def _engine_names() -> list[str]:
-    from models.interactive.engines import engine_names
-
-    return list(engine_names())
-
-
-def _resolve_target(target: Target, catalog: Catalog, session: Session, job: Job) -> tuple[int, str | None]:
-    """(label value, name when it is a new label) of a target, or a 422 naming what is wrong."""
-    card = card_labels(catalog, job.model_id)
-    named = named_labels(session, job.id)
-    known = {**{v: n for v, n in card.items() if v != 0}, **named}
-    if target.label is not None:
-        if target.label not in known:
-            listing = ", ".join(f"{v} ({n})" for v, n in sorted(known.items()))
-            raise Problem(
-                422, f"label {target.label} is not a label of this job: {listing}", code="unknown_label"
-            )
-        return target.label, named.get(target.label)
-    assert target.name is not None
-    for value, name in known.items():
-        if name.casefold() == target.name.casefold():
-            raise Problem(
-                422,
-                f"a label named '{name}' exists already (value {value}): give "
-                f'{{"label": {value}}} to add to it',
-                code="label_name_exists",
-            )
-    if target.value is not None:
-        if target.value in known:
-            raise Problem(
-                422,
-                f"value {target.value} is label '{known[target.value]}' already",
-                code="label_value_taken",
-            )
-        return target.value, target.name
-    value = max([*card, *named, 0]) + 1
-    if value > 255:
-        raise Problem(422, "no label value is left below 256: give a free value", code="label_value_taken")
-    return value, target.name
 
 
 def _session(
@@ -242,52 +100,6 @@ def _session(
     if row.status == SessionStatus.closed.value:
         raise Problem(409, "the session was closed; create a new session", code="session_closed")
     return job, row
-
-
-def _voxel(point: list[float], coordinates: str, affine: Any, what: str) -> list[int]:
-    if coordinates == "scanner":
-        return interactive.scanner_to_voxel(point, affine)
-    if not all(float(v).is_integer() for v in point):
-        raise Problem(422, f"{what} {point}: voxel coordinates must be integers", code="invalid_prompt")
-    return [int(v) for v in point]
-
-
-def _prompt_doc(body: ClickIn | BoxIn | SliceIn, job: Job, settings: Settings) -> dict[str, Any]:
-    """The prompt in voxel indices (as sessions store it), or a 422 naming the prompt that does not fit."""
-    shape = (int(job.image_shape[0]), int(job.image_shape[1]), int(job.image_shape[2]))
-    scanner = getattr(body, "coordinates", "voxel") == "scanner"
-    affine = interactive.result_affine(settings, job) if scanner else None
-    doc: dict[str, Any]
-    if isinstance(body, ClickIn):
-        doc = {
-            "type": "click",
-            "point": _voxel(body.point, body.coordinates, affine, "point"),
-            "foreground": body.foreground,
-        }
-    elif isinstance(body, BoxIn):
-        lo = _voxel(body.lo, body.coordinates, affine, "lo")
-        hi = _voxel(body.hi, body.coordinates, affine, "hi")
-        doc = {
-            "type": "box",
-            "lo": [min(a, b) for a, b in zip(lo, hi, strict=True)],
-            "hi": [max(a, b) for a, b in zip(lo, hi, strict=True)],
-        }
-    else:
-        doc = {"type": "slice", "axis": body.axis, "index": body.index, "pixels": body.pixels}
-    try:
-        check_prompts([prompt_from_json(doc, shape)], shape)
-    except PromptError as exc:
-        where = " (from scanner coordinates " + str(_scanner_points(body)) + " mm LPS)" if scanner else ""
-        message = str(exc).replace("prompt 0 ", "prompt ", 1)
-        code = "prompt_outside_volume" if "outside" in message else "invalid_prompt"
-        raise Problem(422, f"{message}{where}", code=code) from None
-    return doc
-
-
-def _scanner_points(body: ClickIn | BoxIn | SliceIn) -> list[list[float]]:
-    return (
-        [body.point] if isinstance(body, ClickIn) else [body.lo, body.hi] if isinstance(body, BoxIn) else []
-    )
 
 
 def _run(
@@ -325,6 +137,12 @@ def _restore(db: Session, row: InteractionSession, changed: list[Any], restore: 
         db.commit()
 
 
+def _engine_names() -> list[str]:
+    from models.interactive.engines import engine_names
+
+    return list(engine_names())
+
+
 engines_router = APIRouter(prefix="/v1/interactive", tags=["interactions"])
 
 
@@ -348,6 +166,8 @@ def create_session(
     key: CanInteract,
     body: SessionCreate | None = None,
 ) -> SessionPublic:
+    """Open a session (reviewer, admin). 404 unknown job, 409 job not succeeded, 410 its files deleted,
+    422 unknown engine or target. The session expires after SEGSERVE_INTERACTIVE_TTL_S without a call."""
     body = body or SessionCreate()
     job = job_with_files(db, job_id)
     require_succeeded(job)
@@ -356,7 +176,7 @@ def create_session(
         raise Problem(
             422, f"unknown engine '{body.engine}'; engines: {', '.join(engines)}", code="unknown_engine"
         )
-    value, name = _resolve_target(body.target, catalog, db, job) if body.target else (None, None)
+    value, name = resolve_target(body.target, catalog, db, job) if body.target else (None, None)
     row = InteractionSession(
         id=uuid.uuid4().hex,
         job_id=job.id,
@@ -381,6 +201,7 @@ def create_session(
 def get_session(
     job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> SessionPublic:
+    """Any state (open, committed, closed, expired), with the prompts in voxel indices."""
     return _public(_session(db, settings, job_id, session_id, open_only=False)[1])
 
 
@@ -393,8 +214,14 @@ def get_session(
 def post_prompt(
     job_id: str, session_id: str, body: PromptIn, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> MaskSummary:
+    """A click `{"type": "click", "point": [i, j, k], "foreground": true}`, a box `{"type": "box", "lo",
+    "hi"}` (inclusive corners, drawn on one slice) or painted pixels of a slice `{"type": "slice", "axis",
+    "index", "pixels": [[u, v], ...]}`; `"coordinates": "scanner"` for points in mm (LPS). Answers the
+    mask's voxel count, volume (ml), bounding box and URL. 422 `prompt_outside_volume` naming the prompt,
+    404 a session of another job, 409/410 a session no longer open, 503 (Retry-After) when no interactive
+    worker answers; a refused prompt is not kept."""
     job, row = _session(db, settings, job_id, session_id)
-    doc = _prompt_doc(body, job, settings)
+    doc = prompt_doc(body, job, settings)
     before = list(row.prompts)
     row.prompts = [*before, doc]
     touch(row, settings.interactive_ttl_s)
@@ -411,6 +238,8 @@ def post_prompt(
 def undo(
     job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> MaskSummary:
+    """The mask of the prompts without the last one (exactly what it was before that prompt); 409
+    `nothing_to_undo` when there is none."""
     _, row = _session(db, settings, job_id, session_id)
     before = list(row.prompts)
     if not before:
@@ -430,6 +259,8 @@ def undo(
 def get_mask(
     job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> FileResponse:
+    """uint8 0/1 with the result's shape and affine (`X-Prompt-Count`: the prompts it is made of); 404
+    `no_mask` before the first prompt."""
     job, row = _session(db, settings, job_id, session_id)
     path = mask_path(settings.jobs_dir, job.id, row.id)
     if row.mask_prompts is None or not path.exists():
@@ -456,6 +287,11 @@ def commit(
     key: CanInteract,
     body: CommitIn | None = None,
 ) -> LabelVersionPublic:
+    """The mask's voxels take the target's value (replacing what was there) in a copy of the base version
+    (default the latest); saved as a new version with who, when, the engine and the prompts. A new label
+    (`{"target": {"name": ...}}`) is named in the version's `label_names`. 422 `empty_mask`,
+    `missing_target`, `unknown_label`, `label_name_exists`, `label_value_taken`; 409 `mask_not_current`
+    while a prompt is in flight. The session ends (committed)."""
     body = body or CommitIn()
     job, row = _session(db, settings, job_id, session_id)
     if body.target is not None:
@@ -470,7 +306,7 @@ def commit(
         raise Problem(
             422, "say which structure the mask is for: target {label} or {name}", code="missing_target"
         )
-    value, name = _resolve_target(target, catalog, db, job)
+    value, name = resolve_target(target, catalog, db, job)
     if not row.prompts or row.mask_prompts != row.prompts:
         detail = (
             "the session has no prompt" if not row.prompts else "the mask of the last prompt is not ready"
@@ -534,6 +370,8 @@ def commit(
 def close(
     job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> SessionPublic:
+    """The session ends without a version; its mask file is deleted and the interactive worker drops its
+    prepared image at its next sweep."""
     _, row = _session(db, settings, job_id, session_id)
     end(db, row, SessionStatus.closed, settings.jobs_dir)
     return _public(row)
