@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -19,14 +19,12 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
     Engine,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -34,28 +32,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores naive UTC (portable across SQLite and PostgreSQL), returns timezone-aware UTC."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; use timezone-aware UTC")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
+# Re-exported (callers import them from here); they live in db_base so table modules avoid a cycle.
+from segserve.db_base import Base as Base
+from segserve.db_base import UTCDateTime as UTCDateTime
+from segserve.db_base import utcnow as utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -82,10 +64,6 @@ class Role(enum.StrEnum):
     reviewer = "reviewer"
     researcher = "researcher"
     admin = "admin"
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class ApiKey(Base):

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from segserve.db import Base, UTCDateTime, utcnow
+from segserve.db_base import Base, UTCDateTime, utcnow
 from segserve.storage import JobFiles
 
 
