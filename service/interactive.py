@@ -18,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import redis
+from kombu.exceptions import OperationalError
 
 from segserve.config import Settings
 from segserve.db import Job
@@ -32,8 +33,21 @@ RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # DICOM patient coordinates: x and y o
 
 
 @lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_client_url(url))
+def _redis(url: str, read_timeout_s: float) -> redis.Redis:
+    """A client whose reads may block for `read_timeout_s` (redis-py's default, 5 s, is shorter than a
+    BLPOP for a click that must prepare a large image first)."""
+    return redis.Redis.from_url(
+        redis_client_url(url), socket_timeout=read_timeout_s, socket_connect_timeout=5
+    )
+
+
+def _broker_down() -> Problem:
+    return Problem(
+        503,
+        "the broker does not answer; retry shortly",
+        code="broker_unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 def result_affine(settings: Settings, job: Job) -> np.ndarray:
@@ -57,16 +71,12 @@ def ask_worker(settings: Settings, session_id: str) -> dict[str, Any]:
         raise Problem(
             503, "no broker is configured", code="no_interactive_worker", headers={"Retry-After": "10"}
         )
-    client = _redis(settings.redis_url)
+    timeout = settings.interactive_timeout_s
+    client = _redis(settings.redis_url, timeout + 10)
     try:
         alive = client.exists(alive_key(settings.broker_key_prefix))
     except redis.RedisError:
-        raise Problem(
-            503,
-            "the broker does not answer; retry shortly",
-            code="broker_unavailable",
-            headers={"Retry-After": "5"},
-        ) from None
+        raise _broker_down() from None
     if not alive:
         raise Problem(
             503,
@@ -76,9 +86,11 @@ def ask_worker(settings: Settings, session_id: str) -> dict[str, Any]:
             headers={"Retry-After": "10"},
         )
     request_id = uuid.uuid4().hex
-    timeout = settings.interactive_timeout_s
-    send_interact(celery_app, session_id, request_id, expires_s=timeout)
-    answer = client.blpop([reply_key(settings.broker_key_prefix, request_id)], timeout=timeout)
+    try:
+        send_interact(celery_app, session_id, request_id, expires_s=timeout)
+        answer = client.blpop([reply_key(settings.broker_key_prefix, request_id)], timeout=timeout)
+    except (redis.RedisError, OperationalError):
+        raise _broker_down() from None
     if answer is None:
         raise Problem(
             503,

@@ -4,13 +4,15 @@ NIfTI on the result grid; undo gives the earlier mask exactly; a commit makes a 
 model's labels plus the mask; scanner coordinates equal voxel ones; bad prompts and sessions that are
 closed, committed or expired get 4xx; a click is answered while the only job worker runs a long job.
 
-A second API process on the same data shares the database with a 2 s idle TTL and another broker key
-prefix: there its sessions expire quickly, and no interactive worker is reachable (503)."""
+Two more API processes on the same data and database: one with a 2 s idle TTL and a 1 ms wait for the
+worker (sessions expire, clicks time out: 410, 503), one on a broker key prefix no interactive worker
+serves (503)."""
 
 from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +61,33 @@ def istack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.stop()
 
 
-@pytest.fixture(scope="module")
-def side_api(istack: Stack) -> Iterator[str]:
-    """A second API on the same data and database, with a 2 s idle TTL and a broker key prefix of its own
-    (so no interactive worker serves it)."""
-    env = dict(istack.env)
-    env.update(
-        {
-            "SEGSERVE_PORT": str(free_port()),
-            "SEGSERVE_INTERACTIVE_TTL_S": str(SIDE_TTL_S),
-            "SEGSERVE_BROKER_KEY_PREFIX": env.get("SEGSERVE_BROKER_KEY_PREFIX", "") + "side:",
-        }
-    )
-    proc = Proc("side-api", segserve("api"), env, istack.tmp)
+@contextmanager
+def _other_api(istack: Stack, name: str, overrides: dict[str, str]) -> Iterator[str]:
+    """Another API process on the same data, database and broker, with other settings; its base URL."""
+    env = {**istack.env, "SEGSERVE_PORT": str(free_port()), **overrides}
+    proc = Proc(name, segserve("api"), env, istack.tmp)
     base = f"http://127.0.0.1:{env['SEGSERVE_PORT']}"
     try:
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 60, "the side API")
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=2).status_code == 200, 60, name)
         yield base
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def short_api(istack: Stack) -> Iterator[str]:
+    """Sessions made here expire after 2 s idle, and it waits 1 ms for an interactive worker's answer."""
+    overrides = {"SEGSERVE_INTERACTIVE_TTL_S": str(SIDE_TTL_S), "SEGSERVE_INTERACTIVE_TIMEOUT_S": "0.001"}
+    with _other_api(istack, "short-api", overrides) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def unserved_api(istack: Stack) -> Iterator[str]:
+    """An API on a broker key prefix that no interactive worker serves."""
+    prefix = istack.env.get("SEGSERVE_BROKER_KEY_PREFIX", "") + "unserved:"
+    with _other_api(istack, "unserved-api", {"SEGSERVE_BROKER_KEY_PREFIX": prefix}) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -300,9 +310,9 @@ def test_bad_prompts_and_sessions_get_4xx(istack: Stack, jobs: dict[str, str], r
     wait_for(lambda: f"session {sid}: session closed; freed" in worker.log_path.read_text(), 30, "the sweep")
 
 
-def test_expired_session_is_gone(istack: Stack, side_api: str, jobs: dict[str, str], reviewer: str) -> None:
+def test_expired_session_is_gone(istack: Stack, short_api: str, jobs: dict[str, str], reviewer: str) -> None:
     job = jobs["main"]
-    with _client(istack, reviewer, base=side_api) as c:
+    with _client(istack, reviewer, base=short_api) as c:
         sid = _session(c, job)
         wait_for(
             lambda: c.get(f"/v1/jobs/{job}/interactions/{sid}").json()["status"] == "expired",
@@ -312,13 +322,24 @@ def test_expired_session_is_gone(istack: Stack, side_api: str, jobs: dict[str, s
         resp = _click(c, job, sid, [10, 10, 10])
         assert resp.status_code == 410 and resp.json()["code"] == "session_expired", resp.text
         assert "create a new session" in resp.json()["detail"].lower()
+        assert c.get(f"/v1/jobs/{job}/interactions/{sid}/mask").status_code == 410
+
+
+def test_no_answer_in_time_is_503(istack: Stack, short_api: str, jobs: dict[str, str], reviewer: str) -> None:
+    job = jobs["main"]
+    with _client(istack, reviewer, base=short_api) as c:
+        sid = _session(c, job)
+        resp = _click(c, job, sid, [10, 10, 10])
+        assert resp.status_code == 503 and resp.json()["code"] == "interactive_timeout", resp.text
+        assert int(resp.headers["retry-after"]) > 0
+        assert c.get(f"/v1/jobs/{job}/interactions/{sid}").json()["prompt_count"] == 0  # not applied
 
 
 def test_no_interactive_worker_is_503(
-    istack: Stack, side_api: str, jobs: dict[str, str], reviewer: str
+    istack: Stack, unserved_api: str, jobs: dict[str, str], reviewer: str
 ) -> None:
     job = jobs["main"]
-    with _client(istack, reviewer, base=side_api) as c:
+    with _client(istack, reviewer, base=unserved_api) as c:
         sid = _session(c, job)
         resp = _click(c, job, sid, [10, 10, 10])
         assert resp.status_code == 503 and resp.json()["code"] == "no_interactive_worker", resp.text
