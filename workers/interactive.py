@@ -29,7 +29,7 @@ from models.catalog import Catalog
 from models.interactive.codec import prompts_from_json
 from models.interactive.prompts import PromptError, check_prompts
 from segserve.config import Settings
-from segserve.db import Job, new_session
+from segserve.db import Job, new_session, utcnow
 from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
 from segserve.interactions import (
@@ -145,21 +145,28 @@ def cache_for(settings: Settings) -> SessionCache:
 
 def _sweep(settings: Settings, cache: SessionCache) -> None:
     """Drop what no session needs any more: idle entries, and those of sessions that were committed,
-    closed or expired (marking idle open sessions expired in the database too)."""
+    closed or expired; and mark every open session past its expiry expired (its files deleted), whichever
+    worker had it."""
     interval = max(0.5, min(5.0, settings.interactive_ttl_s / 3))
     while True:
         time.sleep(interval)
         try:
             cache.drop_idle()
             ids = cache.ids()
-            if not ids:
-                continue
             with new_session(settings.resolved_database_url) as db:
-                rows = db.scalars(select(InteractionSession).where(InteractionSession.id.in_(ids))).all()
-                states = {}
-                for row in rows:
+                # Every open session past its expiry, cached here or not: marked expired, files deleted.
+                idle = db.scalars(
+                    select(InteractionSession).where(
+                        InteractionSession.status == SessionStatus.open.value,
+                        InteractionSession.expires_at < utcnow(),
+                    )
+                ).all()
+                for row in idle:
                     expire_if_idle(db, row, settings.jobs_dir)
-                    states[row.id] = row.status
+                if not ids:
+                    continue
+                rows = db.scalars(select(InteractionSession).where(InteractionSession.id.in_(ids))).all()
+                states = {row.id: row.status for row in rows}
             for sid in ids:
                 status = states.get(sid)
                 if status != SessionStatus.open.value:
