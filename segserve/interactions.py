@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String
+from sqlalchemy import JSON, Integer, String, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from segserve.db_base import Base, UTCDateTime, utcnow
@@ -49,6 +49,9 @@ class InteractionSession(Base):
     prompts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     mask_prompts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=SessionStatus.open.value)
+    # Bumped by every change of `prompts` (set_prompts): two prompts sent at once cannot both build on the
+    # same list and lose one of them.
+    revision: Mapped[int] = mapped_column(Integer, default=0)
     committed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -69,6 +72,31 @@ def touch(row: InteractionSession, ttl_s: float) -> None:
     now = utcnow()
     row.last_used_at = now
     row.expires_at = now + timedelta(seconds=ttl_s)
+
+
+def set_prompts(
+    session: Session, row: InteractionSession, prompts: list[dict[str, Any]], ttl_s: float
+) -> bool:
+    """Replace the prompt list of an open session, if nobody changed the session since `row` was read
+    (same revision, still open); marks it used (see `touch`). False, and nothing changed, otherwise."""
+    now = utcnow()
+    changed = session.execute(
+        update(InteractionSession)
+        .where(
+            InteractionSession.id == row.id,
+            InteractionSession.revision == row.revision,
+            InteractionSession.status == SessionStatus.open.value,
+        )
+        .values(
+            prompts=prompts,
+            revision=row.revision + 1,
+            last_used_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+    )
+    session.commit()
+    session.refresh(row)
+    return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def expire_if_idle(session: Session, row: InteractionSession, jobs_dir: Path) -> bool:

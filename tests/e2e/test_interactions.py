@@ -243,6 +243,63 @@ def test_scanner_click_equals_voxel_click(istack: Stack, jobs: dict[str, str], r
             c.delete(f"/v1/jobs/{job}/interactions/{sid}")
 
 
+def test_box_and_painted_slice(istack: Stack, jobs: dict[str, str], reviewer: str) -> None:
+    job = jobs["main"]
+    with _client(istack, reviewer) as c:
+        _, voxels = _structure_voxels(np.asarray(_result(c, job).dataobj))
+        # the structure's voxel nearest the middle of the 48³ image, so the box fits around it
+        i, j, k = voxels[np.argmin(((voxels - 24) ** 2).sum(axis=1))].tolist()
+        sid = _session(c, job)
+        # a box drawn on slice k: the structure stays inside it in the two in-plane axes
+        lo, hi = [i - 4, j - 4, k], [i + 4, j + 4, k]
+        box = c.post(f"/v1/jobs/{job}/interactions/{sid}/prompts", json={"type": "box", "lo": lo, "hi": hi})
+        assert box.status_code == 200 and box.json()["voxels"] > 0, box.text
+        bbox = box.json()["bbox"]
+        assert all(bbox["start"][a] >= lo[a] and bbox["stop"][a] <= hi[a] + 1 for a in (0, 1)), bbox
+        assert c.post(f"/v1/jobs/{job}/interactions/{sid}/undo").json()["voxels"] == 0
+        # one painted slice is taken as painted
+        pixels = [[u, v] for u in range(i - 1, i + 2) for v in range(j - 1, j + 2)]
+        painted = c.post(
+            f"/v1/jobs/{job}/interactions/{sid}/prompts",
+            json={"type": "slice", "axis": 2, "index": k, "pixels": pixels},
+        )
+        assert painted.status_code == 200 and painted.json()["voxels"] == 9, painted.text
+        expected = np.zeros((48, 48, 48), dtype=bool)
+        expected[i - 1 : i + 2, j - 1 : j + 2, k] = True
+        assert np.array_equal(_mask(c, job, sid), expected)
+        outside = c.post(
+            f"/v1/jobs/{job}/interactions/{sid}/prompts",
+            json={"type": "slice", "axis": 2, "index": 48, "pixels": pixels},
+        )
+        assert outside.status_code == 422 and outside.json()["code"] == "prompt_outside_volume"
+        assert c.delete(f"/v1/jobs/{job}/interactions/{sid}").status_code == 200
+
+
+def test_a_restarted_worker_prepares_again(istack: Stack, jobs: dict[str, str], reviewer: str) -> None:
+    """The prepared image lives in the worker: after a restart the next click prepares it again from the
+    job's stored input (and says so in the answer and the log); the mask is the same."""
+    job = jobs["main"]
+    with _client(istack, reviewer) as c:
+        _, voxels = _structure_voxels(np.asarray(_result(c, job).dataobj))
+        point = voxels[len(voxels) // 4].tolist()
+        sid = _session(c, job)
+        first = _click(c, job, sid, point).json()
+        assert first["prepared"] and not c.post(f"/v1/jobs/{job}/interactions/{sid}/undo").json()["prepared"]
+        before = _mask(c, job, sid)
+        old = istack.workers.pop()
+        old.stop()
+        new = Proc(
+            "interactive-restarted", segserve("worker", "--queue", "interactive"), istack.env, istack.tmp
+        )
+        istack.workers.append(new)
+        wait_for(lambda: "ready." in new.log_path.read_text(), 90, "the restarted interactive worker")
+        again = _click(c, job, sid, point)
+        assert again.status_code == 200 and again.json()["prepared"], again.text
+        assert again.json()["voxels"] == first["voxels"] and not before.any()
+        assert f"session {sid}: prepared image not in this worker's cache" in new.log_path.read_text()
+        c.delete(f"/v1/jobs/{job}/interactions/{sid}")
+
+
 def test_bad_prompts_and_sessions_get_4xx(istack: Stack, jobs: dict[str, str], reviewer: str) -> None:
     job, other = jobs["main"], jobs["other"]
     with _client(istack, reviewer) as c:

@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from segserve.config import Settings
 from segserve.db import ApiKey, Job, LabelVersion
-from segserve.interactions import InteractionSession, SessionStatus, end, expire_if_idle, mask_path, touch
+from segserve.interactions import (
+    InteractionSession,
+    SessionStatus,
+    end,
+    expire_if_idle,
+    mask_path,
+    set_prompts,
+    touch,
+)
 from service import interactive
 from service.api.deps import CatalogDep, SessionDep, SettingsDep, require
 from service.api.lookup import job_with_files, require_succeeded
@@ -111,10 +119,10 @@ def _run(
     try:
         answer = interactive.ask_worker(settings, row.id)
     except Problem:
-        _restore(db, row, changed, restore)
+        _restore(db, settings, row, changed, restore)
         raise
     if not answer.get("ok"):
-        _restore(db, row, changed, restore)
+        _restore(db, settings, row, changed, restore)
         raise Problem(int(answer["status"]), str(answer["detail"]), code=str(answer["code"]))
     db.refresh(row)
     return MaskSummary(
@@ -130,11 +138,22 @@ def _run(
     )
 
 
-def _restore(db: Session, row: InteractionSession, changed: list[Any], restore: list[Any]) -> None:
+def _restore(
+    db: Session, settings: Settings, row: InteractionSession, changed: list[Any], restore: list[Any]
+) -> None:
     db.refresh(row)
-    if row.prompts == changed:  # nobody changed it since
-        row.prompts = restore
-        db.commit()
+    if row.prompts == changed:  # nobody changed it since (else theirs stands)
+        set_prompts(db, row, restore, settings.interactive_ttl_s)
+
+
+def _change_prompts(db: Session, settings: Settings, row: InteractionSession, prompts: list[Any]) -> None:
+    if not set_prompts(db, row, prompts, settings.interactive_ttl_s):
+        raise Problem(
+            409,
+            "the session changed while this call was made (another prompt, an undo, a commit or a close): "
+            "get it again (GET .../interactions/{id}) and retry",
+            code="session_busy",
+        )
 
 
 def _engine_names() -> list[str]:
@@ -223,9 +242,7 @@ def post_prompt(
     job, row = _session(db, settings, job_id, session_id)
     doc = prompt_doc(body, job, settings)
     before = list(row.prompts)
-    row.prompts = [*before, doc]
-    touch(row, settings.interactive_ttl_s)
-    db.commit()
+    _change_prompts(db, settings, row, [*before, doc])
     return _run(db, settings, row, before)
 
 
@@ -244,9 +261,7 @@ def undo(
     before = list(row.prompts)
     if not before:
         raise Problem(409, "the session has no prompt to undo", code="nothing_to_undo")
-    row.prompts = before[:-1]
-    touch(row, settings.interactive_ttl_s)
-    db.commit()
+    _change_prompts(db, settings, row, before[:-1])
     return _run(db, settings, row, before)
 
 
