@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.interactive [--clicks 8]
+    .venv/bin/python -m bench.interactive_sessions [--clicks 8]
 
 A succeeded job is put straight into a fresh data directory (no model run; its labels are subject-a's
 18-class reference, which gives the click positions: the voxel nearest each structure's centre). The API,
