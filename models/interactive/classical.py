@@ -46,12 +46,16 @@ Index3 = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class ClassicalPrepared:
-    """What a click reuses: ``smoothed`` (float32, (I, J, K), scaled as the module says), ``gradient``
-    (float32, (I, J, K), its gradient magnitude per mm), ``spacing_mm`` (along I, J, K)."""
+    """What a click reuses, on the working grid (the image's grid, or every ``step``-th voxel of it for an
+    image over the engine's ``max_voxels``): ``smoothed`` (float32, scaled as the module says),
+    ``gradient`` (float32, its gradient magnitude per mm), ``spacing_mm`` (of the working grid, along
+    I, J, K); ``image_shape`` is the image's own shape (I, J, K)."""
 
     smoothed: np.ndarray
     gradient: np.ndarray
     spacing_mm: tuple[float, float, float]
+    image_shape: Index3
+    step: Index3
 
     @property
     def shape(self) -> Index3:
@@ -75,7 +79,12 @@ class ClassicalEngine:
     tolerance: float = 3.0
     smoothing_mm: float = 1.0
     min_deviation: float = 0.02
+    max_deviation: float = 0.05
     max_grow: int = 3
+    border_background: bool = True
+    opening_mm: float = 0.0
+    per_seed: bool = True
+    max_voxels: int = 4_000_000
 
     def prepare(self, image: np.ndarray, spacing_mm: tuple[float, float, float]) -> ClassicalPrepared:
         """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype)."""
@@ -90,28 +99,49 @@ class ClassicalEngine:
         lo, hi = np.percentile(volume[::step, ::step, ::step], [1.0, 99.0])
         scale = float(hi - lo) if hi > lo else 1.0
         volume = (volume - np.float32(lo)) / np.float32(scale)
-        sigma = [min(self.smoothing_mm / s, 2.0) for s in spacing]
+        step = _working_step(volume.shape, spacing, self.max_voxels)
+        # Smoothing by at least half a step before striding keeps the coarse grid from aliasing.
+        sigma = [
+            max(min(self.smoothing_mm / s, 2.0), 0.5 * (f - 1)) for s, f in zip(spacing, step, strict=True)
+        ]
         smoothed = ndimage.gaussian_filter(volume, sigma=sigma, truncate=3.0).astype(np.float32)
+        smoothed = np.ascontiguousarray(smoothed[:: step[0], :: step[1], :: step[2]])
+        image_shape = (volume.shape[0], volume.shape[1], volume.shape[2])
+        spacing = (spacing[0] * step[0], spacing[1] * step[1], spacing[2] * step[2])
         gradient = np.zeros_like(smoothed)
         for axis, s in enumerate(spacing):
             derivative = ndimage.sobel(smoothed, axis=axis) / np.float32(8.0 * s)
             gradient += derivative * derivative
         np.sqrt(gradient, out=gradient)
-        return ClassicalPrepared(smoothed, gradient, spacing)
+        return ClassicalPrepared(smoothed, gradient, spacing, image_shape, step)
 
     def segment(self, prepared: ClassicalPrepared, prompts: Sequence[Prompt]) -> np.ndarray:
         """The mask (bool, (I, J, K)) for ``prompts``; a function of the prompts alone, so undo is
         segmenting again without the last one."""
-        shape = prepared.shape
+        shape = prepared.image_shape
         check_prompts(prompts, shape)
         mask = np.zeros(shape, dtype=bool)
         slices = [p for p in prompts if isinstance(p, SliceMask)]
         if slices:
             mask |= fill_between_slices(slices, shape)
         seeds = [p for p in prompts if isinstance(p, Box) or (isinstance(p, Click) and p.foreground)]
-        if seeds:
-            mask |= self._grow(prepared, [p for p in prompts if not isinstance(p, SliceMask)])
-        return mask
+        if not seeds:
+            return mask
+        step = prepared.step
+        working = [_coarse(p, step) for p in prompts if not isinstance(p, SliceMask)]
+        grown = np.zeros(prepared.shape, dtype=bool)
+        if self.per_seed:
+            background = [p for p in working if isinstance(p, Click) and not p.foreground]
+            for seed in working:
+                if isinstance(seed, Box) or seed.foreground:
+                    grown |= self._grow(prepared, [seed, *background])
+        else:
+            grown = self._grow(prepared, working)
+        if step != (1, 1, 1):
+            for axis, f in enumerate(step):
+                grown = np.repeat(grown, f, axis=axis)
+            grown = grown[: shape[0], : shape[1], : shape[2]]
+        return mask | grown
 
     def _grow(self, prepared: ClassicalPrepared, prompts: Sequence[Click | Box]) -> np.ndarray:
         shape, spacing = prepared.shape, prepared.spacing_mm
@@ -148,7 +178,8 @@ class ClassicalEngine:
         inside_boxes = np.ones(smoothed.shape, dtype=bool)
         markers = np.zeros(smoothed.shape, dtype=np.int32)
         border = _inner_faces(roi, prepared.shape)
-        markers[border] = 2
+        if self.border_background:
+            markers[border] = 2
         # Prompts in order, so a later click overrides an earlier one where their seeds overlap.
         for p in prompts:
             if isinstance(p, Box):
@@ -176,17 +207,21 @@ class ClassicalEngine:
                 if all(0 <= v < n for v, n in zip(local, smoothed.shape, strict=True)):
                     self._mark(markers, local, 2, prepared.spacing_mm)
         candidates &= inside_boxes
+        if self.opening_mm > 0:
+            candidates = ndimage.binary_opening(candidates, _ball(self.opening_mm, prepared.spacing_mm))
         candidates |= markers == 1
         labels = watershed(prepared.gradient[roi], markers, mask=candidates | (markers == 2))
         grown = ndimage.binary_fill_holes(labels == 1)
         if not grown.any():
             raise PromptError("the prompts grow no structure (every seed lies outside the boxes)")
-        touches = bool((grown & ndimage.binary_dilation(border)).any())
+        reach = ndimage.binary_dilation(border) if self.border_background else border
+        touches = bool((grown & reach).any())
         return grown & inside_boxes | (markers == 1), touches
 
     def _in_range(self, smoothed: np.ndarray, sample: np.ndarray) -> np.ndarray:
         median = float(np.median(sample))
-        deviation = max(1.4826 * float(np.median(np.abs(sample - median))), self.min_deviation)
+        deviation = 1.4826 * float(np.median(np.abs(sample - median)))
+        deviation = min(max(deviation, self.min_deviation), self.max_deviation)
         return np.abs(smoothed - np.float32(median)) <= np.float32(self.tolerance * deviation)
 
     def _mark(
@@ -209,6 +244,34 @@ def _ball_slices(
         r = int(radius_mm // s)
         out.append(slice(max(c - r, 0), min(c + r + 1, n)))
     return tuple(out)
+
+
+def _working_step(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Index3:
+    """Integer strides per axis so the strided grid has at most ``max_voxels``: the finest axis (in mm
+    after striding) is coarsened first, so a thick-slice scan keeps its slices."""
+    step = [1, 1, 1]
+    while int(np.prod([-(-n // f) for n, f in zip(shape, step, strict=True)])) > max_voxels:
+        axis = min(range(3), key=lambda a: (spacing[a] * step[a], a))
+        step[axis] += 1
+    return (step[0], step[1], step[2])
+
+
+def _coarse(prompt: Click | Box, step: Index3) -> Click | Box:
+    """The prompt on the working grid (voxel index // step)."""
+    if isinstance(prompt, Click):
+        i, j, k = (v // f for v, f in zip(prompt.point, step, strict=True))
+        return Click((i, j, k), prompt.foreground)
+    lo = tuple(v // f for v, f in zip(prompt.lo, step, strict=True))
+    hi = tuple(v // f for v, f in zip(prompt.hi, step, strict=True))
+    return Box((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
+
+
+def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """A ball of ``radius_mm`` as a bool structuring element on the voxel grid of ``spacing``."""
+    half = [int(radius_mm // s) for s in spacing]
+    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    distance2 = sum((g * s) ** 2 for g, s in zip(grid, spacing, strict=True))
+    return np.asarray(distance2 <= radius_mm**2)
 
 
 def _inner_faces(roi: tuple[slice, ...], shape: Index3) -> np.ndarray:

@@ -4,8 +4,8 @@ Protocol: each click goes to the centre of the largest error region of the curre
 reference (3D components, face connectivity, largest by voxel count); a false-negative region gets a
 foreground click, a false-positive region a background click. The first click, on an empty mask, is thus
 at the centre of the structure's largest component. The centre is the voxel farthest from the region's
-boundary (Euclidean distance transform in mm, with the image's edge counting as boundary), ties broken
-by scan order, so the protocol is deterministic.
+boundary (Euclidean distance transform in mm, with the image's edge counting as boundary); among equally
+far voxels, the one nearest their centroid, then the first in scan order, so the protocol is deterministic.
 
 Conventions: masks are bool arrays (I, J, K); spacing in mm along I, J, K.
 """
@@ -50,7 +50,10 @@ def next_click(mask: np.ndarray, reference: np.ndarray, spacing_mm: Sequence[flo
     _, foreground, region = best
     # Padding puts background around the image, so the image's edge is boundary too.
     distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=tuple(spacing_mm))[1:-1, 1:-1, 1:-1]
-    i, j, k = np.unravel_index(int(np.argmax(distance)), region.shape)
+    # The farthest voxels form a plateau in a box-like region: take the one nearest the plateau's centroid.
+    plateau = np.argwhere(distance == distance.max())
+    offsets = (plateau - plateau.mean(axis=0)) * np.asarray(spacing_mm)
+    i, j, k = plateau[int(np.argmin((offsets * offsets).sum(axis=1)))]
     return Click((int(i), int(j), int(k)), foreground=foreground)
 
 
