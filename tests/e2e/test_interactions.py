@@ -272,7 +272,21 @@ def test_box_and_painted_slice(istack: Stack, jobs: dict[str, str], reviewer: st
             json={"type": "slice", "axis": 2, "index": 48, "pixels": pixels},
         )
         assert outside.status_code == 422 and outside.json()["code"] == "prompt_outside_volume"
-        assert c.delete(f"/v1/jobs/{job}/interactions/{sid}").status_code == 200
+
+        # committed into an existing structure of the latest version: those voxels take its value
+        versions = c.get(f"/v1/jobs/{job}/labels/versions").json()
+        base = np.asarray(_result(c, job, versions["latest"]).dataobj)
+        committed = c.post(f"/v1/jobs/{job}/interactions/{sid}/commit", json={"target": {"label": 2}})
+        assert committed.status_code == 201, committed.text
+        assert committed.json()["provenance"]["base_version"] == versions["latest"]
+        expected_labels = base.copy()
+        expected_labels[expected] = 2
+        saved = np.asarray(_result(c, job, committed.json()["version"]).dataobj)
+        assert np.array_equal(saved, expected_labels)
+        # labels named in the base version stay named while they are present
+        base_names = versions["items"][-1]["label_names"]
+        present = {str(v) for v in np.unique(saved)}
+        assert committed.json()["label_names"] == {v: n for v, n in base_names.items() if v in present}
 
 
 def test_a_restarted_worker_prepares_again(istack: Stack, jobs: dict[str, str], reviewer: str) -> None:
