@@ -99,8 +99,9 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
-    """API (uvicorn) + one Celery worker over real Redis, SQLite job database, and a models directory of
-    its own into which the shared weights are installed with `segserve models install`."""
+    """API (uvicorn) + one Celery job worker and one interactive worker over real Redis, SQLite job
+    database, and a models directory of its own into which the shared weights are installed with
+    `segserve models install`."""
     require_shared()
     tmp: Path = tmp_path_factory.mktemp("stack")
     models_dir = tmp / "models"
@@ -119,4 +120,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         "SEGSERVE_WORKER_MEMORY_MB": "4864",
     }
     with running_stack(tmp, env) as running:
+        running.start_interactive_worker()  # as `segserve up` does
         yield running

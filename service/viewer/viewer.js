@@ -1,6 +1,7 @@
 // segserve viewer: sign in, worklist, a job's scan with its labels (NiiVue: three planes and 3D), the
 // reference beside the prediction, contrast, structure toggles, crosshair readout, brush corrections saved
 // as label versions, and the review. See views.js for what costs a re-slice.
+import { setupInteractive } from "./interactive.js";
 import { loadLesions } from "./lesions.js";
 import { $, api, apiJson, apiKey, gzip, setApiKey, setState, show, viewer } from "./page.js";
 import { loadMetrics, loadReview, loadVersions, postReview } from "./review.js";
@@ -30,6 +31,7 @@ let job = null; // GET /v1/jobs/{id}
 let card = null; // GET /v1/models/{id}
 let image = null; // NVImage of the scan, shared by both views
 let labels = null; // NVImage of the label version shown
+let mask = null; // NVImage of an interaction session's mask, over the labels
 let reference = null; // NVImage of the reference, fetched when first shown
 let referenceStale = false; // its view missed a re-slice while hidden
 let visible = new Set(); // label values shown
@@ -37,6 +39,7 @@ let overlayOn = true;
 let editing = false;
 let lastPen = 1; // the label pen to go back to from the eraser
 let opening = 0; // the newest openJob call; older ones stop when they see a newer one
+let interactive = null; // the interaction-session controls (interactive.js), made by wire()
 
 // --- opening a job -----------------------------------------------------------------------------------------
 
@@ -44,7 +47,8 @@ let opening = 0; // the newest openJob call; older ones stop when they see a new
 // (its 3D render) stalls the page for seconds in software WebGL, and the next job's decode would wait.
 function closeJob() {
   opening += 1; // an open still in flight stops at its next step
-  image = labels = reference = null;
+  interactive?.cancel();
+  image = labels = reference = mask = null;
   if (nv) showVolumes(nv, []);
   if (nvRef) showVolumes(nvRef, []);
   if (editing) stopEditing(); // after the volumes are gone: it redraws
@@ -79,6 +83,7 @@ async function openJob(jobId) {
     visible = new Set(Object.keys(card.labels).map(Number).filter((v) => v > 0));
     buildStructureList();
     buildPens();
+    interactive.buildTargets();
     buildPresets();
     const ct = card.modality === "CT"; // MR: automatic contrast (2nd-98th percentile)
     [image.cal_min, image.cal_max] = ct ? windowOf(CT_PRESETS[0]) : [image.robust_min, image.robust_max];
@@ -99,7 +104,7 @@ async function openJob(jobId) {
 function showLabels(volume, version) {
   volume.setColormapLabel(labelLut(card, visible)); // before the re-slice, which bakes it in
   labels = volume;
-  showVolumes(nv, [image, labels]);
+  showVolumes(nv, mask ? [image, labels, mask] : [image, labels]);
   viewer.labelVersion = version;
   $("pred-version").textContent = version ? `(label version ${version})` : "(model)";
   applyOpacity();
@@ -281,6 +286,7 @@ function onLocation(data) {
     voxel: fileVoxel(labels, data.mm),
   };
   renderReadout();
+  interactive.onVoxel(viewer.readout.voxel);
 }
 
 function onReferenceLocation(data) {
@@ -369,6 +375,22 @@ async function saveLabels() {
   } catch (error) {
     setState("error", error.message);
   }
+}
+
+// A committed interaction session: labels the reviewer named join the structure list (in yellow, the
+// mask's colour), and the new version is shown.
+async function onInteractiveCommit(version, names) {
+  for (const [value, name] of Object.entries(names)) {
+    card.labels[value] = name;
+    card.colors[value] ||= [255, 230, 0];
+    visible.add(Number(value));
+  }
+  buildStructureList();
+  buildPens();
+  interactive.buildTargets();
+  setDrawColours(nv, card);
+  showLabels(await decodeVolume(`/v1/jobs/${job.id}/result?version=${version}`, "labels.nii.gz"), version);
+  await loadVersions(job, version);
 }
 
 // --- keyboard ----------------------------------------------------------------------------------------------
@@ -474,6 +496,19 @@ function wire() {
   on("eraser", "click", () => setPen(Number($("pen").value) === 0 ? lastPen : 0));
   on("undo", "click", () => nv.drawUndo());
   on("save-labels", "click", saveLabels);
+  interactive = setupInteractive({
+    view: () => nv,
+    labels: () => labels,
+    job: () => job,
+    card: () => card,
+    showMask: (volume) => {
+      mask = volume;
+      if (!nv || !image) return;
+      showVolumes(nv, mask ? [image, labels, mask] : [image, labels]);
+      applyOpacity();
+    },
+    committed: onInteractiveCommit,
+  });
   on("accept", "click", () => postReview(job, "accepted"));
   on("reject", "click", () => postReview(job, "rejected"));
   document.addEventListener("keydown", onKey, true);

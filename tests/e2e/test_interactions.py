@@ -45,17 +45,7 @@ def istack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp, env)
     try:
         stack.start()
-        interactive = Proc("interactive", segserve("worker", "--queue", "interactive"), stack.env, stack.tmp)
-        stack.workers.append(interactive)
-        wait_for(
-            lambda: (
-                len(httpx.get(f"{stack.base_url}/readyz", timeout=5).json()["checks"]["workers"]["names"])
-                == 2
-            ),
-            90,
-            "the interactive worker",
-            interval=0.5,
-        )
+        stack.start_interactive_worker()
         yield stack
     finally:
         stack.stop()

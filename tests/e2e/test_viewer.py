@@ -190,7 +190,8 @@ def test_viewer_page_has_a_strict_content_security_policy(stack: Stack) -> None:
     with stack.client() as c:
         page = c.get("/viewer")
         scripts = [
-            c.get(f"/viewer/static/{name}") for name in ("viewer.js", "views.js", "page.js", "lesions.js")
+            c.get(f"/viewer/static/{name}")
+            for name in ("viewer.js", "views.js", "page.js", "lesions.js", "interactive.js")
         ]
         niivue = c.get("/viewer/static/niivue/index.js")
         unknown = c.get("/viewer/static/other.js")

@@ -147,6 +147,19 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def start_interactive_worker(self, timeout: float = 90) -> Proc:
+        """A worker of the `interactive` queue (interaction sessions' clicks), as `segserve up` starts one;
+        returns once the API sees it alive."""
+        before = len(self._worker_names())
+        worker = Proc("interactive", segserve("worker", "--queue", "interactive"), self.env, self.tmp)
+        self.workers.append(worker)
+        wait_for(lambda: len(self._worker_names()) > before, timeout, "the interactive worker", interval=0.5)
+        return worker
+
+    def _worker_names(self) -> list[str]:
+        checks = httpx.get(f"{self.base_url}/readyz", timeout=5).json()["checks"]
+        return list(checks["workers"].get("names", []))
+
     def wait_ready(self, timeout: float = 90) -> None:
         def ready() -> bool:
             return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200

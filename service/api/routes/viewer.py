@@ -42,6 +42,7 @@ _STATIC_FILES = {
     "worklist.js": "text/javascript",
     "review.js": "text/javascript",
     "lesions.js": "text/javascript",
+    "interactive.js": "text/javascript",
     "viewer.css": "text/css",
 }
 
