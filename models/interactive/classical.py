@@ -30,9 +30,10 @@ times). Holes are filled. Deterministic: no random numbers; ties are broken by s
 1 (so tolerances mean the same for CT and MR), smoothed by a Gaussian of ``smoothing_mm``, and the
 gradient magnitude of that (per mm) in whole units of ``edge_step``: noise below one step becomes flat, so
 the watershed floods it by distance from the seeds (skimage breaks ties by arrival) rather than racing
-along noise, which let the many face markers swamp a seed in a large even organ (the LiTS liver). An image over ``max_voxels`` is worked on every ``step``-th voxel (the finest
-axes coarsened first, after smoothing by at least half a step), and the mask is given back on the image's
-own grid by repeating each working voxel over its step (so its edges are as coarse as the step).
+along noise, which let the many face markers swamp a seed in a large even organ (the LiTS liver).
+An image over ``max_voxels`` is worked on every ``step``-th voxel (the finest axes coarsened first, after
+smoothing by at least half a step), and the mask is given back on the image's own grid by repeating each
+working voxel over its step (so its edges are as coarse as the step).
 """
 
 from __future__ import annotations
