@@ -43,7 +43,8 @@ import numpy as np
 from tests.support.browser import start_chromium
 
 REPO = Path(__file__).resolve().parents[1]
-SUBJECT_A = REPO.parent / "shared" / "data" / "mri-brain" / "subject-a"
+SHARED = Path(os.environ.get("SEGSERVE_SHARED_DIR", REPO.parent / "shared"))
+SUBJECT_A = SHARED / "data" / "mri-brain" / "subject-a"
 
 
 def _free_port() -> int:

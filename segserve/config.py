@@ -135,6 +135,24 @@ class Settings(BaseSettings):
         "the API checks nothing.",
     )
 
+    interactive_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="An interaction session (semi-automatic segmentation) unused for this long expires: its "
+        "prepared image is dropped from the interactive worker's memory and further calls answer 410.",
+    )
+    interactive_cache_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="Memory an interactive worker process keeps for prepared images of open sessions, MiB; "
+        "the least recently used session is dropped first (it is prepared again at its next click).",
+    )
+    interactive_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the API waits for an interactive worker's answer to one prompt before 503.",
+    )
+
     @property
     def min_free_disk_bytes(self) -> int:
         return self.min_free_disk_mb * 2**20

@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -19,14 +19,12 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
     Engine,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -34,28 +32,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores naive UTC (portable across SQLite and PostgreSQL), returns timezone-aware UTC."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; use timezone-aware UTC")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
+# Re-exported (callers import them from here); they live in db_base so table modules avoid a cycle.
+from segserve.db_base import Base as Base
+from segserve.db_base import UTCDateTime as UTCDateTime
+from segserve.db_base import utcnow as utcnow
 
 
 class JobStatus(enum.StrEnum):
@@ -82,10 +64,6 @@ class Role(enum.StrEnum):
     reviewer = "reviewer"
     researcher = "researcher"
     admin = "admin"
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class ApiKey(Base):
@@ -194,6 +172,11 @@ class LabelVersion(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     label_values: Mapped[list[int]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Added for interaction sessions (segserve.interactions); init_db adds them to older databases, where
+    # existing rows read None. label_names: {"<value>": name} of labels a reviewer added beyond the model
+    # card's; provenance: how the version was made ({"session_id", "engine", "prompts"}).
+    label_names: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class IntakeState(enum.StrEnum):
@@ -371,6 +354,8 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 _ADDITIVE_COLUMNS: list[tuple[str, str, str]] = [
     ("jobs", "priority", "VARCHAR(16) NOT NULL DEFAULT 'routine'"),
     ("jobs", "files_deleted_at", "TIMESTAMP NULL"),
+    ("label_versions", "label_names", "JSON NULL"),
+    ("label_versions", "provenance", "JSON NULL"),
 ]
 
 
@@ -393,6 +378,8 @@ def init_db(url: str) -> None:
     """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS). The API and the workers may
     start together on a database that lacks a table: PostgreSQL then refuses all but one CREATE TABLE
     (a duplicate type name), SQLite says the table already exists; the others look again and find it."""
+    import segserve.interactions  # noqa: F401  (its table joins Base.metadata before create_all)
+
     engine = get_engine(url)
     for attempt in range(3):
         try:

@@ -41,6 +41,17 @@ def create_app() -> FastAPI:
         title="segserve",
         version="0.1.0",
         description="Segmentation of CT and MRI scans: submit a scan, get a label volume and metrics.",
+        openapi_tags=[
+            {
+                "name": "interactions",
+                "description": "Semi-automatic segmentation on a succeeded job: a session takes prompts "
+                "(clicks, boxes, painted slices; voxel indices or scanner coordinates in mm, LPS), answers "
+                "each with the refined mask's summary within the request (computed by an interactive "
+                "worker on its own queue, which keeps the prepared image between clicks), undoes per "
+                "prompt, serves the mask as NIfTI, and commits it into a new label version. Sessions "
+                "unused for SEGSERVE_INTERACTIVE_TTL_S expire (410).",
+            }
+        ],
         lifespan=_lifespan,
     )
     problems.install(app)

@@ -16,7 +16,12 @@ from segserve.logging import setup_logging
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from shell.up import run_up
 
-    return run_up(settings, concurrency=args.concurrency, queue=args.queue)
+    return run_up(
+        settings,
+        concurrency=args.concurrency,
+        queue=args.queue,
+        interactive_concurrency=args.interactive_concurrency,
+    )
 
 
 def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,8 +40,10 @@ def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers import tasks  # noqa: F401  (registers the tasks and signal handlers)
-    from workers.celery_app import app, configure
+    from workers import interactive, tasks  # noqa: F401  (registers the tasks and signal handlers)
+    from workers.celery_app import INTERACTIVE_QUEUE, app, configure
+
+    interactive.ROLE["interactive"] = args.queue == INTERACTIVE_QUEUE
 
     configure(app, settings)
     init_db(settings.resolved_database_url)
@@ -283,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads models once)")
     up.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    up.add_argument(
+        "--interactive-concurrency",
+        type=int,
+        default=1,
+        help="processes of the interactive worker (interaction sessions' clicks; 0: none)",
+    )
     up.set_defaults(func=_cmd_up)
 
     api = sub.add_parser("api", help="run the API only (uvicorn)")
@@ -291,7 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queue", default="cpu", choices=["cpu", "gpu"])
+    worker.add_argument(
+        "--queue",
+        default="cpu",
+        choices=["cpu", "gpu", "interactive"],
+        help="interactive: interaction sessions' clicks only (their own worker, so none waits behind a job)",
+    )
     worker.add_argument("--concurrency", type=int, default=1)
     worker.set_defaults(func=_cmd_worker)
 

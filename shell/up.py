@@ -1,4 +1,5 @@
-"""`segserve up`: the API, one worker and (without SEGSERVE_REDIS_URL) an embedded broker, on one machine.
+"""`segserve up`: the API, one job worker, one interactive worker (interaction sessions' clicks, on their
+own queue) and (without SEGSERVE_REDIS_URL) an embedded broker, on one machine.
 
 Ctrl-C (SIGINT) or SIGTERM stops every process it started: the API and the worker first (the API finishes
 uploads in flight, the worker hands its running job back to the queue), the broker last.
@@ -106,7 +107,7 @@ class _Supervisor:
             self._spawn(name)
 
 
-def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
+def run_up(settings: Settings, *, concurrency: int, queue: str, interactive_concurrency: int = 1) -> int:
     data_dir = settings.resolved_data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = ensure_admin_key(settings)
@@ -139,6 +140,18 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
             # `segserve api`: the same uvicorn settings as a deployment (graceful shutdown included)
             "api": [sys.executable, "-m", "shell.cli", "api"],
         }
+        if interactive_concurrency > 0:
+            # Interaction sessions' clicks on their own queue and worker: never behind a long job.
+            commands["interactive worker"] = [
+                sys.executable,
+                "-m",
+                "shell.cli",
+                "worker",
+                "--queue",
+                "interactive",
+                "--concurrency",
+                str(interactive_concurrency),
+            ]
         supervisor = _Supervisor(commands, env)
         children = supervisor.children
         supervisor.start_all()
@@ -159,8 +172,9 @@ def run_up(settings: Settings, *, concurrency: int, queue: str) -> int:
         # worker hands its running job back to the queue (workers/shutdown.py) and exits within seconds.
         for proc in children.values():
             _signal(proc, signal.SIGTERM)
-        if "worker" in children:
-            _wait_or_kill(children["worker"], "worker", 30)
+        for name in ("worker", "interactive worker"):
+            if name in children:
+                _wait_or_kill(children[name], name, 30)
         if "api" in children:
             _wait_or_kill(children["api"], "api", settings.shutdown_grace_s + 10)
         if broker is not None:

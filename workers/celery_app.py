@@ -17,6 +17,10 @@ RUN_JOB = "segserve.run_job"
 RUN_EVALUATION = "segserve.run_evaluation"
 FINISH_EVALUATION = "segserve.finish_evaluation"
 QUEUES = ("cpu", "gpu")
+# Interaction sessions' prompts (#14) have a queue of their own, consumed by their own worker(s), so that a
+# click never waits behind a long job. Not a job queue: jobs cannot be sent there.
+INTERACT = "segserve.interact"
+INTERACTIVE_QUEUE = "interactive"
 
 # Message priorities on the Redis transport: kombu keeps one Redis list per priority step and per queue
 # and its BRPOP names the lists lowest step first, so a LOWER number is served FIRST (the reverse of
@@ -67,7 +71,7 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(q) for q in QUEUES],
+        task_queues=[Queue(q) for q in (*QUEUES, INTERACTIVE_QUEUE)],
         task_default_queue="cpu",
         task_default_priority=BROKER_PRIORITY[JobPriority.routine],
     )
@@ -112,3 +116,11 @@ def publish_committed_job(
         return
     with new_session(settings.resolved_database_url) as session:
         job_states.mark_enqueued(session, job_id)
+
+
+def send_interact(celery_app: Celery, session_id: str, request_id: str, expires_s: float) -> None:
+    """Publish one prompt's work (a session id and the id of the reply list the API waits on) to the
+    interactive queue. It expires with the API's wait: a click nobody waits for any more is not run."""
+    celery_app.send_task(
+        INTERACT, args=[session_id, request_id], queue=INTERACTIVE_QUEUE, expires=expires_s, priority=0
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 
 from celery import Task
 from celery.exceptions import Reject
@@ -13,8 +14,8 @@ from sqlalchemy.exc import OperationalError
 
 from segserve.config import get_settings
 from segserve.db import init_db, new_session
-from workers import evaluations, shutdown
-from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, RUN_JOB, app
+from workers import evaluations, interactive, shutdown
+from workers.celery_app import FINISH_EVALUATION, INTERACT, RUN_EVALUATION, RUN_JOB, app
 from workers.intake import IntakeLoop
 from workers.recovery import RecoveryLoop
 from workers.retention import RetentionLoop
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 _recovery: RecoveryLoop | None = None
 _intake: IntakeLoop | None = None
 _retention: RetentionLoop | None = None
+_alive_stop = threading.Event()
 
 
 @app.task(
@@ -73,6 +75,14 @@ def finish_evaluation_task(evaluation_id: str) -> str:
     return evaluations.finish_evaluation(get_settings(), evaluation_id)
 
 
+@app.task(name=INTERACT, acks_late=False, ignore_result=True, soft_time_limit=120, time_limit=150)
+def interact_task(session_id: str, request_id: str) -> str:
+    """One prompt of an interaction session: the mask for the session's prompts, answered on the request's
+    reply list. Acknowledged on receipt: a click lost with its worker is not worth re-running (the API
+    has answered 503 by then); the reviewer clicks again."""
+    return interactive.interact(get_settings(), session_id, request_id)
+
+
 @worker_process_init.connect
 def _init_process(**_: object) -> None:
     # Process-wide torch settings belong to the worker, not the model library.
@@ -100,6 +110,11 @@ def _start_recovery(sender: object = None, **_: object) -> None:
     shutdown.watch_pool(getattr(sender, "pool", None))  # the sender is the worker's consumer
     settings = get_settings()
     init_db(settings.resolved_database_url)
+    if interactive.ROLE["interactive"]:  # clicks only: the job workers run the loops below
+        threading.Thread(
+            target=interactive.keep_alive, args=(settings, _alive_stop), name="interactive-alive", daemon=True
+        ).start()
+        return
     _recovery = RecoveryLoop(app, settings)
     _recovery.start()
     _intake = IntakeLoop(app, settings)  # DICOMweb series that have gone quiet become jobs
@@ -115,6 +130,7 @@ def _start_recovery(sender: object = None, **_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_recovery(**_: object) -> None:
+    _alive_stop.set()
     if _recovery is not None:
         _recovery.stop()
     if _intake is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -43,7 +42,7 @@ class SliceMask:
     mask: np.ndarray
 
 
-Prompt = Union[Click, Box, SliceMask]
+Prompt = Click | Box | SliceMask
 
 
 class PromptError(ValueError):
@@ -58,7 +57,7 @@ def check_prompts(prompts: Sequence[Prompt], shape: Index3) -> None:
         elif isinstance(prompt, Box):
             _check_index(prompt.lo, shape, f"prompt {n} (box lo)")
             _check_index(prompt.hi, shape, f"prompt {n} (box hi)")
-            if any(lo > hi for lo, hi in zip(prompt.lo, prompt.hi)):
+            if any(lo > hi for lo, hi in zip(prompt.lo, prompt.hi, strict=True)):
                 raise PromptError(f"prompt {n} (box): lo {prompt.lo} must be <= hi {prompt.hi} on every axis")
         elif isinstance(prompt, SliceMask):
             if prompt.axis not in (0, 1, 2):
@@ -75,5 +74,5 @@ def check_prompts(prompts: Sequence[Prompt], shape: Index3) -> None:
 
 
 def _check_index(point: Index3, shape: Index3, what: str) -> None:
-    if len(point) != 3 or any(not 0 <= p < s for p, s in zip(point, shape)):
+    if len(point) != 3 or any(not 0 <= p < s for p, s in zip(point, shape, strict=True)):
         raise PromptError(f"{what}: voxel {tuple(point)} is outside the image of shape {shape}")

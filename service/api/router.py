@@ -8,6 +8,7 @@ from service.api.routes import (
     evaluations,
     health,
     intake,
+    interactions,
     jobs,
     keys,
     lesions,
@@ -30,6 +31,8 @@ api_router.include_router(keys.router)
 api_router.include_router(evaluations.router)
 api_router.include_router(audit.router)
 api_router.include_router(reviews.router)
+api_router.include_router(interactions.router)
+api_router.include_router(interactions.engines_router)
 api_router.include_router(viewer.router)
 api_router.include_router(worklist.router)
 api_router.include_router(viewer.page_router)

@@ -1,5 +1,5 @@
-"""`segserve up` with no Redis and no PostgreSQL configured: embedded broker, SQLite, one worker. A job goes
-through, and Ctrl-C leaves no process behind."""
+"""`segserve up` with no Redis and no PostgreSQL configured: embedded broker, SQLite, one job worker and
+one interactive worker. A job goes through, and Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
@@ -91,7 +91,10 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {key}"}
         wait_for(lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 120, "readiness")
         ready = httpx.get(f"{base}/readyz").json()
-        assert ready["checks"]["workers"]["count"] == 1
+        # the job worker and the interactive worker (interaction sessions' clicks, a queue of their own)
+        assert ready["checks"]["workers"]["count"] == 2
+        names = ready["checks"]["workers"]["names"]
+        assert any(n.startswith("cpu-") for n in names) and any(n.startswith("interactive-") for n in names)
 
         image, reference = brain_crop(tmp_path, size=40)
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
@@ -113,13 +116,13 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             )
             job_id = resp.json()["id"]
             wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 120, "the forward pass")
-            worker = next(pid for pid in _children(up.pid) if "shell.cli worker" in _cmdline(pid))
+            worker = next(pid for pid in _children(up.pid) if "shell.cli worker --queue cpu" in _cmdline(pid))
             os.kill(worker, signal.SIGKILL)
             done = wait_job(c, job_id, timeout=300)
             assert done["status"] == "succeeded" and done["attempts"] == 2, done
 
         started = _descendants(up.pid)
-        assert len(started) >= 4  # broker, api, worker and its pool child
+        assert len(started) >= 6  # broker, api, both workers and their pool children
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
         time.sleep(0.5)

@@ -8,12 +8,8 @@ HTTP too: the saved version differs from the model's exactly where painted. Wait
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -21,8 +17,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.browser import CHROMEDRIVER, CHROMIUM, start_chromium
-from tests.support.paths import REPO
 from tests.support.stack import Stack, wait_for, wait_job
 from tests.support.viewer import (
     ARTIFACTS,
@@ -31,37 +25,17 @@ from tests.support.viewer import (
     dicom_parts_with_patient,
     nifti,
 )
+from tests.support.viewer_page import chromium_or_skip, page, screenshot, select, wait_page, wait_state
 from tests.support.volumes import brain_crop
 
 pytestmark = pytest.mark.e2e
 MODEL = "brain-mri-structures"
 
 
-def _missing_browser() -> str | None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if importlib.util.find_spec("selenium") is None:
-        missing.append("the selenium package (pip install -e '.[test]')")
-    if missing:
-        return f"browser test needs {', '.join(missing)}: apt-get install -y chromium chromium-driver"
-    if not (REPO / "node_modules" / "@niivue" / "niivue" / "dist" / "index.js").exists():
-        return "NiiVue is not installed: run 'npm ci' in the repository root"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    reason = _missing_browser()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"segserve-chromium-{os.getpid()}"
-    driver = start_chromium(profile)
-    try:
+    with chromium_or_skip() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +59,6 @@ def jobs(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, st
 # --- page helpers ------------------------------------------------------------------------------------------
 
 
-def _wait_state(driver: Any, *states: str, timeout: float = 120) -> str:
-    def current() -> str | None:
-        state = driver.execute_script("return document.body.dataset.state")
-        if state == "error" and "error" not in states:
-            raise AssertionError(driver.execute_script("return window.segserveViewer.error"))
-        return state if state in states else None
-
-    return str(wait_for(current, timeout, f"page state {states}", interval=0.1))
-
-
-def _page(driver: Any, expression: str) -> Any:
-    return driver.execute_script(f"return window.segserveViewer.{expression}")
-
-
-def _wait_page(driver: Any, expression: str, what: str, timeout: float = 60) -> Any:
-    """Wait until the expression on window.segserveViewer is truthy and the page is idle again."""
-    value = wait_for(lambda: _page(driver, expression), timeout, what, interval=0.1)
-    _wait_state(driver, "loaded", timeout=timeout)
-    return value
-
-
 def _pixels(driver: Any, name: str, view: str = "prediction") -> np.ndarray:
     data_url = driver.execute_script("return window.segserveViewer.snapshot(arguments[0])", view)
     png = base64.b64decode(data_url.split(",", 1)[1])
@@ -115,17 +68,6 @@ def _pixels(driver: Any, name: str, view: str = "prediction") -> np.ndarray:
 
 def _count_colour(pixels: np.ndarray, rgb: tuple[int, ...], tol: int = 6) -> int:
     return int((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tol).sum())
-
-
-def _screenshot(driver: Any, name: str) -> None:
-    driver.save_screenshot(str(ARTIFACTS / f"viewer-{name}.png"))
-
-
-def _select(driver: Any, element_id: str, value: str) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    Select(driver.find_element(By.ID, element_id)).select_by_value(value)
 
 
 def _structure_to_check(labels: np.ndarray, colors: dict[str, list[int]]) -> int:
@@ -152,7 +94,7 @@ def _stroke(driver: Any, dx: int, dy: int, length: int) -> list[int]:
     for _ in range(length // 20):
         chain = chain.move_by_offset(20, 0)
     chain.release().perform()
-    return list(_page(driver, "readout.voxel"))
+    return list(page(driver, "readout.voxel"))
 
 
 # --- the reviewer's path ----------------------------------------------------------------------------------
@@ -178,25 +120,25 @@ def test_reviewer_opens_corrects_and_accepts_a_job(stack: Stack, jobs: dict[str,
 
     # Sign in, filter the worklist: only identifiers safe to display.
     browser.get(f"{stack.base_url}/viewer")
-    _wait_state(browser, "signed-out")
+    wait_state(browser, "signed-out")
     browser.find_element(By.ID, "api-key").send_keys(reviewer)
     browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
-    _wait_state(browser, "worklist")
-    _select(browser, "filter-status", "")
-    _wait_state(browser, "worklist")
+    wait_state(browser, "worklist")
+    select(browser, "filter-status", "")
+    wait_state(browser, "worklist")
     rows = {r.get_attribute("data-job") for r in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")}
     assert {job_id, jobs["dicom"]} <= rows
     assert_no_patient_data(browser.find_element(By.TAG_NAME, "body").text, "the worklist page")
-    _select(browser, "filter-review", "unreviewed")
-    _wait_state(browser, "worklist")
-    _screenshot(browser, "worklist")
+    select(browser, "filter-review", "unreviewed")
+    wait_state(browser, "worklist")
+    screenshot(browser, "worklist")
 
     # Open: the scan and the labels, two volume requests, one re-slice.
     browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]').click()
-    _wait_state(browser, "loaded", timeout=180)
+    wait_state(browser, "loaded", timeout=180)
     state = browser.execute_script("return JSON.parse(JSON.stringify(window.segserveViewer))")
     assert state["jobId"] == job_id and state["volumeLoads"] == 2 and state["reslices"] == 1
-    volume_requests = [r["url"] for r in _page(browser, "requestsSinceOpen()") if "/v1/jobs/" in r["url"]]
+    volume_requests = [r["url"] for r in page(browser, "requestsSinceOpen()") if "/v1/jobs/" in r["url"]]
     assert sorted(u.rsplit("/", 1)[1] for u in volume_requests if u.endswith(("image", "result"))) == [
         "image",
         "result",
@@ -209,65 +151,65 @@ def test_reviewer_opens_corrects_and_accepts_a_job(stack: Stack, jobs: dict[str,
     )
     shown = _count_colour(_pixels(browser, "overlay"), rgb)
     assert shown > 100, f"label {label} colour {rgb}: {shown} pixels"
-    _screenshot(browser, "overlay-on-anatomy")
-    assert _page(browser, "reslices") == 1
+    screenshot(browser, "overlay-on-anatomy")
+    assert page(browser, "reslices") == 1
 
     # Hiding the structure re-colours the overlay (one re-slice, nothing fetched or decoded again).
     browser.find_element(By.ID, f"struct-{label}").click()
-    _wait_page(browser, "lutUpdates === 1", "the colour table update")
+    wait_page(browser, "lutUpdates === 1", "the colour table update")
     hidden = _count_colour(_pixels(browser, "structure-hidden"), rgb)
     assert hidden <= shown // 20, f"{hidden} pixels of label {label} left after hiding it (shown: {shown})"
-    assert _page(browser, "volumeLoads") == 2 and _page(browser, "reslices") == 2
+    assert page(browser, "volumeLoads") == 2 and page(browser, "reslices") == 2
     browser.find_element(By.ID, f"struct-{label}").click()
-    _wait_page(browser, "lutUpdates === 2", "the structure shown again")
+    wait_page(browser, "lutUpdates === 2", "the structure shown again")
 
     # The crosshair readout names the structure and the intensity; arrow keys scroll slices.
-    before = _page(browser, "readout")
+    before = page(browser, "readout")
     assert {"structure", "label", "intensity", "voxel"} <= set(before)
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_UP)
     moved = wait_for(
-        lambda: (v := _page(browser, "readout.voxel")) != before["voxel"] and v, 30, "the crosshair to move"
+        lambda: (v := page(browser, "readout.voxel")) != before["voxel"] and v, 30, "the crosshair to move"
     )
 
     # The reference beside the prediction: fetched now (once), in a second view that follows the first.
     browser.find_element(By.ID, "show-reference").click()
-    _wait_page(browser, "referenceShown", "the reference view")
-    assert _page(browser, "volumeLoads") == 3 and _page(browser, "reslices") == 4
+    wait_page(browser, "referenceShown", "the reference view")
+    assert page(browser, "volumeLoads") == 3 and page(browser, "reslices") == 4
     assert _count_colour(_pixels(browser, "reference", view="reference"), rgb) > 100
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN)
-    wait_for(lambda: _page(browser, "readout.voxel") != moved, 30, "the crosshair to move back")
-    crosshairs = _page(browser, "crosshairMM()")
+    wait_for(lambda: page(browser, "readout.voxel") != moved, 30, "the crosshair to move back")
+    crosshairs = page(browser, "crosshairMM()")
     np.testing.assert_allclose(crosshairs["prediction"], crosshairs["reference"], atol=1e-3)
-    assert "reference" in _page(browser, "readout")
-    _screenshot(browser, "reference-beside-prediction")
+    assert "reference" in page(browser, "readout")
+    screenshot(browser, "reference-beside-prediction")
     browser.find_element(By.ID, "show-reference").click()
-    wait_for(lambda: not _page(browser, "referenceShown"), 30, "the reference view hidden")
+    wait_for(lambda: not page(browser, "referenceShown"), 30, "the reference view hidden")
 
     # Brush: one axial slice, a label pen chosen in the page (the rarest predicted structure), then the
     # eraser on another row. Drawing costs no re-slice; saving costs one.
     counts = np.bincount(predicted.ravel(), minlength=len(colors))
     pen = int(min((v for v in range(1, len(colors)) if v != label), key=lambda v: counts[v]))
-    _select(browser, "layout", "axial")
+    select(browser, "layout", "axial")
     browser.find_element(By.ID, "edit").click()
-    wait_for(lambda: _page(browser, "editing"), 30, "drawing mode")
-    _select(browser, "pen", str(pen))
-    _select(browser, "pen-size", "3")
+    wait_for(lambda: page(browser, "editing"), 30, "drawing mode")
+    select(browser, "pen", str(pen))
+    select(browser, "pen-size", "3")
     painted_at = _stroke(browser, -100, 60, 200)
     browser.find_element(By.ID, "eraser").click()
     erased_at = _stroke(browser, -100, -60, 200)
-    _screenshot(browser, "drawing")
-    assert _page(browser, "reslices") == 4
+    screenshot(browser, "drawing")
+    assert page(browser, "reslices") == 4
     browser.find_element(By.ID, "version-comment").send_keys("painted and erased one row each")
     browser.find_element(By.ID, "save-labels").click()
-    version = _wait_page(browser, "savedVersion", "the corrected labels saved", timeout=120)
-    assert _page(browser, "labelVersion") == version and _page(browser, "reslices") == 5
+    version = wait_page(browser, "savedVersion", "the corrected labels saved", timeout=120)
+    assert page(browser, "labelVersion") == version and page(browser, "reslices") == 5
     # The crosshair (which followed the pen) moved off both rows, within the slice, to show them.
     ActionChains(browser).move_to_element_with_offset(
         browser.find_element(By.ID, "gl"), 0, 250
     ).click().perform()
-    wait_for(lambda: _page(browser, "readout.voxel") != erased_at, 30, "the crosshair moved")
-    _screenshot(browser, "corrected")
-    _select(browser, "layout", "multiplanar")
+    wait_for(lambda: page(browser, "readout.voxel") != erased_at, 30, "the crosshair moved")
+    screenshot(browser, "corrected")
+    select(browser, "layout", "multiplanar")
 
     with stack.client() as c:
         assert c.get(f"/v1/jobs/{job_id}/result").content == model_result  # the model's result is kept
@@ -283,19 +225,19 @@ def test_reviewer_opens_corrects_and_accepts_a_job(stack: Stack, jobs: dict[str,
     browser.find_element(By.ID, "review-comment").send_keys("corrected and accepted")
     browser.find_element(By.ID, "accept").click()
     wait_for(lambda: "accepted" in browser.find_element(By.ID, "review-state").text, 30, "review shown")
-    _screenshot(browser, "accepted")
+    screenshot(browser, "accepted")
     with stack.client() as c:
         review = c.get(f"/v1/jobs/{job_id}/review").json()
     assert review["state"] == "accepted" and review["latest"]["comment"] == "corrected and accepted"
     assert review["latest"]["key_id"] == reviewer.split("_")[1]
     assert review["latest"]["label_version"] == version
     browser.find_element(By.ID, "back").click()
-    _wait_state(browser, "worklist")
-    _select(browser, "filter-review", "accepted")
-    _wait_state(browser, "worklist")
+    wait_state(browser, "worklist")
+    select(browser, "filter-review", "accepted")
+    wait_state(browser, "worklist")
     row = browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]')
     assert row.find_elements(By.TAG_NAME, "td")[-1].text == "accepted"
-    _screenshot(browser, "worklist-accepted")
+    screenshot(browser, "worklist-accepted")
     _assert_no_csp_violations(browser)
 
 

@@ -10,7 +10,7 @@ import shutil
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -123,11 +123,45 @@ def get_review(job_id: str, session: SessionDep, _key: CanReadJobs) -> ReviewSta
 
 class LabelVersionPublic(BaseModel):
     version: int
-    key_id: str | None
+    key_id: str | None = Field(description="Who saved it (API key id); null for the model's result")
     comment: str
     label_values: list[int]
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names of the labels in this version that reviewers added beyond the model card's "
+        "(value -> name)",
+    )
+    provenance: dict[str, Any] | None = Field(
+        default=None,
+        description="How the version was made when not uploaded: an interaction session's commit records "
+        "{session_id, engine, prompts (voxel indices), target, base_version}",
+    )
     created_at: datetime | None
     href: str
+
+
+def version_public(row: LabelVersion) -> LabelVersionPublic:
+    return LabelVersionPublic(
+        version=row.version,
+        key_id=row.key_id,
+        comment=row.comment,
+        label_values=row.label_values,
+        label_names=row.label_names or {},
+        provenance=row.provenance,
+        created_at=row.created_at,
+        href=f"/v1/jobs/{row.job_id}/result?version={row.version}",
+    )
+
+
+def named_labels(session: Session, job_id: str) -> dict[int, str]:
+    """Labels reviewers added to a job's versions (value -> name; a later version's name wins)."""
+    rows = session.scalars(
+        select(LabelVersion).where(LabelVersion.job_id == job_id).order_by(LabelVersion.version)
+    ).all()
+    names: dict[int, str] = {}
+    for row in rows:
+        names.update({int(v): n for v, n in (row.label_names or {}).items()})
+    return names
 
 
 class LabelVersionList(BaseModel):
@@ -157,17 +191,7 @@ def _versions(session: Session, job: Job) -> LabelVersionList:
     rows = session.scalars(
         select(LabelVersion).where(LabelVersion.job_id == job.id).order_by(LabelVersion.version)
     ).all()
-    items += [
-        LabelVersionPublic(
-            version=r.version,
-            key_id=r.key_id,
-            comment=r.comment,
-            label_values=r.label_values,
-            created_at=r.created_at,
-            href=f"{base}?version={r.version}",
-        )
-        for r in rows
-    ]
+    items += [version_public(r) for r in rows]
     return LabelVersionList(job_id=job.id, latest=items[-1].version, items=items)
 
 
@@ -197,10 +221,29 @@ def _validated_labels(upload: Path, result: Volume, allowed_values: set[int]) ->
 def _store_version(
     settings: Settings, job_id: str, upload: Path, allowed: set[int], key_id: str, comment: str
 ) -> LabelVersion:
-    """Claim the next version number with the row (unique per job), then write its file atomically; the
-    row is removed again if the write fails. Existing files are never touched."""
+    """Validate an uploaded label volume against the result's grid and the allowed values, and save it."""
     result = read_labels([JobFiles(settings.jobs_dir, job_id).labels_version(0)])
     array, values = _validated_labels(upload, result, allowed)
+    with new_session(settings.resolved_database_url) as session:
+        names = named_labels(session, job_id)
+    kept = {str(v): names[v] for v in values if v in names}
+    return save_version(settings, job_id, array, result, key_id, comment, values, kept or None)
+
+
+def save_version(
+    settings: Settings,
+    job_id: str,
+    array: np.ndarray,
+    like: Volume,
+    key_id: str,
+    comment: str,
+    values: list[int],
+    label_names: dict[str, str] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> LabelVersion:
+    """Claim the next version number with the row (unique per job), then write `array` (uint8 labels on
+    `like`'s grid) as its file atomically; the row is removed again if the write fails. Existing files
+    are never touched."""
     with new_session(settings.resolved_database_url) as session:
         current = session.scalar(select(func.max(LabelVersion.version)).where(LabelVersion.job_id == job_id))
         row = LabelVersion(
@@ -210,6 +253,8 @@ def _store_version(
             key_id=key_id,
             comment=comment,
             label_values=values,
+            label_names=label_names,
+            provenance=provenance,
         )
         session.add(row)
         try:
@@ -220,7 +265,7 @@ def _store_version(
                 409, "another label version was saved at the same time; retry", code="version_conflict"
             ) from None
         try:
-            write_labels_nifti(array, result, JobFiles(settings.jobs_dir, job_id).labels_version(row.version))
+            write_labels_nifti(array, like, JobFiles(settings.jobs_dir, job_id).labels_version(row.version))
         except BaseException:
             session.delete(row)
             session.commit()
@@ -228,11 +273,18 @@ def _store_version(
         return row
 
 
-def _allowed_values(catalog: Catalog, model_id: str) -> set[int]:
+def card_labels(catalog: Catalog, model_id: str) -> dict[int, str]:
     try:
-        return set(catalog.card(model_id).labels)
+        return dict(catalog.card(model_id).labels)
     except KeyError:
         raise Problem(422, f"model '{model_id}' is no longer in the catalog", code="unknown_model") from None
+
+
+def _allowed_values(catalog: Catalog, settings: Settings, job_id: str, model_id: str) -> set[int]:
+    """The model card's labels and those reviewers named in the job's earlier versions."""
+    with new_session(settings.resolved_database_url) as session:
+        named = named_labels(session, job_id)
+    return set(card_labels(catalog, model_id)) | set(named)
 
 
 @router.post(
@@ -251,7 +303,7 @@ async def post_labels(
     key: CanWriteReviews,
 ) -> LabelVersionPublic:
     job = _succeeded_job(session, job_id)
-    allowed = await run_in_threadpool(_allowed_values, catalog, job.model_id)
+    allowed = await run_in_threadpool(_allowed_values, catalog, settings, job.id, job.model_id)
     content_type = request.headers.get("content-type", "")
     staging = new_staging_dir(settings.staging_dir)
     try:
@@ -275,11 +327,4 @@ async def post_labels(
         row = await run_in_threadpool(_store_version, settings, job.id, upload, allowed, key.id, comment)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return LabelVersionPublic(
-        version=row.version,
-        key_id=row.key_id,
-        comment=row.comment,
-        label_values=row.label_values,
-        created_at=row.created_at,
-        href=f"/v1/jobs/{job.id}/result?version={row.version}",
-    )
+    return version_public(row)
