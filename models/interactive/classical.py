@@ -6,26 +6,34 @@ fewer voxels along its slice axis than in plane.
 
 What a prompt set means:
 - a foreground click seeds the structure; the intensities in a ball of ``stats_radius_mm`` around it
-  (median, and 1.4826 x the median absolute deviation as a robust standard deviation) give the range the
-  structure may take, ``median +- tolerance x deviation``; each foreground click brings its own range, and
-  the structure may take any of them (a second click on a darker part widens what is accepted);
-- a background click seeds the outside: it competes with the foreground seeds for the voxels in range;
-- a box (drawn on one slice) confines the structure to the box in its two in-plane axes (on every slice)
-  and seeds its centre; the box's central half gives the intensity statistics;
+  (median, and 1.4826 x the median absolute deviation as a robust standard deviation, kept within
+  [``min_deviation``, ``max_deviation``]) give the range it grows into, ``median +- tolerance x deviation``;
+- a background click seeds the outside: it competes with every foreground seed for the voxels in range;
+- a box (drawn on one slice, lo == hi along its normal) confines its structure to the box in the two
+  in-plane axes, on every slice, and seeds its centre; the box's central half gives the statistics;
+- each foreground click and each box grows its own region (with all background clicks competing) and
+  the mask is their union, so a further foreground click can only add: a click on a darker part of a
+  heterogeneous structure does not re-weigh the rest;
 - painted slices (:class:`SliceMask`) are filled between (:mod:`models.interactive.fill`) and added to the
-  mask as painted; clicks and boxes add what they grow. Background clicks steer the growth only.
+  mask as painted; background clicks steer the growth from clicks and boxes only.
+The mask is a function of the prompt set alone (no state between calls), so undo is segmenting again
+without the last prompt. Background clicks without any foreground seed give an empty mask.
 
-Algorithm: work in a region of interest (ROI), the bounding box of the foreground clicks and boxes grown
-by ``margin_mm`` on every side (clipped to the image). Voxels in range are the candidates; a marker-based
-watershed (scikit-image) on the gradient magnitude floods them from the foreground seeds (label 1) and
-from the background seeds plus the ROI's faces inside the image (label 2), so the structure stops at the
-strongest edges between the seeds and never reaches the ROI's border. When the structure touches that
-border's inner layer the ROI was too small: the margin doubles (at most ``max_grow`` times) and it runs
-again. Holes are filled. Everything is deterministic: no random numbers, ties broken by scan order.
+Algorithm (per seed): a region of interest (ROI), the seed's bounding box grown by ``margin_mm`` on every
+side and clipped to the image. Voxels in range are the candidates; a marker-based watershed
+(scikit-image) on the gradient magnitude floods them from the seed (label 1) and from the background
+clicks plus the ROI's faces that lie inside the image (label 2), so the structure stops at the strongest
+edges between them. When the structure reaches the ROI's faces the margin doubles (at most ``max_grow``
+times). Holes are filled. Deterministic: no random numbers; ties are broken by scan order.
 
 ``prepare`` does the whole-image work once: intensities scaled so the 1st and 99th percentiles are 0 and
 1 (so tolerances mean the same for CT and MR), smoothed by a Gaussian of ``smoothing_mm``, and the
-gradient magnitude of that; a click then only touches its ROI.
+gradient magnitude of that (per mm) in whole units of ``edge_step``: noise below one step becomes flat, so
+the watershed floods it by distance from the seeds (skimage breaks ties by arrival) rather than racing
+along noise, which let the many face markers swamp a seed in a large even organ (the LiTS liver).
+An image over ``max_voxels`` is worked on every ``step``-th voxel (the finest axes coarsened first, after
+smoothing by at least half a step), and the mask is given back on the image's own grid by repeating each
+working voxel over its step (so its edges are as coarse as the step).
 """
 
 from __future__ import annotations
@@ -80,11 +88,12 @@ class ClassicalEngine:
     smoothing_mm: float = 1.0
     min_deviation: float = 0.02
     max_deviation: float = 0.05
-    max_grow: int = 3
+    max_grow: int = 1
     border_background: bool = True
     opening_mm: float = 0.0
     per_seed: bool = True
-    max_voxels: int = 4_000_000
+    max_voxels: int = 1_000_000
+    edge_step: float = 0.02
 
     def prepare(self, image: np.ndarray, spacing_mm: tuple[float, float, float]) -> ClassicalPrepared:
         """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype)."""
@@ -113,6 +122,10 @@ class ClassicalEngine:
             derivative = ndimage.sobel(smoothed, axis=axis) / np.float32(8.0 * s)
             gradient += derivative * derivative
         np.sqrt(gradient, out=gradient)
+        if self.edge_step > 0:
+            # Gradient below one step (noise) becomes flat, where the watershed floods by distance from
+            # the seeds instead of racing along noise; edges of several steps still stop it.
+            gradient = np.floor(gradient / np.float32(self.edge_step)).astype(np.float32)
         return ClassicalPrepared(smoothed, gradient, spacing, image_shape, step)
 
     def segment(self, prepared: ClassicalPrepared, prompts: Sequence[Prompt]) -> np.ndarray:
