@@ -41,9 +41,9 @@ import torch
 from models.bundle.build import IMAGE_KEY, Pipeline
 from models.bundle.predictor import BundlePredictor, case_data
 from models.card import ModelCard, ModelUnavailable
+from models.interactive.model_engines import GUIDANCE_FROM_POINTS
 from models.interactive.prompts import Click, Prompt, PromptError, check_prompts
 
-GUIDANCE_FROM_POINTS = "AddGuidanceFromPointsDeepEditd"
 BACKGROUND = "background"  # the label name DeepEdit gives background clicks
 
 
@@ -65,15 +65,6 @@ class PreparedDeepEdit:
         """Bytes of the pre-processed image held for the session."""
         image = self.data[IMAGE_KEY]
         return int(image.numel() * image.element_size()) if isinstance(image, torch.Tensor) else 0
-
-
-def is_deepedit_config(config: Any) -> bool:
-    """Whether a bundle config (plain data, never evaluated) uses DeepEdit's click guidance."""
-    if isinstance(config, dict):
-        return any(is_deepedit_config(v) for v in config.values())
-    if isinstance(config, list):
-        return any(is_deepedit_config(v) for v in config)
-    return isinstance(config, str) and config.rsplit(".", 1)[-1] == GUIDANCE_FROM_POINTS
 
 
 def _steps(pipeline: Pipeline) -> list[Any]:

@@ -26,7 +26,8 @@ from models.card import ModelUnavailable
 from models.catalog import Catalog
 from models.formats import InstallOptions
 from models.install import install_models
-from models.interactive.deepedit import DeepEditEngine, PreparedDeepEdit, is_deepedit_config
+from models.interactive.deepedit import DeepEditEngine, PreparedDeepEdit
+from models.interactive.model_engines import available_model_engines, is_deepedit_config, model_engine
 from models.interactive.prompts import Box, Click, PromptError
 from models.testing.zoo import config_file, seed_bundle
 from tests.support.paths import DATA, SHARED
@@ -157,3 +158,17 @@ def test_deepedit_configs_are_recognised_as_data() -> None:
         pytest.skip(f"{ZOO} not found")
     assert is_deepedit_config(json.loads(config_file(ZOO).read_text()))
     assert not is_deepedit_config(json.loads(config_file(ZOO.parent / "spleen_ct_segmentation").read_text()))
+
+
+def test_registry_lists_and_loads_installed_deepedit_bundles(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, models = installed
+    assert available_model_engines(models) == [f"deepedit:{MODEL}"]
+    assert available_model_engines(tmp_path) == []
+    loaded = model_engine(f"deepedit:{MODEL}:spleen", models)
+    assert (
+        isinstance(loaded, DeepEditEngine) and loaded.name == f"deepedit:{MODEL}" and loaded.label_value == 1
+    )
+    with pytest.raises(ModelUnavailable, match="no label 'liver'"):
+        model_engine(f"deepedit:{MODEL}:liver", models)
