@@ -41,7 +41,6 @@ import torch
 from models.bundle.build import IMAGE_KEY, Pipeline
 from models.bundle.predictor import BundlePredictor, case_data
 from models.card import ModelCard, ModelUnavailable
-from models.interactive.model_engines import GUIDANCE_FROM_POINTS
 from models.interactive.prompts import Click, Prompt, PromptError, check_prompts
 
 BACKGROUND = "background"  # the label name DeepEdit gives background clicks
@@ -87,15 +86,18 @@ class DeepEditEngine:
         Raises:
             ModelUnavailable: the bundle is not a DeepEdit bundle, or ``label`` is not one of its labels.
         """
+        from monai.apps.deepedit.transforms import AddGuidanceFromPointsDeepEditd
+
         steps = _steps(pipeline)
-        names = [type(step).__name__ for step in steps]
-        if GUIDANCE_FROM_POINTS not in names:
+        reader = next((s for s in steps if isinstance(s, AddGuidanceFromPointsDeepEditd)), None)
+        if reader is None:
             raise ModelUnavailable(
-                f"model {model_id} is not a DeepEdit bundle: its preprocessing has no {GUIDANCE_FROM_POINTS}"
+                f"model {model_id} is not a DeepEdit bundle: its preprocessing has no "
+                "AddGuidanceFromPointsDeepEditd"
             )
         # the first step that reads clicks: everything before it is computed once in prepare()
-        self._split = next(i for i, n in enumerate(names) if "Guidance" in n)
-        label_names = dict(getattr(steps[names.index(GUIDANCE_FROM_POINTS)], "label_names", {}) or {})
+        self._split = next(i for i, s in enumerate(steps) if "Guidance" in type(s).__name__)
+        label_names = dict(reader.label_names or {})
         targets = [n for n in label_names if n != BACKGROUND]
         if label is None:
             if len(targets) != 1:

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.bundle.build import _bundle_on_path
+from models.bundle.build import _bundle_on_path, build
 from models.card import ModelUnavailable
 from models.catalog import Catalog
 from models.formats import InstallOptions
@@ -29,6 +29,7 @@ from models.install import install_models
 from models.interactive.deepedit import DeepEditEngine, PreparedDeepEdit
 from models.interactive.model_engines import available_model_engines, is_deepedit_config, model_engine
 from models.interactive.prompts import Box, Click, PromptError
+from models.testing.make_bundle import write_unet_bundle
 from models.testing.zoo import config_file, seed_bundle
 from tests.support.paths import DATA, SHARED
 
@@ -134,7 +135,7 @@ def test_prepare_once_segment_many_is_a_function_of_the_clicks(
     np.testing.assert_array_equal(first, again)
 
 
-def test_refusals(engine: DeepEditEngine, installed: tuple[Path, Path], scan: Any) -> None:
+def test_refusals(engine: DeepEditEngine, installed: tuple[Path, Path], scan: Any, tmp_path: Path) -> None:
     _, models = installed
     _, array, _ = scan
     prepared = engine.prepare(array[:8, :8, :4], (1.0, 1.0, 1.0))
@@ -144,6 +145,8 @@ def test_refusals(engine: DeepEditEngine, installed: tuple[Path, Path], scan: An
         engine.segment(prepared, [Click((8, 1, 1))])
     with pytest.raises(ModelUnavailable, match="no label 'liver'"):
         DeepEditEngine(engine.pipeline, MODEL, label="liver")
+    with pytest.raises(ModelUnavailable, match="not a DeepEdit bundle"):
+        DeepEditEngine(build(write_unet_bundle(tmp_path / "unet")), "unet")
     card = Catalog(models).card(MODEL)
     with pytest.raises(ModelUnavailable, match=r"missing|changed|does not match"):
         (models / "bundles" / MODEL / "models" / "model.pt").rename(models / "elsewhere.pt")
