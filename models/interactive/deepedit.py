@@ -110,7 +110,8 @@ class DeepEditEngine:
         self.label = label
         self.label_value = int(label_names[label])
         self.device = torch.device(device)
-        self.name = f"deepedit:{model_id}"
+        # the registry's name (models.interactive.model_engines): the label only where there is a choice
+        self.name = f"deepedit:{model_id}" if len(targets) == 1 else f"deepedit:{model_id}:{label}"
 
     @classmethod
     def load(
@@ -124,6 +125,26 @@ class DeepEditEngine:
         """
         predictor = BundlePredictor.load(card, models_dir, device)
         return cls(predictor.pipeline, card.id, label, device)
+
+    @classmethod
+    def from_folder(
+        cls, directory: Path, label: str | None = None, device: str = "cpu", trusted: bool = False
+    ) -> DeepEditEngine:
+        """The engine of a bundle folder that is not installed (scripts, benches): built by
+        models.bundle.build as install checks it; ``trusted``: its code ($ expressions, scripts/) may run.
+
+        Raises:
+            ModelUnavailable: the bundle cannot be built (the element named), is not DeepEdit, or has no
+                such label.
+        """
+        from models.bundle.build import build
+        from models.bundle.config import BundleError
+
+        try:
+            pipeline = build(Path(directory), device, trusted=trusted)
+        except BundleError as exc:
+            raise ModelUnavailable(f"bundle {Path(directory).name}: {exc}") from None
+        return cls(pipeline, Path(directory).name, label, device)
 
     def prepare(
         self,

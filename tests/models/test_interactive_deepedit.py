@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.bundle.build import _bundle_on_path, build
+from models.bundle.build import _bundle_on_path
 from models.card import ModelUnavailable
 from models.catalog import Catalog
 from models.formats import InstallOptions
@@ -146,7 +146,9 @@ def test_refusals(engine: DeepEditEngine, installed: tuple[Path, Path], scan: An
     with pytest.raises(ModelUnavailable, match="no label 'liver'"):
         DeepEditEngine(engine.pipeline, MODEL, label="liver")
     with pytest.raises(ModelUnavailable, match="not a DeepEdit bundle"):
-        DeepEditEngine(build(write_unet_bundle(tmp_path / "unet")), "unet")
+        DeepEditEngine.from_folder(write_unet_bundle(tmp_path / "unet"))
+    with pytest.raises(ModelUnavailable, match="--trust-code"):  # its config runs code
+        DeepEditEngine.from_folder(models / "bundles" / MODEL)
     card = Catalog(models).card(MODEL)
     with pytest.raises(ModelUnavailable, match=r"missing|changed|does not match"):
         (models / "bundles" / MODEL / "models" / "model.pt").rename(models / "elsewhere.pt")
