@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
+# nnInteractive's inference session (models/interactive/nninteractive.py), 680 KB of Python. Without its
+# dependencies: it declares nnunetv2>=2.7, which would replace the nnunet extra's 2.6.0 and pull
+# dynamic-network-architectures 0.4 with a torchvision that does not load beside the pinned torch; what its
+# session imports (acvl-utils, batchgenerators, blosc2, nnunetv2) comes with the nnunet extra.
+NNINTERACTIVE := nninteractive==2.6.0
 LESION_REFERENCES := panoptica==2.1.7 brats-evaluation==0.0.10 connected-components-3d==3.29.0 \
 	ruamel.yaml==0.19.1 plotly==5.24.1 tenacity==9.2.1
 
@@ -22,6 +27,7 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	# dependencies: they pin numpy<2.3 and pandas<3, which would move the project's numpy and pandas; they
 	# run with ours (checked), and what they import is listed here.
 	$(BIN)/pip install --quiet --no-deps $(LESION_REFERENCES)
+	$(BIN)/pip install --quiet --no-deps $(NNINTERACTIVE)
 	touch $@
 
 setup: $(VENV)/.installed
