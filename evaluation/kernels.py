@@ -3,9 +3,9 @@
 numpy needs a full-size temporary for each step of these (combined index, masks, coordinates); a loop that
 reads each voxel once keeps them at the memory-bandwidth floor and needs no temporary of the volume's size.
 All functions release the GIL (`nogil`), so callers can run them on several threads, and compile once per
-argument type (cached on disk next to this file, or numba's user cache where that is read-only).
+argument type (cached on disk: see `_jit`).
 
-Arrays are 3D here; callers view 1D and 2D arrays as 3D (see `evaluation.volumes`). Indices and boxes are
+Arrays are 3D here; callers view 1D and 2D arrays as 3D (see `evaluation.scan`). Indices and boxes are
 in the array's own axis order. Bit masks hold one bit per voxel of a box, packed along its last axis
 (voxel x of a row is bit ``x & 7`` of byte ``x >> 3``).
 """
@@ -13,12 +13,24 @@ in the array's own axis order. Bit masks hold one bit per voxel of a box, packed
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 
 
-@numba.njit(nogil=True, cache=True)
+def _jit(fn: Callable[..., Any]) -> Any:
+    """``numba.njit`` without the GIL, cached on disk where numba finds a writable place (next to this
+    file, $NUMBA_CACHE_DIR, or the user's cache directory); without a cache (compiled again in each
+    process, a few seconds) where none is writable, rather than failing at import."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_jit
 def _grow(box, v, z, y, x0, x1) -> None:  # type: ignore[no-untyped-def]
     if z < box[v, 0]:
         box[v, 0] = z
@@ -34,7 +46,7 @@ def _grow(box, v, z, y, x0, x1) -> None:  # type: ignore[no-untyped-def]
         box[v, 5] = x1 - 1
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _flush(p, r, z, y, x0, x1, hist, box_p, box_r, seen) -> None:  # type: ignore[no-untyped-def]
     # one run of voxels [x0, x1) of row (z, y) with prediction p and reference r
     n_hist, n_box = hist.shape[0], box_p.shape[0]
@@ -50,7 +62,7 @@ def _flush(p, r, z, y, x0, x1, hist, box_p, box_r, seen) -> None:  # type: ignor
         _grow(box_r, r, z, y, x0, x1)
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def scan_labels(pred, ref, z0, z1, hist, box_p, box_r, seen) -> None:  # type: ignore[no-untyped-def]
     """Joint histogram and per-value bounding boxes of rows z0..z1 (first axis) of two 3D label arrays.
 
@@ -97,7 +109,7 @@ def scan_labels(pred, ref, z0, z1, hist, box_p, box_r, seen) -> None:  # type: i
             _flush(np.int64(prow[start]), np.int64(rrow[start]), z, y, start, nx, hist, box_p, box_r, seen)
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def edge_bits(labels, region, lut, boxes, starts, active, bits, counts) -> None:  # type: ignore[no-untyped-def]
     """Marks the surface voxels of several structures within ``region`` (6,) int64 (start, stop along axes
     0, 1, 2), each in its box's bit mask.
@@ -167,12 +179,12 @@ def edge_bits(labels, region, lut, boxes, starts, active, bits, counts) -> None:
                     counts[k] += 1
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def _bit(bits, z, y, x) -> bool:  # type: ignore[no-untyped-def]
     return (bits[z, y, x >> 3] >> (x & 7)) & 1 == 1
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def directed_distances(src, dst, shape, spacing, offsets, offset_d2, out) -> int:  # type: ignore[no-untyped-def]
     """Distance (mm) from each marked voxel of ``src`` to the nearest marked voxel of ``dst``.
 
@@ -233,7 +245,7 @@ def directed_distances(src, dst, shape, spacing, offsets, offset_d2, out) -> int
     return n_far
 
 
-@numba.njit(nogil=True, cache=True)
+@_jit
 def bit_indices(bits, shape, out) -> None:  # type: ignore[no-untyped-def]
     """Indices (Z, Y, X) of the marked voxels of a bit mask, in C order, into ``out`` (N, 3) int32."""
     i = 0

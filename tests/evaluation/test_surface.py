@@ -184,8 +184,8 @@ def test_edges_and_distances_equal_whole_box_masks_and_a_kd_tree(window_voxels: 
     copy, anisotropic spacing)."""
     import nibabel as nib
 
+    from evaluation.edges import Edges
     from evaluation.scan import scan, views
-    from evaluation.surface import _Edges
     from tests.support.paths import DATA, require_shared
 
     require_shared()
@@ -200,7 +200,7 @@ def test_edges_and_distances_equal_whole_box_masks_and_a_kd_tree(window_voxels: 
     found = scan(pred, ref, 0, 3)
     boxes = [found.union_box(1), found.union_box(2)]
     assert boxes[0] is not None and boxes[1] is not None
-    for value, box, edges in zip((1, 2), boxes, _Edges.of(pred, ref, [1, 2], boxes), strict=True):
+    for value, box, edges in zip((1, 2), boxes, Edges.of(pred, ref, [1, 2], boxes), strict=True):
         whole = pred.box_to_array(box)
         whole_pred, whole_ref = edge_mask(prediction[whole] == value), edge_mask(reference[whole] == value)
         np.testing.assert_array_equal(
