@@ -189,9 +189,16 @@ def structure_overlaps(
     voxel_volume_mm3: float,
 ) -> list[StructureOverlap]:
     """Dice, IoU and volumes for each structure in `labels` (label 0, background, is skipped)."""
+    values = sorted(int(v) for v in labels if v > 0)
+    return _overlaps_from_confusion(label_confusion(prediction, reference, values), labels, voxel_volume_mm3)
+
+
+def _overlaps_from_confusion(
+    cm: np.ndarray, labels: Mapping[int, str], voxel_volume_mm3: float
+) -> list[StructureOverlap]:
     ml_per_voxel = voxel_volume_mm3 / 1000.0
     out: list[StructureOverlap] = []
-    for counts in overlap_counts(prediction, reference, (v for v in labels if v > 0)):
+    for counts in counts_from_confusion(cm, (v for v in labels if v > 0)):
         value, tp, n_pred, n_ref = counts.label, counts.tp, counts.n_pred, counts.n_ref
         union = n_pred + n_ref - tp
         dice = None if n_pred + n_ref == 0 else 2.0 * tp / (n_pred + n_ref)
@@ -216,9 +223,10 @@ def overlap_report(
     voxel_volume_mm3: float,
 ) -> dict[str, object]:
     """JSON-ready report: per structure values plus the means over structures that are not empty in both."""
-    rows = structure_overlaps(prediction, reference, labels, voxel_volume_mm3)
     classes = sorted({0, *(int(v) for v in labels)})
-    case = accuracy_summary(label_confusion(prediction, reference, classes), classes)
+    cm = label_confusion(prediction, reference, classes)  # one pass for the rows and the case
+    rows = _overlaps_from_confusion(cm, labels, voxel_volume_mm3)
+    case = accuracy_summary(cm, classes)
     dices = [r.dice for r in rows if r.dice is not None]
     ious = [r.iou for r in rows if r.iou is not None]
     return {

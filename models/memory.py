@@ -12,7 +12,8 @@ A worker's peak (VmHWM) for one job is, per model path, about
 - per voxel: what each path keeps on the input grid besides the input (label maps, nnU-Net's float32 copy
   and its export's per-channel arrays, conform's and back-mapping's outputs), in bytes per input voxel,
   from ``bench/memory.py`` runs on 256^3 to 512x512x1500 CTs (README, Benchmarks) with some headroom;
-- reference: the reference label map (1 byte a voxel as uint8) and the metrics' per-structure masks;
+- reference: the reference label map (1 byte a voxel as uint8) and the metrics' edge bit masks (at most
+  1 byte a voxel for both sides together, `evaluation.surface`);
 - DICOM SEG export: the labels read back and the SEG's frames of the structures found.
 
 The estimate is deliberately a little above the measured peaks, so a job refused by it would also have
@@ -52,7 +53,7 @@ _PATHS: dict[str, _PathCost] = {
     # MONAI's resampling and inversion in models/bundle/; measured 52 (256^3) and 56 (512x512x400)
     "bundle": _PathCost(GIB, 60.0),
 }
-_REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + one structure's masks, computed in slabs
+_REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + the metrics' edge bit masks (<= 1 byte a voxel)
 _SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
 
 
