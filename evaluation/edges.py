@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from evaluation import kernels
-from evaluation.scan import PARALLEL_VOXELS, View, run_all, workers
+from evaluation.scan import PARALLEL_VOXELS, View, kernels, run_all, workers
 
 _KDTREE_LEAFSIZE = 32  # MONAI's choice: one batched query per tree
 
@@ -60,7 +59,7 @@ class Edges:
             counts = np.zeros(len(values), dtype=np.int64)
             part = region.copy()
             part[0], part[1] = z0, z1
-            kernels.edge_bits(view.array, part, lut, box_table, starts, view.active(), bits[side], counts)
+            kernels().edge_bits(view.array, part, lut, box_table, starts, view.active(), bits[side], counts)
             return counts
 
         calls = [
@@ -91,6 +90,11 @@ class Edges:
         """
         window = _window(
             (float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            (
+                min(self.shape[0] - 1, _MAX_REACH),
+                min(self.shape[1] - 1, _MAX_REACH),
+                min(self.shape[2] - 1, _MAX_REACH),
+            ),
             _WINDOW_VOXELS if window_voxels is None else window_voxels,
         )
         return (
@@ -99,22 +103,29 @@ class Edges:
         )
 
 
-# The search window around each edge voxel holds at most this many voxels; distances beyond its radius
-# (rare: a structure that lost or gained a piece) go to a k-d tree.
-_WINDOW_VOXELS = 2000
+# The search window around each edge voxel holds about this many voxels (isotropic: a radius of 10 voxels);
+# distances beyond it (a structure that lost or gained a piece) go to a k-d tree, which costs about 90 bytes
+# per edge voxel of the other side: a prediction 2 voxels off along every axis (3.5 voxels) stays inside.
+_WINDOW_VOXELS = 4000
+_MAX_REACH = 1 << 10  # offsets along one axis, at most (keeps the cache keys few)
 
 
-@functools.lru_cache(maxsize=64)
-def _window(spacing: tuple[float, float, float], voxels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (K, 3) int64 within the search radius, sorted by their squared length in mm (K,) float64.
+@functools.lru_cache(maxsize=256)
+def _window(
+    spacing: tuple[float, float, float], extent: tuple[int, int, int], voxels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (K, 3) int64 of the search window, sorted by their squared length in mm (K,) float64.
 
-    The radius is 3 voxels along the coarsest axis, less where that would put more than ``voxels`` voxels
-    in the ball.
+    The window is the ball (disc, segment) that holds about ``voxels`` voxels over the axes along which the
+    box has room (``extent``: its size - 1 per axis; no offset goes further, as no voxel lies beyond).
     """
     s = np.asarray(spacing)
-    cap = (voxels * 3 / (4 * math.pi) * float(np.prod(s))) ** (1 / 3)
-    radius = min(3 * float(s.max()), cap)
-    reach = [int(radius // x) for x in s]
+    axes = [j for j in range(3) if extent[j] > 0]
+    if not axes or voxels <= 0:
+        return np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.float64)
+    unit_ball = {1: 2.0, 2: math.pi, 3: 4 * math.pi / 3}[len(axes)]
+    radius = (voxels * float(np.prod(s[axes])) / unit_ball) ** (1 / len(axes))
+    reach = [min(int(radius // s[j]), extent[j]) for j in range(3)]
     grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"), axis=-1).reshape(
         -1, 3
     )
@@ -141,15 +152,15 @@ def _directed(
     offsets, offset_d2 = window
     out = np.empty(n_src, dtype=np.float64)
     shape_a = np.array(shape, dtype=np.int64)
-    n_far = kernels.directed_distances(src, dst, shape_a, spacing, offsets, offset_d2, out)
+    n_far = kernels().directed_distances(src, dst, shape_a, spacing, offsets, offset_d2, out)
     if n_far:
         # beyond the window: a k-d tree over the dst edge voxels, as MONAI's CPU path
         far = np.flatnonzero(np.isnan(out))
         points = np.empty((n_src, 3), dtype=np.int32)
-        kernels.bit_indices(src, shape_a, points)
+        kernels().bit_indices(src, shape_a, points)
         points = points[far]
         targets = np.empty((n_dst, 3), dtype=np.int32)
-        kernels.bit_indices(dst, shape_a, targets)
+        kernels().bit_indices(dst, shape_a, targets)
         tree = cKDTree(
             (targets + 1.0) * spacing, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False
         )

@@ -20,9 +20,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from evaluation import kernels
-
 T = TypeVar("T")
+
+
+def kernels() -> Any:
+    """The `evaluation.kernels` module, imported at the first metric computed: importing numba costs about
+    1 s and 100 MiB, which a worker that never evaluates need not pay."""
+    from evaluation import kernels as module
+
+    return module
+
 
 # Below this many voxels a second thread costs more than it saves.
 PARALLEL_VOXELS = 1 << 20
@@ -140,7 +147,7 @@ def scan(pred: View, ref: View, n_hist: int, n_box: int) -> Scan:
             box[:, 0::2] = np.iinfo(np.int64).max
             box[:, 1::2] = -1
         seen = np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0], dtype=np.int64)
-        kernels.scan_labels(pred.array, ref.array, z0, z1, hist, boxes[0], boxes[1], seen)
+        kernels().scan_labels(pred.array, ref.array, z0, z1, hist, boxes[0], boxes[1], seen)
         return hist, boxes[0], boxes[1], seen
 
     results = run_all([_bind(part, cuts[i], cuts[i + 1]) for i in range(parts)])
