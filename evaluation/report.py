@@ -36,13 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.overlap import CASE_CONVENTIONS, accuracy_summary, counts_from_confusion, label_confusion
+from evaluation.overlap import CASE_CONVENTIONS, accuracy_summary, counts_from_confusion, label_scan
 from evaluation.surface import (
     DEFAULT_TOLERANCE_MM,
     NSD_RELATIVE_SLACK,
     check_spacing,
     check_tolerance,
     structure_surface_metrics,
+    surface_metrics_from_scan,
 )
 
 ROW_FIELDS = (
@@ -115,11 +116,17 @@ def evaluate_case(
     structures = sorted(int(v) for v in labels if v > 0)
     ml_per_voxel = math.prod(spacing) / 1000.0
     classes = sorted({0, *structures})
-    cm = label_confusion(prediction, reference, classes)
+    # one pass gives the confusion matrix and the boxes the surface metrics work in
+    cm, found, pred, ref = label_scan(prediction, reference, classes)
     counts = counts_from_confusion(cm, structures)
-    surfaces = structure_surface_metrics(
-        prediction, reference, structures, spacing, tolerances_mm, tolerance_mm=default_t
-    )
+    if found is None or pred is None or ref is None:  # label values too large for the compiled pass
+        surfaces = structure_surface_metrics(
+            prediction, reference, structures, spacing, tolerances_mm, tolerance_mm=default_t
+        )
+    else:
+        surfaces = surface_metrics_from_scan(
+            pred, ref, found, structures, spacing, tolerances_mm, tolerance_mm=default_t
+        )
     rows: list[dict[str, Any]] = []
     for c in counts:
         s = surfaces[c.label]

@@ -1,10 +1,14 @@
 """Surface-distance metrics per structure: Hausdorff (max), HD95, ASSD and normalised surface Dice (NSD).
 
 All distances are in mm, with anisotropic voxel spacing (`spacing_mm`, one value per array axis) applied to
-every coordinate. Label arrays are never one-hot encoded: each structure is cut out of its bounding box (the
-union of its boxes in prediction and reference) and padded by one background voxel for the erosion; all
-boxes come from one `scipy.ndimage.find_objects` pass per array. Distances come from a k-d tree over the
-edge voxels of the box (faster than a distance transform of the box: edges are a small fraction of it).
+every coordinate. Label arrays are never one-hot encoded: each structure is worked on in its bounding box
+(the union of its boxes in prediction and reference); all boxes come from one pass over both arrays
+(`evaluation.scan`). Compiled loops (`evaluation.edges`, `evaluation.kernels`) mark the edge voxels of
+each side in a bit mask of the box (1 bit per voxel: no mask, coordinate list or distance map the size of
+the box), then find for each edge voxel the nearest edge voxel of the other side by looking at its
+neighbours in order of distance, within a window of about 3 voxels of the coarsest axis; the few beyond it
+are answered by a k-d tree over the other side's edge voxels. Every directed distance comes from one such
+search, and HD, HD95, ASSD and NSD all from those. Structures run in parallel, one per thread.
 
 Conventions: MONAI's (`monai.metrics`, 1.6, CPU path, `use_subvoxels=False`), so values can be checked
 against `HausdorffDistanceMetric`, `SurfaceDistanceMetric(symmetric=True)` and `SurfaceDiceMetric`:
@@ -12,7 +16,8 @@ against `HausdorffDistanceMetric`, `SurfaceDistanceMetric(symmetric=True)` and `
   (scipy's default structure) removes, with everything outside the array counted as background. This is
   `get_mask_edges(..., spacing=None)`: `binary_erosion(mask) ^ mask` on the box cropped with margin 1.
 - Directed distances: for each edge voxel of A, the Euclidean distance (mm) from its centre to the nearest
-  edge-voxel centre of B (a k-d tree over edge coordinates times spacing, like MONAI's CPU path). Edge
+  edge-voxel centre of B, computed from coordinates (index + 1) x spacing exactly as a k-d tree over them
+  (MONAI's CPU path) computes it, so the float64 values are the same. Edge
   voxels that lie on both surfaces have distance 0 and are not queried.
 - HD = max of both directed maxima. HD95 = max of the two directed 95th percentiles (linear interpolation,
   as `torch.quantile`), i.e. MONAI `HausdorffDistanceMetric(percentile=95)`.
@@ -42,20 +47,21 @@ Empty policy (nnU-Net's, extended to distances):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
+
+from evaluation.edges import Edges, whole_box
+from evaluation.scan import PARALLEL_VOXELS, Scan, View, run_all, scan, views
 
 DEFAULT_TOLERANCE_MM = 1.0
 """NSD tolerance when none is given for a structure: 1 mm, as in the FLARE challenges. On 1 mm data this
 forgives a one-voxel, face-neighbour boundary shift; on coarser grids give per-structure tolerances."""
 
 NSD_RELATIVE_SLACK = 1e-6
-_KDTREE_LEAFSIZE = 32  # MONAI's choice: one batched query per tree
 
 
 @dataclass(frozen=True)
@@ -93,37 +99,28 @@ def bounding_boxes(
 ) -> dict[int, tuple[slice, ...] | None]:
     """Union bounding box (prediction | reference) of each label value; None where empty in both.
 
-    One `find_objects` pass per array for all labels together.
+    One pass over both arrays for all labels together (`evaluation.scan`).
     """
     values = sorted(int(v) for v in structures)
     if not values:
         return {}
-    top = max(values)
-    if top < 1:
+    if values[0] < 1:
         raise ValueError(f"structure label values must be > 0, got {values}")
-    boxes_pred = ndimage.find_objects(_as_labels(prediction), max_label=top)
-    boxes_ref = ndimage.find_objects(_as_labels(reference), max_label=top)
+    pred, ref = views(prediction, reference)
+    found = scan(pred, ref, 0, values[-1] + 1)
     out: dict[int, tuple[slice, ...] | None] = {}
     for v in values:
-        a, b = boxes_pred[v - 1], boxes_ref[v - 1]
-        if a is None or b is None:
-            out[v] = a if b is None else b
-        else:
-            out[v] = tuple(
-                slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
-            )
+        box = found.union_box(v)
+        out[v] = None if box is None else pred.box_to_array(box)
     return out
-
-
-def _as_labels(array: np.ndarray) -> np.ndarray:
-    # find_objects wants an integer array; bool masks are label 1.
-    return array.view(np.uint8) if array.dtype == np.bool_ else array
 
 
 def edge_mask(mask: np.ndarray) -> np.ndarray:
     """Surface voxels of a boolean mask: those removed by a face-connected erosion, outside = background.
 
     Equal to MONAI's `get_mask_edges(..., spacing=None)` and to `binary_erosion(mask) ^ mask`, in slices.
+    The metrics mark the same voxels in compiled loops (`evaluation.edges`); this numpy version is the
+    reference the tests hold them to.
     """
     mask = np.asarray(mask, dtype=bool)
     padded = np.pad(mask, 1)
@@ -141,118 +138,16 @@ def surface_distances(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances (mm, float64): prediction edge -> reference edge, and the reverse.
 
-    Both masks must be non-empty boolean arrays of one shape (crop them first: only their box matters).
-    Edge voxels shared by both surfaces come first, with distance 0.
+    Both masks must be non-empty boolean arrays of one shape, 1 to 3 dimensions (crop them first: only
+    their box matters). One value per edge voxel, in C order of the (memory-ordered) array; 0 for edge
+    voxels on both surfaces.
     """
-    if pred_mask.shape != ref_mask.shape:
-        raise ValueError(f"shapes differ: prediction {pred_mask.shape}, reference {ref_mask.shape}")
-    spacing = np.asarray(check_spacing(spacing_mm, pred_mask.ndim), dtype=np.float64)
-    edges = _EdgePoints.of(edge_mask(pred_mask), edge_mask(ref_mask))
-    if not len(edges.pred) or not len(edges.ref):
+    pred, ref = views(np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool))
+    spacing = pred.spacing(check_spacing(spacing_mm, pred_mask.ndim))
+    edges = Edges.of(pred, ref, [1], [whole_box(pred.array.shape)])[0]
+    if not edges.n_pred or not edges.n_ref:
         raise ValueError("surface_distances needs both masks non-empty")
     return edges.distances(spacing)
-
-
-@dataclass(frozen=True)
-class _EdgePoints:
-    """Edge-voxel indices of prediction and reference (C order) and whether each is on one side only.
-
-    Indices are kept as int32 (not float64 coordinates) until the distances need them.
-    """
-
-    pred: np.ndarray  # (N, ndim) int32
-    ref: np.ndarray  # (M, ndim) int32
-    pred_only: np.ndarray  # (N,) bool: not also a reference edge voxel
-    ref_only: np.ndarray  # (M,) bool
-
-    @staticmethod
-    def of(edges_pred: np.ndarray, edges_ref: np.ndarray, offset: int = 0) -> _EdgePoints:
-        """From two edge masks of one shape; ``offset`` is added to the first index (a slab's start)."""
-        pred = np.argwhere(edges_pred).astype(np.int32)
-        ref = np.argwhere(edges_ref).astype(np.int32)
-        pred[:, 0] += offset
-        ref[:, 0] += offset
-        # Boolean indexing and argwhere both run in C order, so these flags line up with the points.
-        return _EdgePoints(pred, ref, ~edges_ref[edges_pred], ~edges_pred[edges_ref])
-
-    @staticmethod
-    def join(parts: list[_EdgePoints], ndim: int) -> _EdgePoints:
-        empty = np.zeros((0, ndim), dtype=np.int32)
-        return _EdgePoints(
-            np.concatenate([p.pred for p in parts]) if parts else empty,
-            np.concatenate([p.ref for p in parts]) if parts else empty,
-            np.concatenate([p.pred_only for p in parts]) if parts else np.zeros(0, dtype=bool),
-            np.concatenate([p.ref_only for p in parts]) if parts else np.zeros(0, dtype=bool),
-        )
-
-    def distances(self, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Directed distances (mm), shared edge voxels first with 0 (see :func:`surface_distances`)."""
-        return (
-            _nearest(self.pred, self.pred_only, self.ref, spacing),
-            _nearest(self.ref, self.ref_only, self.pred, spacing),
-        )
-
-
-# Structures are cut into slabs of about this many voxels along their box's first axis, so the masks of
-# one slab exist at a time (a whole-box mask of a body-sized structure is as large as the label map).
-_SLAB_VOXELS = 1 << 22
-
-
-def _edges_in_slabs(
-    prediction: np.ndarray,
-    reference: np.ndarray,
-    box: tuple[slice, ...],
-    value: int,
-    slab_voxels: int = _SLAB_VOXELS,
-) -> _EdgePoints:
-    """Edge voxels of structure ``value`` within ``box`` (indices relative to the box), slab by slab.
-
-    Equal to ``edge_mask(prediction[box] == value)`` and the same for the reference, taken whole: each slab
-    is read with one row more on each side (where the box has one), so every voxel sees its 6 neighbours;
-    outside the box is background either way, as the structure does not reach past its box.
-    """
-    pred_box, ref_box = prediction[box], reference[box]
-    rows = pred_box.shape[0]
-    step = max(1, slab_voxels // max(1, int(np.prod(pred_box.shape[1:]))))
-    parts: list[_EdgePoints] = []
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        low, high = max(0, start - 1), min(rows, stop + 1)
-        inner = slice(start - low, stop - low)
-        edges_pred = edge_mask(pred_box[low:high] == value)[inner]
-        edges_ref = edge_mask(ref_box[low:high] == value)[inner]
-        parts.append(_EdgePoints.of(edges_pred, edges_ref, start))
-        del edges_pred, edges_ref
-    return _EdgePoints.join(parts, prediction.ndim)
-
-
-# Points per k-d tree query: their float64 coordinates and the answers exist one piece at a time.
-_QUERY_POINTS = 1 << 18
-
-
-def _nearest(points: np.ndarray, wanted: np.ndarray, targets: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distances (mm, float64) of the ``wanted`` points to their nearest target, after one 0 per point not
-    wanted (those on both surfaces). Points and targets are voxel indices (int, (N, ndim)).
-
-    Coordinates are (index + 1) x spacing: relative to one voxel before the box, as MONAI's margin-1 crop has
-    them, so that the float64 products are the very numbers MONAI feeds its k-d tree. Each query point is
-    answered on its own, so querying in pieces gives the same distances as one batch.
-    """
-    n_wanted = int(np.count_nonzero(wanted))
-    out = np.zeros(len(points) - n_wanted + n_wanted, dtype=np.float64)
-    if n_wanted == 0:
-        return out
-    # An unbalanced, non-compacted tree builds faster; one batched query does not repay a tidier tree.
-    tree = cKDTree(
-        (targets + 1.0) * spacing, leafsize=_KDTREE_LEAFSIZE, balanced_tree=False, compact_nodes=False
-    )
-    at = len(points) - n_wanted
-    for start in range(0, len(points), _QUERY_POINTS):
-        piece = points[start : start + _QUERY_POINTS][wanted[start : start + _QUERY_POINTS]]
-        if len(piece):
-            out[at : at + len(piece)] = tree.query((piece + 1.0) * spacing, k=1)[0]
-            at += len(piece)
-    return out
 
 
 def summarise(d_pr: np.ndarray, d_rp: np.ndarray, tolerance_mm: float) -> SurfaceMetrics:
@@ -264,13 +159,26 @@ def summarise(d_pr: np.ndarray, d_rp: np.ndarray, tolerance_mm: float) -> Surfac
     )
     return SurfaceMetrics(
         hd_mm=float(max(d_pr.max(), d_rp.max())),
-        hd95_mm=float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))),
+        hd95_mm=max(percentile(d_pr, 95), percentile(d_rp, 95)),
         assd_mm=float((d_pr.sum() + d_rp.sum()) / n),
         nsd=float(within / n),
         tolerance_mm=t,
         n_edge_pred=int(d_pr.size),
         n_edge_ref=int(d_rp.size),
     )
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """`np.percentile(values, q)` (linear interpolation, the same float64 number) of a non-empty 1D array,
+    by one partial sort: np.percentile's own bookkeeping costs more than the sort on small arrays."""
+    h = (values.size - 1) * (q / 100)
+    low = math.floor(h)
+    high = min(low + 1, values.size - 1)
+    part = np.partition(values, [low, high] if high > low else [low])
+    a, b = float(part[low]), float(part[high])
+    t = h - low
+    # numpy's _lerp: from the nearer end, so that t = 1 gives b exactly
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def structure_surface_metrics(
@@ -282,28 +190,87 @@ def structure_surface_metrics(
     *,
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
 ) -> dict[int, SurfaceMetrics]:
-    """Surface metrics for each label value in `structures` (> 0) of two label arrays of one shape.
+    """Surface metrics for each label value in `structures` (> 0) of two label arrays of one shape
+    (1 to 3 dimensions).
 
     `tolerances_mm[label]` overrides `tolerance_mm` for NSD. Each structure is computed on its union
-    bounding box only.
+    bounding box only; structures run in parallel on `evaluation.scan.workers()` threads.
     """
-    if prediction.shape != reference.shape:
-        raise ValueError(f"shapes differ: prediction {prediction.shape}, reference {reference.shape}")
+    pred, ref = views(prediction, reference)
     spacing = check_spacing(spacing_mm, prediction.ndim)
+    values = sorted(int(v) for v in structures)
+    if values and values[0] < 1:
+        raise ValueError(f"structure label values must be > 0, got {values}")
+    found = scan(pred, ref, 0, values[-1] + 1 if values else 0)
+    return surface_metrics_from_scan(
+        pred, ref, found, values, spacing, tolerances_mm, tolerance_mm=tolerance_mm
+    )
+
+
+def surface_metrics_from_scan(
+    pred: View,
+    ref: View,
+    found: Scan,
+    structures: Iterable[int],
+    spacing_mm: Sequence[float],
+    tolerances_mm: Mapping[int, float] | None = None,
+    *,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+) -> dict[int, SurfaceMetrics]:
+    """`structure_surface_metrics` with the boxes of a `scan` already made (each value < its box count)."""
+    spacing = pred.spacing(check_spacing(spacing_mm, sum(a >= 0 for a in pred.axes)))
     default_t = check_tolerance(tolerance_mm)
     tolerances = {int(k): check_tolerance(v) for k, v in (tolerances_mm or {}).items()}
     values = sorted(int(v) for v in structures)
     out: dict[int, SurfaceMetrics] = {}
-    for value, box in bounding_boxes(prediction, reference, values).items():
-        t = tolerances.get(value, default_t)
+    tasks: list[tuple[int, np.ndarray]] = []
+    for value in values:
+        box = found.union_box(value)
         if box is None:
-            out[value] = SurfaceMetrics(None, None, None, None, t, 0, 0)
-            continue
-        edges = _edges_in_slabs(prediction, reference, box, value)
-        if not len(edges.pred) or not len(edges.ref):  # a non-empty mask always has an edge voxel
-            out[value] = SurfaceMetrics(None, None, None, 0.0, t, len(edges.pred), len(edges.ref))
-            continue
-        d_pr, d_rp = edges.distances(np.asarray(spacing, dtype=np.float64))
+            out[value] = SurfaceMetrics(None, None, None, None, tolerances.get(value, default_t), 0, 0)
+        else:
+            tasks.append((value, box))
+    tasks.sort(key=lambda task: -_box_bytes(task[1]))  # largest first: the threads end together
+    budget = max(_EDGE_BYTES_MIN, pred.array.size // _EDGE_BYTES_PER_VOXEL)
+    for batch in _batches(tasks, budget):
+        edges = Edges.of(pred, ref, [v for v, _ in batch], [box for _, box in batch])
+        calls = [
+            functools.partial(_summary, e, spacing, tolerances.get(v, default_t))
+            for (v, _), e in zip(batch, edges, strict=True)
+        ]
+        box_voxels = sum(int(np.prod(box[1::2] - box[0::2])) for _, box in batch)
+        results = run_all(calls) if box_voxels >= PARALLEL_VOXELS else [call() for call in calls]
+        out.update({v: r for (v, _), r in zip(batch, results, strict=True)})
         del edges
-        out[value] = summarise(d_pr, d_rp, t)
+    return {value: out[value] for value in values}
+
+
+# The edge masks of the structures worked on together hold at most 1 byte per this many voxels of the
+# array per side (the bits of 4 whole-array boxes), or _EDGE_BYTES_MIN: more structures, further passes.
+_EDGE_BYTES_PER_VOXEL = 2
+_EDGE_BYTES_MIN = 1 << 20
+
+
+def _box_bytes(box: np.ndarray) -> int:
+    return int((box[1] - box[0]) * (box[3] - box[2]) * ((box[5] - box[4] + 7) // 8))
+
+
+def _batches(tasks: list[tuple[int, np.ndarray]], budget: int) -> list[list[tuple[int, np.ndarray]]]:
+    """``tasks`` in consecutive groups whose edge masks fit ``budget`` bytes (a larger one alone)."""
+    out: list[list[tuple[int, np.ndarray]]] = []
+    used = budget
+    for task in tasks:
+        size = _box_bytes(task[1])
+        if used + size > budget:
+            out.append([])
+            used = 0
+        out[-1].append(task)
+        used += size
     return out
+
+
+def _summary(edges: Edges, spacing: np.ndarray, tolerance_mm: float) -> SurfaceMetrics:
+    if not edges.n_pred or not edges.n_ref:  # a non-empty mask always has an edge voxel
+        return SurfaceMetrics(None, None, None, 0.0, tolerance_mm, edges.n_pred, edges.n_ref)
+    d_pr, d_rp = edges.distances(spacing)
+    return summarise(d_pr, d_rp, tolerance_mm)

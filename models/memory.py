@@ -12,7 +12,9 @@ A worker's peak (VmHWM) for one job is, per model path, about
 - per voxel: what each path keeps on the input grid besides the input (label maps, nnU-Net's float32 copy
   and its export's per-channel arrays, conform's and back-mapping's outputs), in bytes per input voxel,
   from ``bench/memory.py`` runs on 256^3 to 512x512x1500 CTs (README, Benchmarks) with some headroom;
-- reference: the reference label map (1 byte a voxel as uint8) and the metrics' per-structure masks;
+- reference: the reference label map (1 byte a voxel as uint8) and the metrics' edge bit masks (at most
+  1 byte a voxel for both sides together, `evaluation.surface`), plus numba and the compiled loops of the
+  metrics (a fixed 160 MiB: evaluation imports numba at the first metric computed);
 - DICOM SEG export: the labels read back and the SEG's frames of the structures found.
 
 The estimate is deliberately a little above the measured peaks, so a job refused by it would also have
@@ -52,7 +54,8 @@ _PATHS: dict[str, _PathCost] = {
     # MONAI's resampling and inversion in models/bundle/; measured 52 (256^3) and 56 (512x512x400)
     "bundle": _PathCost(GIB, 60.0),
 }
-_REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + one structure's masks, computed in slabs
+_REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + the metrics' edge bit masks (<= 1 byte a voxel)
+_METRICS_BYTES = 160 << 20  # numba and the metrics' compiled loops, loaded at the first metrics (~135 MiB)
 _SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
 
 
@@ -110,12 +113,14 @@ def estimate_job_bytes(
     weights = sum(int(f.size_bytes) for f in card.files)
     input_bytes = voxels * itemsize * channels
     per_voxel = cost.per_voxel * channels
+    fixed = 0
     if reference:
         per_voxel += _REFERENCE_PER_VOXEL
+        fixed += _METRICS_BYTES
     if dicom_seg:
         per_voxel += _SEG_PER_VOXEL
     model = cost.working_set + weights
-    total = PROCESS_BYTES + model + input_bytes + int(per_voxel * voxels)
+    total = PROCESS_BYTES + fixed + model + input_bytes + int(per_voxel * voxels)
     return MemoryEstimate(input_bytes=input_bytes, model_bytes=model, total_bytes=total)
 
 

@@ -176,32 +176,45 @@ def test_shape_mismatch_names_both_shapes() -> None:
         )
 
 
-@pytest.mark.parametrize("slab_voxels", [1, 128 * 40, 1 << 22])
-def test_slab_edges_equal_whole_box_edges_on_a_real_label_map(slab_voxels: int) -> None:
-    """The metrics cut each structure into slabs: same edge voxels, in the same order, and so the same
-    distances, as the whole-box masks (the LiTS case: liver and 79 tumour pieces, against a shifted copy)."""
+@pytest.mark.parametrize("window_voxels", [0, 30, None])
+def test_edges_and_distances_equal_whole_box_masks_and_a_kd_tree(window_voxels: int | None) -> None:
+    """The compiled edges (bit masks of the box) are the whole-box `edge_mask`s, and the window search gives
+    the very float64 distances of one k-d tree over them, also where it hands voxels to its own k-d tree
+    (small windows; window 0: all of them) (the LiTS case: liver and 79 tumour pieces, against a shifted
+    copy, anisotropic spacing)."""
     import nibabel as nib
 
-    from evaluation.surface import _edges_in_slabs
+    from evaluation.edges import Edges
+    from evaluation.scan import scan, views
     from tests.support.paths import DATA, require_shared
 
     require_shared()
-    reference = np.asarray(nib.load(DATA / "ct" / "liver-tumor" / "lits117_label.nii.gz").dataobj).astype(
-        np.uint8
+    reference = np.ascontiguousarray(
+        np.asarray(nib.load(DATA / "ct" / "liver-tumor" / "lits117_label.nii.gz").dataobj), dtype=np.uint8
     )
     prediction = np.zeros_like(reference)
     prediction[1:, :-2, 1:] = reference[:-1, 2:, :-1]
+    prediction[40:44, 40:44, 10:12] = 2  # a false piece far from every tumour: beyond any window
     spacing = (0.8, 0.8, 2.5)
-    boxes = bounding_boxes(prediction, reference, [1, 2])
-    for value, box in boxes.items():
-        assert box is not None
-        edges = _edges_in_slabs(prediction, reference, box, value, slab_voxels)
-        whole_pred, whole_ref = edge_mask(prediction[box] == value), edge_mask(reference[box] == value)
-        np.testing.assert_array_equal(edges.pred, np.argwhere(whole_pred))
-        np.testing.assert_array_equal(edges.ref, np.argwhere(whole_ref))
-        got = edges.distances(np.asarray(spacing))
-        for a, b in zip(got, _whole_box_distances(whole_pred, whole_ref, spacing), strict=True):
-            np.testing.assert_array_equal(a, b)
+    pred, ref = views(prediction, reference)
+    found = scan(pred, ref, 0, 3)
+    boxes = [found.union_box(1), found.union_box(2)]
+    assert boxes[0] is not None and boxes[1] is not None
+    for value, box, edges in zip((1, 2), boxes, Edges.of(pred, ref, [1, 2], boxes), strict=True):
+        whole = pred.box_to_array(box)
+        whole_pred, whole_ref = edge_mask(prediction[whole] == value), edge_mask(reference[whole] == value)
+        np.testing.assert_array_equal(
+            np.unpackbits(edges.pred, axis=-1, bitorder="little")[..., : whole_pred.shape[-1]], whole_pred
+        )
+        np.testing.assert_array_equal(
+            np.unpackbits(edges.ref, axis=-1, bitorder="little")[..., : whole_ref.shape[-1]], whole_ref
+        )
+        d_pr, d_rp = edges.distances(pred.spacing(spacing), window_voxels)
+        want_pr, want_rp = _whole_box_distances(whole_pred, whole_ref, spacing)
+        shared_pr, shared_rp = whole_ref[whole_pred], whole_pred[whole_ref]
+        assert not d_pr[shared_pr].any() and not d_rp[shared_rp].any()
+        np.testing.assert_array_equal(d_pr[~shared_pr], want_pr[int(shared_pr.sum()) :])
+        np.testing.assert_array_equal(d_rp[~shared_rp], want_rp[int(shared_rp.sum()) :])
 
 
 def _whole_box_distances(
