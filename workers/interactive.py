@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,11 +191,11 @@ def keep_alive(settings: Settings, stop: threading.Event) -> None:
 
 
 @lru_cache(maxsize=8)
-def _engine(name: str) -> Any:
+def _engine(name: str, models_dir: Path) -> Any:
     """One engine object per name per process (a model engine loads its weights once)."""
     from models.interactive.engines import get_engine  # the model engines import torch: workers only
 
-    return get_engine(name)
+    return get_engine(name, models_dir)
 
 
 def _prepare(settings: Settings, job: Job, engine: Any) -> Prepared:
@@ -206,7 +207,7 @@ def _prepare(settings: Settings, job: Job, engine: Any) -> Prepared:
         image = read_channels([(channels[0], files.channel_paths(channels[0]))])[0]
     else:
         image = read_image(files.image_paths(job.input_files))
-    prepared = engine.prepare(image.array, image.spacing_mm)
+    prepared = engine.prepare(image.array, image.spacing_mm, affine=image.affine)
     # The grid without voxels: a zero-stride view of the image's shape is all a mask writer needs.
     grid = Volume(
         array=np.broadcast_to(np.zeros(1, np.uint8), image.shape),
@@ -238,7 +239,7 @@ def _compute(settings: Settings, session_id: str) -> dict[str, Any]:
         docs, engine_name = list(row.prompts), row.engine
     cache = cache_for(settings)
     entry = cache.get(session_id)
-    engine = _engine(engine_name)
+    engine = _engine(engine_name, Path(settings.resolved_models_dir))
     if entry is None:
         log.info(
             "session %s: prepared image not in this worker's cache (first prompt, another worker or a "

@@ -95,8 +95,11 @@ class ClassicalEngine:
     max_voxels: int = 1_000_000
     edge_step: float = 0.02
 
-    def prepare(self, image: np.ndarray, spacing_mm: tuple[float, float, float]) -> ClassicalPrepared:
-        """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype)."""
+    def prepare(
+        self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
+    ) -> ClassicalPrepared:
+        """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype); the affine
+        is not needed (the engine works in voxel space with ``spacing_mm``)."""
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (I, J, K), got shape {image.shape}")
         spacing = (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))

@@ -19,10 +19,13 @@ class InteractiveEngine(Protocol):
 
     name: str
 
-    def prepare(self, image: np.ndarray, spacing_mm: tuple[float, float, float]) -> Any:
+    def prepare(
+        self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
+    ) -> Any:
         """What the engine needs of the image (shape (I, J, K), any numeric dtype; spacing in mm along
-        I, J, K), computed once. The result is opaque to callers but must report ``nbytes`` (int) so a
-        session cache can bound its memory."""
+        I, J, K; ``affine``: the (4, 4) voxel-to-RAS+ matrix, for engines that orient the image, e.g.
+        DeepEdit's bundle transforms), computed once. The result is opaque to callers but must report
+        ``nbytes`` (int) so a session cache can bound its memory."""
         ...
 
     def segment(self, prepared: Any, prompts: Sequence[Prompt]) -> np.ndarray:

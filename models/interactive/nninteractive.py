@@ -258,9 +258,12 @@ class NNInteractiveEngine:
         """The model's licence as the package reads it (first line of its LICENSE file)."""
         return str(self.artifacts.get("license", ""))
 
-    def prepare(self, image: np.ndarray, spacing_mm: tuple[float, float, float]) -> PreparedNNInteractive:
+    def prepare(
+        self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
+    ) -> PreparedNNInteractive:
         """A session on ``image`` (I, J, K): the package normalises it (z-score over its nonzero region)
-        in voxel space; ``spacing_mm`` is passed as the package's image property (which it does not use)."""
+        in voxel space; ``spacing_mm`` is passed as the package's image property (which it does not use),
+        the affine is not needed."""
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (I, J, K), got shape {image.shape}")
         with _session_output():

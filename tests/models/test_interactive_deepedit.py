@@ -177,3 +177,21 @@ def test_registry_lists_and_loads_installed_deepedit_bundles(
     )
     with pytest.raises(ModelUnavailable, match="no label 'liver'"):
         model_engine(f"deepedit:{MODEL}:liver", models)
+
+
+def test_the_sessions_registry_offers_and_loads_the_bundle(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """What the session API lists and the interactive worker loads: models.interactive.engines."""
+    from models.interactive import engines
+
+    _, models = installed
+    assert engines.engine_names(models) == ["classical", f"deepedit:{MODEL}"]
+    assert engines.engine_names(tmp_path) == engines.engine_names() == ["classical"]
+    assert engines.is_engine_name(f"deepedit:{MODEL}:spleen", models)
+    assert not engines.is_engine_name(f"deepedit:{MODEL}:spleen", tmp_path)
+    assert isinstance(engines.get_engine(f"deepedit:{MODEL}", models), DeepEditEngine)
+    with pytest.raises(ModelUnavailable, match="no available DeepEdit bundle 'no-such-bundle'"):
+        engines.get_engine("deepedit:no-such-bundle", models)
+    with pytest.raises(KeyError, match="known: classical, deepedit"):
+        engines.get_engine("no-such-engine", models)

@@ -120,15 +120,6 @@ def test_prepare_once_segment_many_replays_after_undo(engine: NNInteractiveEngin
     np.testing.assert_array_equal(engine.segment(prepared, edited), session_mask(engine, ct, edited))
 
 
-def test_autozoom_and_refinement_path(models_dir: Path, ct: np.ndarray) -> None:
-    zooming = NNInteractiveEngine(models_dir / FOLDER / NAME)  # the package's default: auto-zoom on
-    small = np.ascontiguousarray(ct[40:80, 40:80, 8:20])
-    prompts: list[Prompt] = [Click((20, 20, 6))]
-    mask = zooming.segment(zooming.prepare(small, SPACING), prompts)
-    np.testing.assert_array_equal(mask, session_mask(zooming, small, prompts))
-    assert 0 < mask.sum() < mask.size
-
-
 def test_refusals(engine: NNInteractiveEngine, ct: np.ndarray, tmp_path: Path) -> None:
     prepared = engine.prepare(ct[:20, :20, :10], SPACING)
     with pytest.raises(PromptError, match="outside the image"):

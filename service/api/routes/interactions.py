@@ -156,18 +156,20 @@ def _change_prompts(db: Session, settings: Settings, row: InteractionSession, pr
         )
 
 
-def _engine_names() -> list[str]:
+def _engine_names(settings: Settings) -> list[str]:
     from models.interactive.engines import engine_names
 
-    return list(engine_names())
+    return list(engine_names(settings.resolved_models_dir))
 
 
 engines_router = APIRouter(prefix="/v1/interactive", tags=["interactions"])
 
 
 @engines_router.get("/engines", summary="The interactive engines a session may use")
-def get_engines(_key: CanInteract) -> dict[str, list[str]]:
-    return {"engines": _engine_names()}
+def get_engines(settings: SettingsDep, _key: CanInteract) -> dict[str, list[str]]:
+    """ "classical" (no weights), then the model engines installed: "deepedit:<model id>" (a DeepEdit
+    bundle; "deepedit:<model id>:<label>" picks one of its labels) and "nninteractive"."""
+    return {"engines": _engine_names(settings)}
 
 
 @router.post(
@@ -190,8 +192,10 @@ def create_session(
     body = body or SessionCreate()
     job = job_with_files(db, job_id)
     require_succeeded(job)
-    engines = _engine_names()
-    if body.engine not in engines:
+    from models.interactive.engines import is_engine_name
+
+    if not is_engine_name(body.engine, settings.resolved_models_dir):
+        engines = _engine_names(settings)
         raise Problem(
             422, f"unknown engine '{body.engine}'; engines: {', '.join(engines)}", code="unknown_engine"
         )
