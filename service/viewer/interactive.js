@@ -58,10 +58,12 @@ export function setupInteractive(ctx) {
     if (viewer.interactive.busy) return;
     viewer.interactive.busy = true;
     setState("segmenting");
+    const started = performance.now();
     try {
       const s = await ensureSession();
       const summary = await apiJson(`${base()}/${s.id}/${path}`, json(body));
       await showMask(summary);
+      viewer.interactive.lastMs = performance.now() - started; // prompt -> mask on screen
       setState("loaded");
     } catch (error) {
       setState("error", error.message);

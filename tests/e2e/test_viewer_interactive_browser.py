@@ -73,6 +73,7 @@ def test_two_clicks_make_a_mask_that_is_saved_as_a_new_label(
     assert page(browser, "interactive.voxels") > 0
     assert page(browser, "interactive.maskLoads") == 2  # one mask fetched per answer
     screenshot(browser, "interactive-two-clicks")
+    print(f"click to mask on screen: {page(browser, 'interactive.lastMs'):.0f} ms")  # -s shows it
     session_id = page(browser, "interactive.session")
     headers = {"Authorization": f"Bearer {key}"}
     base = f"/v1/jobs/{job['id']}/interactions/{session_id}"
