@@ -34,7 +34,18 @@ export function setupInteractive(ctx) {
     status("");
   }
 
+  // The engines this service offers (GET /v1/interactive/engines: "classical", installed model engines).
+  async function buildEngines() {
+    try {
+      const { engines } = await apiJson("/v1/interactive/engines");
+      $("ia-engine").replaceChildren(...engines.map((name) => new Option(name, name)));
+    } catch (_) {
+      /* keep "classical": a page without the list still segments */
+    }
+  }
+
   function buildTargets() {
+    buildEngines();
     const card = ctx.card();
     $("ia-target").replaceChildren(
       new Option("new label (name below)", "new"),
