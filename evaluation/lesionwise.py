@@ -22,11 +22,16 @@ lesion label, or several merged by the caller). Two matching rules:
 `bipartite`, the rule of the BraTS challenges' current package (`brats-evaluation`, built on panoptica's
 `MaxBipartiteMatching` on Dice with threshold 1e-6): one-to-one matching of reference and predicted
 components maximising the summed Dice (`scipy.optimize.linear_sum_assignment`); pairs with Dice > 1e-6
-are TP, the rest FN / FP. Dice and HD95 per matched pair; misses and FPs penalised as above.
+are TP, the rest FN / FP. Dice and HD95 per matched pair; misses and FPs penalised with the package's 373 mm.
 
-HD95 follows `evaluation.surface` (MONAI's convention: max of the two directed 95th percentiles). BraTS 2023
-used DeepMind's surface-distance (area-weighted surfels) and panoptica pools both directions into one
-percentile: their HD95 differ from ours by up to about a voxel; Dice, counts and PQ are identical.
+HD95 per lesion, by rule:
+- `brats2023`: `evaluation.surface`'s convention (MONAI's: the larger of the two directed 95th percentiles
+  of surface-voxel distances), penalty 374 mm. The 2023 scripts used DeepMind's surface-distance
+  (area-weighted surfels), which differs from this by up to about a voxel.
+- `bipartite`: the package's own (panoptica's, medpy's definition): surface = mask XOR its erosion by the
+  6-neighbour cross (voxels on the array's edge count as surface), Euclidean distance transform with the
+  voxel spacing, one 95th percentile (`np.percentile`, linear) of both directions' distances pooled;
+  penalty 373 mm. Equal to `brats-evaluation` 0.0.10 (tests/evaluation/test_lesionwise_reference.py).
 
 Detection: sensitivity = TP / (TP + FN), precision = matched predicted components / all predicted components
 (= TP / (TP + FP) for `bipartite`), F1 = 2 TP / (2 TP + FP + FN) (= RQ). Panoptic quality: SQ = mean IoU of
@@ -49,6 +54,9 @@ from evaluation.instances import box_centroids, box_sizes, label_components
 from evaluation.surface import check_spacing, surface_distances
 
 HD95_PENALTY_MM = 374.0
+"""BraTS 2023's HD95 for a missed lesion or a false positive (mm)."""
+BIPARTITE_HD95_PENALTY_MM = 373.0
+"""`brats-evaluation`'s HD95 penalty (mm), the `bipartite` rule's ("the diameter of the SRI cube")."""
 DEFAULT_SIZE_BINS_ML: tuple[float, ...] = (0.1, 1.0, 10.0)
 """Upper edges of the size bins (ml): [0, 0.1), [0.1, 1), [1, 10), [10, inf)."""
 
@@ -99,16 +107,37 @@ def _ratio(num: float, den: float) -> float | None:
     return None if den == 0 else num / den
 
 
+def hd95_penalty_mm(rule: Rule) -> float:
+    """The HD95 (mm) a missed lesion and a false positive score under ``rule``."""
+    return BIPARTITE_HD95_PENALTY_MM if rule == "bipartite" else HD95_PENALTY_MM
+
+
+def pooled_hd95_mm(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """HD95 as panoptica (and medpy) compute it: the 95th percentile of both directions' surface distances
+    pooled; surface = mask XOR its 6-neighbour erosion. Both masks non-empty, on one grid that holds them
+    whole (a crop to their joint bounding box gives the same value as the full volume)."""
+    cross = ndimage.generate_binary_structure(a.ndim, 1)
+    edge_a = a ^ ndimage.binary_erosion(a, structure=cross)
+    edge_b = b ^ ndimage.binary_erosion(b, structure=cross)
+    a_to_b = ndimage.distance_transform_edt(~edge_b, sampling=spacing)[edge_a]
+    b_to_a = ndimage.distance_transform_edt(~edge_a, sampling=spacing)[edge_b]
+    return float(np.percentile(np.hstack((a_to_b, b_to_a)), 95))
+
+
 def _pair_scores(
-    ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: tuple[float, ...]
+    ref_mask: np.ndarray, pred_mask: np.ndarray, spacing: tuple[float, ...], rule: Rule
 ) -> tuple[float, float, float]:
-    """(Dice, IoU, HD95) of two masks on one (cropped) grid; HD95 is the penalty when either is empty."""
+    """(Dice, IoU, HD95) of two masks on one (cropped) grid; HD95 is the rule's penalty when either is
+    empty, else the rule's convention (module doc)."""
     inter = int(np.count_nonzero(ref_mask & pred_mask))
     total = int(np.count_nonzero(ref_mask)) + int(np.count_nonzero(pred_mask))
     if total == 0 or (inter == 0 and (not ref_mask.any() or not pred_mask.any())):
-        return 0.0, 0.0, HD95_PENALTY_MM
-    d_pr, d_rp = surface_distances(pred_mask, ref_mask, spacing)
-    hd95 = float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+        return 0.0, 0.0, hd95_penalty_mm(rule)
+    if rule == "bipartite":
+        hd95 = pooled_hd95_mm(pred_mask, ref_mask, spacing)
+    else:
+        d_pr, d_rp = surface_distances(pred_mask, ref_mask, spacing)
+        hd95 = float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
     return 2.0 * inter / total, inter / (total - inter), hd95
 
 
@@ -193,7 +222,7 @@ def lesionwise_metrics(
         box = _union_box([box_r, *(b for p in matched if (b := pred_boxes[p - 1]) is not None)])
         ref_mask = ref_labels[box] == r
         pred_mask = np.isin(pred_labels[box], matched) if matched else np.zeros_like(ref_mask)
-        dice, iou, hd95 = _pair_scores(ref_mask, pred_mask, spacing)
+        dice, iou, hd95 = _pair_scores(ref_mask, pred_mask, spacing, rule)
         scores.append(
             LesionScore(
                 kind="tp" if matched else "fn",
@@ -220,7 +249,7 @@ def lesionwise_metrics(
                     volume_pred_ml=float(pred_sizes[p] * voxel_mm3 / 1000.0),
                     dice=0.0,
                     iou=0.0,
-                    hd95_mm=HD95_PENALTY_MM,
+                    hd95_mm=hd95_penalty_mm(rule),
                     centroid_voxel=tuple(float(c) for c in pred_centres[p - 1]),
                 )
             )
@@ -244,7 +273,7 @@ def _bipartite(
 
 def _summarise(
     scores: list[LesionScore],
-    rule: str,
+    rule: Rule,
     dilation_iterations: int,
     n_ref: int,
     n_pred: int,
@@ -261,7 +290,7 @@ def _summarise(
         lw_dice, lw_hd95 = 1.0, 0.0
     else:
         lw_dice = sum(s.dice for s in counted) / n_scored
-        lw_hd95 = (sum(s.hd95_mm for s in counted) + fp * HD95_PENALTY_MM) / n_scored
+        lw_hd95 = (sum(s.hd95_mm for s in counted) + fp * hd95_penalty_mm(rule)) / n_scored
     sq = _ratio(sum(s.iou for s in counted if s.kind == "tp"), tp)
     rq = _ratio(tp, tp + 0.5 * fp + 0.5 * fn)
     precision = _ratio(n_pred_matched, n_pred) if rule == "brats2023" else _ratio(tp, tp + fp)

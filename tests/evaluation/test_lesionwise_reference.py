@@ -7,7 +7,10 @@ on background far from every lesion).
 
 - `bipartite` rule against the BraTS challenges' own package (`brats-evaluation` 0.0.10, its bundled
   `mets` config: panoptica's MaxBipartiteMatching on Dice > 1e-6, 26-connected components): TP, FP, FN,
-  precision, recall, F1 (= RQ), SQ (mean IoU), mean Dice of the matched pairs and PQ, to 1e-6.
+  precision, recall, F1 (= RQ), SQ (mean IoU), mean Dice of the matched pairs and PQ, to 1e-6; and through
+  the package's whole pipeline (NIfTI files -> `evaluate_single_exam` -> `parse_mets_results`, the CSV a
+  challenge participant gets): lesion-wise Dice and HD95 with its penalties, F1, and the matched lesions'
+  HD95 (mean and standard deviation), to 1e-6.
 - `brats2023` rule: no installed package implements the BraTS 2023 dilation rule (the 2023 scripts are not
   on PyPI; `brats-evaluation` moved to the bipartite rule), so it is checked against an INDEPENDENT
   STRAIGHTFORWARD COMPUTATION written in this test: whole-volume masks, scikit-image labelling, one dilation
@@ -17,10 +20,13 @@ on background far from every lesion).
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 from skimage.measure import label as sk_label
@@ -132,6 +138,43 @@ def test_bipartite_rule_equals_brats_evaluation_package(
     matched_dice = float(np.mean([s.dice for s in ours.lesions if s.kind == "tp"]))
     assert matched_dice == pytest.approx(theirs.sq_dsc, abs=1e-6)
     assert matched_dice * (ours.rq or 0.0) == pytest.approx(theirs.pq_dsc, abs=1e-6)
+
+
+def test_bipartite_rule_equals_the_packages_csv(
+    case: tuple[np.ndarray, np.ndarray, tuple[float, ...]], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from brats_evaluation import config_path
+    from brats_evaluation.evaluation import evaluate_single_exam
+    from brats_evaluation.metrics_parser import parse_mets_results
+    from panoptica import Panoptica_Evaluator
+
+    if not request.node.callspec.id.endswith("seed0"):
+        pytest.skip("the package's full pipeline runs on one seed per dataset")
+    prediction, reference, spacing = case
+    affine = np.diag([*spacing, 1.0])
+    paths = {}
+    for name, mask in (("prediction", prediction), ("reference", reference)):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")  # label 3: enhancing tumour, the "et" region
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8) * 3, affine), paths[name])
+    evaluator = Panoptica_Evaluator.load_from_config(config_path("mets"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exam = evaluate_single_exam(paths["prediction"], paths["reference"], "case", evaluator)
+    assert "error" not in exam, exam
+    (tmp_path / "mets.json").write_text(json.dumps({"metrics": [exam]}, default=float))
+    parse_mets_results(
+        str(tmp_path / "mets.json"), 0, 0.5, str(tmp_path / "mets.csv")
+    )  # every lesion "large"
+    row = pd.read_csv(tmp_path / "mets.csv").set_index("subject_id").loc["case"]
+
+    ours = lesionwise_metrics(prediction, reference, spacing, rule="bipartite")
+    assert ours.tp > 0 and ours.fp > 0
+    assert ours.lesionwise_dice == pytest.approx(row["lesionwise_dsc_mean_et"], abs=1e-6)
+    assert ours.lesionwise_hd95_mm == pytest.approx(row["lesionwise_hd95_mean_et"], abs=1e-6)
+    assert ours.f1 == pytest.approx(row["all_instance_f1_et"], abs=1e-6)
+    matched_hd95 = [s.hd95_mm for s in ours.lesions if s.kind == "tp"]
+    assert float(np.mean(matched_hd95)) == pytest.approx(exam["et"]["sq_hd95"], abs=1e-6)
+    assert float(np.std(matched_hd95)) == pytest.approx(exam["et"]["sq_hd95_std"], abs=1e-6)
 
 
 def test_panoptic_quality_equals_panoptica(case: tuple[np.ndarray, np.ndarray, tuple[float, ...]]) -> None:
