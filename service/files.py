@@ -1,4 +1,4 @@
-"""Serving stored volumes: compressed as stored, cacheable by the browser."""
+"""Serving stored volumes (compressed as stored, cacheable by the browser) and tables as CSV downloads."""
 
 from __future__ import annotations
 
@@ -29,3 +29,10 @@ def volume_response(request: Request, path: Path, filename: str) -> Response:
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="application/gzip", filename=filename, headers=headers)
+
+
+def csv_attachment(text: str, filename: str) -> Response:
+    """A CSV table as a download named `filename` (text/csv, Content-Disposition: attachment)."""
+    return Response(
+        text, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )

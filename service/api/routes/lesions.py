@@ -14,7 +14,7 @@ from segserve.db import Job
 from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
 from service.api.lookup import job_with_files, require_succeeded
-from service.files import volume_response
+from service.files import csv_attachment, volume_response
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -51,11 +51,7 @@ def get_lesions(
         metrics = json.loads(files.metrics.read_text(encoding="utf-8"))
         payload["missed"] = {name: r["missed"] for name, r in metrics.get("lesionwise", {}).items()}
     if format == "csv":
-        return Response(
-            lesions_csv(payload),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{job.id}_lesions.csv"'},
-        )
+        return csv_attachment(lesions_csv(payload), f"{job.id}_lesions.csv")
     payload["job_id"] = job.id
     return JSONResponse(payload)
 

@@ -18,7 +18,7 @@ from segserve.storage import JobFiles
 from service.api.deps import CanReadJobs, SessionDep, SettingsDep
 from service.api.lookup import job_with_files, require_succeeded
 from service.api.routes.lesions import instances_response, no_lesions
-from service.files import volume_response
+from service.files import csv_attachment, volume_response
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -116,11 +116,7 @@ def get_metrics(
         raise Problem(404, "the metrics file is missing from storage", code="metrics_missing")
     payload = json.loads(path.read_text(encoding="utf-8"))
     if format == "csv":
-        return Response(
-            to_csv(payload),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{job.id}_metrics.csv"'},
-        )
+        return csv_attachment(to_csv(payload), f"{job.id}_metrics.csv")
     payload["job_id"] = job.id
     payload["model"] = {"id": job.model_id, "version": job.model_version}
     return JSONResponse(payload)
