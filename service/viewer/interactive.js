@@ -126,6 +126,7 @@ export function setupInteractive(ctx) {
     const nv = ctx.view();
     painting = true;
     nv.createEmptyDrawing();
+    nv.opts.penSize = Number($("pen-size").value);
     nv.setDrawingEnabled(true);
     nv.setPenValue(1, false);
     $("ia-fill").hidden = false;

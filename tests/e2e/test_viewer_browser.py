@@ -25,7 +25,15 @@ from tests.support.viewer import (
     dicom_parts_with_patient,
     nifti,
 )
-from tests.support.viewer_page import chromium_or_skip, page, screenshot, select, wait_page, wait_state
+from tests.support.viewer_page import (
+    chromium_or_skip,
+    page,
+    screenshot,
+    select,
+    stroke,
+    wait_page,
+    wait_state,
+)
 from tests.support.volumes import brain_crop
 
 pytestmark = pytest.mark.e2e
@@ -80,21 +88,6 @@ def _structure_to_check(labels: np.ndarray, colors: dict[str, list[int]]) -> int
         if value > 0 and counts[value] > 50 and max(r, g, b) - min(r, g, b) > 60 and not reddish:
             return int(value)
     raise AssertionError("no predicted structure with a distinctive colour")
-
-
-def _stroke(driver: Any, dx: int, dy: int, length: int) -> list[int]:
-    """Drag the mouse with the left button held along a horizontal line on the prediction canvas, from
-    (dx, dy) pixels off its centre; returns the file voxel under the pen's last position (the crosshair
-    follows the pen)."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    canvas = driver.find_element(By.ID, "gl")
-    chain = ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).click_and_hold()
-    for _ in range(length // 20):
-        chain = chain.move_by_offset(20, 0)
-    chain.release().perform()
-    return list(page(driver, "readout.voxel"))
 
 
 # --- the reviewer's path ----------------------------------------------------------------------------------
@@ -194,9 +187,9 @@ def test_reviewer_opens_corrects_and_accepts_a_job(stack: Stack, jobs: dict[str,
     wait_for(lambda: page(browser, "editing"), 30, "drawing mode")
     select(browser, "pen", str(pen))
     select(browser, "pen-size", "3")
-    painted_at = _stroke(browser, -100, 60, 200)
+    painted_at = stroke(browser, -100, 60, 200)
     browser.find_element(By.ID, "eraser").click()
-    erased_at = _stroke(browser, -100, -60, 200)
+    erased_at = stroke(browser, -100, -60, 200)
     screenshot(browser, "drawing")
     assert page(browser, "reslices") == 4
     browser.find_element(By.ID, "version-comment").send_keys("painted and erased one row each")

@@ -1,7 +1,7 @@
 """Semi-automatic segmentation in the viewer, in a real headless chromium: open a job, click twice in a
 structure with the foreground prompt, see the mask, accept it as a new named label, and check the saved
 label version over HTTP voxel by voxel (the model's result with the mask's voxels set to the new label);
-undo and the version's provenance (the two clicks, in file voxels) too."""
+undo and the version's provenance (the two clicks, in file voxels) too; then painted slices filled between."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tests.support.viewer_page import (
     screenshot,
     select,
     sign_in_and_open,
+    stroke,
     wait_page,
     wait_state,
 )
@@ -52,6 +53,7 @@ def test_two_clicks_make_a_mask_that_is_saved_as_a_new_label(
     stack: Stack, browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     image, _ = brain_crop(tmp_path_factory.mktemp("viewer-interactive"), size=64)
     with stack.client() as c:
@@ -116,3 +118,29 @@ def test_two_clicks_make_a_mask_that_is_saved_as_a_new_label(
     assert [p["point"] for p in listed["provenance"]["prompts"]] == [first, second]
     # the new label is offered in the structure list
     assert browser.find_element(By.ID, f"struct-{value}").is_selected()
+
+    # Fill between slices: paint on two axial slices four apart, then fill; a new session's mask covers
+    # the painted slices and every slice between them, nothing beyond.
+    # A patch on each (pen size 3, rows 4 px apart), overlapping in-plane as the interpolation needs.
+    select(browser, "pen-size", "3")
+    select(browser, "ia-mode", "paint")
+    painted = [[stroke(browser, -40, dy, 80) for dy in (0, 4, 8)][-1]]
+    for _ in range(4):
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_UP)
+    wait_for(lambda: page(browser, "readout.voxel") != painted[0], 30, "the next slices")
+    painted.append([stroke(browser, -40, dy, 80) for dy in (0, 4, 8)][-1])
+    browser.find_element(By.ID, "ia-fill").click()
+    wait_for(lambda: page(browser, "interactive.prompts") == 2, 60, "both painted slices filled between")
+    wait_state(browser, "loaded")
+    screenshot(browser, "interactive-filled")
+    filled_session = page(browser, "interactive.session")
+    with stack.client() as c:
+        fill_base = f"/v1/jobs/{job['id']}/interactions/{filled_session}"
+        filled = np.asarray(nifti(c.get(f"{fill_base}/mask", headers=headers).content).dataobj)
+        slices = c.get(fill_base, headers=headers).json()["prompts"]
+    assert [p["type"] for p in slices] == ["slice", "slice"]
+    axis = slices[0]["axis"]
+    ends = sorted(p["index"] for p in slices)
+    assert ends == sorted(v[axis] for v in painted) and ends[1] - ends[0] >= 2
+    has_mask = filled.any(axis=tuple(a for a in range(3) if a != axis))
+    assert np.flatnonzero(has_mask).tolist() == list(range(ends[0], ends[1] + 1))

@@ -97,3 +97,18 @@ def sign_in_and_open(driver: Any, base_url: str, key: str, job_id: str, timeout:
     wait_state(driver, "worklist")
     driver.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]').click()
     wait_state(driver, "loaded", timeout=timeout)
+
+
+def stroke(driver: Any, dx: int, dy: int, length: int) -> list[int]:
+    """Drag the mouse with the left button held along a horizontal line on the prediction canvas, from
+    (dx, dy) pixels off its centre; returns the file voxel under the pen's last position (the crosshair
+    follows the pen)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas = driver.find_element(By.ID, "gl")
+    chain = ActionChains(driver).move_to_element_with_offset(canvas, dx, dy).click_and_hold()
+    for _ in range(length // 20):
+        chain = chain.move_by_offset(20, 0)
+    chain.release().perform()
+    return list(page(driver, "readout.voxel"))
