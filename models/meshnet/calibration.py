@@ -1,7 +1,7 @@
 """Whether a MeshNet model may run its bf16 path: the agreement rule and its recorded calibrations.
 
 The rule (issue #16): the fast path's labels must equal the fp32 forward's on at least 99.9 % of the voxels
-on each real T1 scan of the calibration set (``../shared/data``: subject-a, t1-raw and the brain-tumour T1),
+on each real T1 scan of the calibration set (``../shared/data``: subject-a, t1-raw, the 3-slice MPRAGE),
 or the model keeps fp32. Voxels counted: those the network labels (the cropped box on the conformed 256³
 grid, which is all of it for a model that does not crop); the voxels outside the box are background on both
 paths by construction and would only inflate the figure. The lowest scan decides.
