@@ -63,9 +63,12 @@ def _submit(base_url: str, key: str) -> str:
 def run_jobs(args: argparse.Namespace, tmp: Path) -> tuple[float, list[str], Path]:
     """Start `segserve up`, submit the jobs at once, wait for them; (seconds, job ids, database path)."""
     data_dir = tmp / "data"
+    data_dir.mkdir(parents=True)
     created = run_cli(
         "keys", "create", "--name", "bench", "--role", "admin", models_dir=WEIGHTS, data_dir=data_dir
     )
+    if created.returncode != 0:
+        raise RuntimeError(f"segserve keys create failed: {created.stderr[-2000:]}")
     key = json.loads(created.stdout)["key"]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGSERVE_")}
