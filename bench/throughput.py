@@ -4,12 +4,14 @@ Run from the repository root (about 5 minutes on 2 quiet cores):
 
     .venv/bin/python -m bench.throughput                          # 20 jobs, 2 workers x 1 torch thread
     .venv/bin/python -m bench.throughput --jobs 10 --workers 1 --threads 2
+    .venv/bin/python -m bench.throughput --post-parallel 4   # 4 uploads in flight at a time
 
 What runs: ``segserve up --concurrency WORKERS`` (its embedded broker, SQLite, a temporary data dir, the
 weights of ../shared/models) with SEGSERVE_TORCH_THREADS=THREADS in each worker process and the worker's
 default CPU path (``--precision``, SEGSERVE_CPU_PRECISION). Once /readyz answers, JOBS copies of subject-a
-(``norm.mgz``, model brain-mri-structures) are POSTed at once (one thread each); the time is from the first
-POST to the last job succeeded, the workers starting cold (each loads the model at its first job).
+(``norm.mgz``, model brain-mri-structures) are POSTed at once (``--post-parallel`` in flight, default all of
+them); the time is from the first POST to the last job succeeded, the workers starting cold (each loads the
+model at its first job).
 
 Baseline, measured in the same run by this process with WORKERS x THREADS torch threads (the whole
 machine): the bare MeshNet forward of ``bench.inference`` on the same input, fp32 (a) and the fast bf16
@@ -88,7 +90,7 @@ def run_jobs(args: argparse.Namespace, tmp: Path) -> tuple[float, list[str], Pat
     try:
         wait_for(lambda: httpx.get(f"{base_url}/readyz", timeout=5).status_code == 200, 180, "/readyz")
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        with ThreadPoolExecutor(max_workers=args.post_parallel) as pool:
             ids = list(pool.map(lambda _: _submit(base_url, key), range(args.jobs)))
         posted = time.perf_counter() - start
         print(f"  {args.jobs} jobs POSTed in {posted:.1f} s", flush=True)
@@ -129,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (segserve up --concurrency)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each worker process")
+    parser.add_argument(
+        "--post-parallel",
+        type=int,
+        default=20,
+        help="POSTs in flight at once (20 at once made the API answer 500 on 2026-11-28: its database "
+        "connection pool, 5 + 10 overflow, ran out while uploads were being validated)",
+    )
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32"], help="SEGSERVE_CPU_PRECISION"
     )
