@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.inference                    # (a) and (b); about 4 minutes on 2 cores
+    .venv/bin/python -m bench.inference                    # (a), (f) and (b); about 4 minutes on 2 cores
+    .venv/bin/python -m bench.inference --service-fp32     # also (b32): the service forced to fp32
     .venv/bin/python -m bench.inference --with-brainchop   # also (c), if the brainchop package runs here
 
 Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LIA), model
@@ -12,10 +13,16 @@ Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LI
       resampling); one untimed warm-up pass first.
   (a0) the same in PyTorch's default (contiguous) layout: what channels-last saves (skip with
       ``--no-layout-baseline``).
+  (f) fast bare: the same forward through the bf16 twin the worker uses on a CPU with avx512_bf16 or
+      amx_bf16 (``MeshNet.with_bf16_inner_steps``: first and last step fp32, the rest bf16), with the share
+      of voxels whose labels equal (a)'s (the agreement rule; the 3-scan check is ``python -m
+      bench.calibrate``). Not run on a CPU without native bf16.
   (b) service: ``segserve api`` + ``segserve worker`` subprocesses (tests.support.stack, an embedded Redis
       broker, SQLite), POST norm.mgz, poll the job every 50 ms until ``succeeded``; the time is POST to
       result ready. The worker is warmed by one prior job on the same scan, so model loading is not counted
-      (a worker keeps its models loaded between jobs).
+      (a worker keeps its models loaded between jobs). The worker runs with its default CPU path
+      (SEGSERVE_CPU_PRECISION=auto: bf16 where the model's calibration passes on this CPU); (b32), with
+      ``--service-fp32``, is a second stack forced to fp32.
   (c) the ``brainchop`` PyPI package (tinygrad): not run by default: PROBES.md measured 24 min and 7.7 GB
       for this scan after several workarounds (model list fetched at import, needs clang, no .mgz input).
 All sides use the same number of torch threads (``--threads``, default 2: the worker gets
@@ -46,6 +53,8 @@ import numpy as np
 import torch
 
 from models.catalog import Catalog
+from models.cpu import cpu_flags, select_cpu_path
+from models.meshnet.calibration import label_agreement
 from models.meshnet.conform import conform
 from models.meshnet.predictor import MEMORY_FORMAT, MeshNetPredictor
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise
@@ -69,19 +78,21 @@ def bare_input(predictor: MeshNetPredictor, volume: Volume) -> torch.Tensor:
 
 
 def bare_forward(
-    memory_format: torch.memory_format = MEMORY_FORMAT,
-) -> tuple[Callable[[], float], tuple[int, ...]]:
-    """A function timing one bare forward pass (seconds), and the input tensor's shape.
+    memory_format: torch.memory_format = MEMORY_FORMAT, bf16: bool = False
+) -> tuple[Callable[[], float], tuple[int, ...], Callable[[], torch.Tensor]]:
+    """A function timing one bare forward pass (seconds), the input tensor's shape, and a function
+    giving the labels (argmax of the logits) of one more pass.
 
     ``memory_format``: the layout of the network's weights and input; the Predictor's (channels-last) for
-    (a), PyTorch's default (contiguous) for the layout baseline (a0).
+    (a), PyTorch's default (contiguous) for the layout baseline (a0). ``bf16``: the bf16 twin, for (f).
     """
     card = Catalog(WEIGHTS).card(MODEL)
     predictor = MeshNetPredictor.load(card, WEIGHTS)
     img = nibabel.load(SCAN)
     volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
     x = bare_input(predictor, volume).contiguous(memory_format=memory_format)
-    network = predictor.network.to(memory_format=memory_format)  # type: ignore[call-overload]
+    network = predictor.network.with_bf16_inner_steps() if bf16 else predictor.network
+    network.to(memory_format=memory_format)  # in place
 
     def run() -> float:
         with torch.inference_mode():
@@ -89,7 +100,11 @@ def bare_forward(
             network(x)
             return time.perf_counter() - start
 
-    return run, tuple(x.shape)
+    def labels() -> torch.Tensor:
+        with torch.inference_mode():
+            return network(x)[0].argmax(dim=0)
+
+    return run, tuple(x.shape), labels
 
 
 def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
@@ -123,8 +138,9 @@ def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
 
 
 @contextmanager
-def service_stack(threads: int) -> Iterator[httpx.Client]:
-    """A fresh api + worker stack (embedded broker, SQLite) and an admin client for it."""
+def service_stack(threads: int, precision: str = "auto") -> Iterator[httpx.Client]:
+    """A fresh api + worker stack (embedded broker, SQLite) and an admin client for it; ``precision``
+    is the worker's SEGSERVE_CPU_PRECISION."""
     tmp = Path(tempfile.mkdtemp(prefix="segserve-bench-"))
     broker = EmbeddedRedis(tmp / "broker")
     broker.start()
@@ -134,6 +150,7 @@ def service_stack(threads: int) -> Iterator[httpx.Client]:
             "SEGSERVE_REDIS_URL": broker.url,
             "SEGSERVE_MODELS_DIR": str(WEIGHTS),
             "SEGSERVE_TORCH_THREADS": str(threads),
+            "SEGSERVE_CPU_PRECISION": precision,
             "SEGSERVE_LOG_LEVEL": "WARNING",
             # Production defaults, not the tests' fast lease and recovery beats (extra CPU while timing).
             "SEGSERVE_LEASE_S": "120",
@@ -171,6 +188,10 @@ def time_brainchop(model: str) -> tuple[float | None, str]:
     return seconds, f"model {model}"
 
 
+def _row(label: str, runs: list[float], note: str = "") -> str:
+    return f"{label:<48} {min(runs):8.2f}   runs {[round(t, 2) for t in runs]}{note}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip (a0), the bare forward in PyTorch's default (contiguous) memory layout",
     )
+    parser.add_argument("--service-fp32", action="store_true", help="also (b32): a service forced to fp32")
     parser.add_argument("--brainchop-model", default="subcortical", help="brainchop model name for (c)")
     args = parser.parse_args(argv)
     if not SCAN.is_file() or not (WEIGHTS / "brainchop").is_dir():
@@ -192,44 +214,67 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-    run_bare, shape = bare_forward()
+    cpu = select_cpu_path("auto", cpu_flags())
+    print(f"CPU path: {cpu.reason}")
+    run_bare, shape, labels_bare = bare_forward()
     run_default = bare_forward(torch.contiguous_format)[0] if args.layout_baseline else None
-    bare: list[float] = []
-    default: list[float] = []
-    runs: list[tuple[float, dict[str, float]]] = []
-    with service_stack(args.threads) as client:
-        run_bare()  # warm-up of (a)
-        _job_seconds(client)  # warm-up of (b): the worker loads the model once and keeps it
-        for _ in range(args.repeats):  # interleaved, so both sides see the same background load
-            bare.append(run_bare())
-            runs.append(_job_seconds(client))
-            if run_default is not None:
-                default.append(run_default())
-    service = [total for total, _ in runs]
-    a, b = min(bare), min(service)
+    fast = bare_forward(bf16=True) if cpu.precision == "bf16" else None
+    sides: dict[str, list[float]] = {"a": [], "a0": [], "f": []}
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {"b": [], "b32": []}
+    stacks = [("b", "auto")] + ([("b32", "fp32")] if args.service_fp32 else [])
+    run_bare()  # warm-up of (a)
+    if fast is not None:
+        fast[0]()  # warm-up of (f)
+    for name, precision in stacks:
+        with service_stack(args.threads, precision) as client:
+            _job_seconds(client)  # warm-up: the worker loads the model once and keeps it
+            for _ in range(args.repeats):  # interleaved, so every side sees the same background load
+                sides["a"].append(run_bare())
+                runs[name].append(_job_seconds(client))
+                if fast is not None:
+                    sides["f"].append(fast[0]())
+                if run_default is not None and name == "b":
+                    sides["a0"].append(run_default())
+    a = min(sides["a"])
     print(f"model {MODEL} on subject-a, input tensor {shape}, {args.threads} torch threads")
     print(f"{'side':<48} {'seconds':>8}")
-    print(f"{'(a) bare MeshNet forward (channels-last)':<48} {a:8.2f}   runs {[round(t, 2) for t in bare]}")
-    if default:
-        label = "(a0) the same, PyTorch's default layout"
-        print(
-            f"{label:<48} {min(default):8.2f}   runs {[round(t, 2) for t in default]}   "
-            f"(a0)/(a) = {min(default) / a:.2f}: what channels-last saves"
+    print(_row("(a) bare MeshNet forward, fp32 (channels-last)", sides["a"]))
+    if sides["a0"]:
+        note = f"   (a0)/(a) = {min(sides['a0']) / a:.2f}: what channels-last saves"
+        print(_row("(a0) the same, PyTorch's default layout", sides["a0"], note))
+    if fast is not None:
+        agreement = label_agreement(fast[2]().numpy(), labels_bare().numpy())
+        note = (
+            f"   (a)/(f) = {a / min(sides['f']):.2f}; labels equal (a)'s on {100 * agreement:.3f} % of voxels"
         )
-    label_b = "(b) service: POST -> result ready (warm worker)"
-    print(f"{label_b:<48} {b:8.2f}   runs {[round(t, 2) for t in service]}")
-    for _, parts in runs:
-        print("    of which " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+        print(_row("(f) fast bare forward (bf16 twin)", sides["f"], note))
+    for name, label in (
+        ("b", "(b) service: POST -> result ready (warm worker)"),
+        ("b32", "(b32) service, fp32"),
+    ):
+        if runs[name]:
+            print(_row(label, [total for total, _ in runs[name]]))
+            for _, parts in runs[name]:
+                print("    of which " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
     if args.with_brainchop:
         c, why = time_brainchop(args.brainchop_model)
         text = f"{c:8.2f}   ({why}; (c)/(a) = {c / a:.2f})" if c is not None else f"{'not run':>8}   ({why})"
     else:
         text = f"{'not run':>8}   (24 min and 7.7 GB in PROBES.md; pass --with-brainchop)"
     print(f"{'(c) brainchop package (tinygrad)':<48} {text}")
+    service = [total for total, _ in runs["b"]]
+    b = min(service)
+    medians = statistics.median(service) / statistics.median(sides["a"])
     print(
-        f"ratio (b)/(a) = {b / a:.3f} on the best runs (target <= 1.15); on medians: "
-        f"{statistics.median(service) / statistics.median(bare):.3f}"
+        f"ratio (b)/(a) = {b / a:.3f} on the best runs (target: service <= 6 s on a quiet machine, "
+        f"i.e. below the fp32 forward); on medians: {medians:.3f}"
     )
+    if sides["f"]:
+        print(f"ratio (b)/(f) = {b / min(sides['f']):.3f}: the service over the fast forward it runs")
+    if runs["b32"]:
+        print(
+            f"ratio (b32)/(b) = {min(t for t, _ in runs['b32']) / b:.3f}: what the fast path saves end to end"
+        )
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     return 0

@@ -12,7 +12,8 @@ process, and reports that process's VmHWM:
 
 - ``read``: ``segserve.scans.readers.read_image`` only;
 - ``meshnet``: read, the real brainchop model of ``--meshnet-model`` (weights from ../shared/models) through
-  ``MeshNetPredictor`` (conform to 256^3, network, labels back on the input grid), labels written;
+  ``MeshNetPredictor`` (conform to 256^3, network, labels back on the input grid), labels written; on the
+  worker's CPU path (SEGSERVE_CPU_PRECISION, default auto: bf16 where the model's calibration passes);
 - ``nnunet``: read, a real nnU-Net v2 model made by ``models.testing.make_nnunet`` (nnU-Net's planner on the
   shared CTs, target spacing ``--nnunet-spacing``, 1 fold) through ``NnunetPredictor``, labels written;
 - ``bundle``: read, a MONAI bundle made by ``models.testing.make_bundle`` (a seeded UNet, 4 mm, 64^3 window)
@@ -129,6 +130,13 @@ def child(args: argparse.Namespace) -> None:
         from models.predictor import load_predictor
 
         torch.set_num_threads(os.cpu_count() or 1)
+        try:  # the worker's CPU path, as workers/tasks.py chooses it (a --baseline checkout may predate it)
+            from models.cpu import cpu_flags, select_cpu_path
+            from models.predictor import set_cpu_path
+        except ImportError:
+            pass
+        else:
+            set_cpu_path(select_cpu_path(os.environ.get("SEGSERVE_CPU_PRECISION", "auto"), cpu_flags()))
         models_dir = Path(args.models_dir)
         card = Catalog(models_dir).card(args.model_id)
         predictor = load_predictor(card, models_dir, "cpu")

@@ -16,15 +16,36 @@ from typing import Any
 import torch
 
 from models.card import Cancelled, ModelCard, ModelUnavailable
+from models.cpu import FP32, CpuPath
 from models.formats import format_named
 
-__all__ = ["Cancelled", "ModelUnavailable", "get_predictor", "load_predictor", "set_model_cache_budget"]
+__all__ = [
+    "Cancelled",
+    "ModelUnavailable",
+    "get_predictor",
+    "load_predictor",
+    "set_cpu_path",
+    "set_model_cache_budget",
+]
 
 # Loaded models are kept per process and evicted least recently used once their weights together pass
 # this many bytes (the model just asked for is always kept). Set with set_model_cache_budget().
 MODEL_CACHE_BYTES = 4 << 30
-_cache: OrderedDict[tuple[str, str, str, str], tuple[Any, int]] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, str, str, str], tuple[Any, int]] = OrderedDict()
 _cache_lock = threading.Lock()
+# The worker's CPU inference path (models.cpu), chosen once at its start; fp32 until set_cpu_path().
+_cpu_path: CpuPath = FP32
+
+
+def set_cpu_path(path: CpuPath) -> None:
+    """Set the CPU inference path predictors are loaded with from now on (the worker does, at start)."""
+    global _cpu_path
+    _cpu_path = path
+
+
+def cpu_path() -> CpuPath:
+    """The CPU inference path predictors are loaded with."""
+    return _cpu_path
 
 
 def set_model_cache_budget(nbytes: int) -> None:
@@ -48,13 +69,14 @@ def _weight_bytes(predictor: Any) -> int:
 
 def load_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any:
     """A new predictor for ``card``: built-in MeshNet cards (``weights_format`` "tfjs-layers") get
-    :class:`models.meshnet.predictor.MeshNetPredictor`, installed models their format's predictor."""
+    :class:`models.meshnet.predictor.MeshNetPredictor` (with the CPU path of :func:`set_cpu_path`),
+    installed models their format's predictor (fp32)."""
     fmt = format_named(str(card.params.get("weights_format", "")))
     if fmt is not None:
         return fmt.predictor_class().load(card, models_dir, device)
     from models.meshnet.predictor import MeshNetPredictor
 
-    return MeshNetPredictor.load(card, models_dir, device)
+    return MeshNetPredictor.load(card, models_dir, device, cpu_path=_cpu_path)
 
 
 def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any:
@@ -62,7 +84,7 @@ def get_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any
 
     Least recently used models are dropped when the loaded weights pass ``MODEL_CACHE_BYTES``.
     """
-    key = (card.id, card.version, str(Path(models_dir).resolve()), device)
+    key = (card.id, card.version, str(Path(models_dir).resolve()), device, _cpu_path.precision)
     with _cache_lock:
         entry = _cache.get(key)
         if entry is not None and entry[0].card == card:

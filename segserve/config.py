@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     recovery_interval_s: int = Field(default=30, description="How often a worker looks for abandoned jobs.")
     torch_threads: int | None = Field(default=None, description="torch intra-op threads in a worker.")
     device: str = Field(default="cpu", description="Torch device of a worker: cpu or cuda.")
+    cpu_precision: Literal["auto", "fp32"] = Field(
+        default="auto",
+        description="CPU inference path: auto (bf16 on CPUs with avx512_bf16 or amx_bf16, for each "
+        "model whose recorded calibration agrees with fp32 on >= 99.9 % of voxels; else fp32) or fp32.",
+    )
     host: str = Field(default="127.0.0.1", description="API bind address for `segserve up` / `api`.")
     port: int = Field(default=8000, description="API port for `segserve up` / `api`.")
     shutdown_grace_s: int = Field(

@@ -88,12 +88,19 @@ def _init_process(**_: object) -> None:
     # Process-wide torch settings belong to the worker, not the model library.
     import torch
 
+    from models.cpu import cpu_flags, select_cpu_path
+    from models.predictor import set_cpu_path
     from workers.malloc import release_large_blocks
 
     release_large_blocks()
     settings = get_settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    # Decided once per process from this machine's CPU; each model then keeps fp32 unless its own
+    # calibration passes (models/meshnet/calibration.py).
+    path = select_cpu_path(settings.cpu_precision, cpu_flags(), settings.device)
+    set_cpu_path(path)
+    log.info("cpu inference path: %s", path.reason)
     init_db(settings.resolved_database_url)
     shutdown.install_pool_process_handler()
 

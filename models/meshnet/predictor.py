@@ -15,6 +15,7 @@ reference, order (2, 1, 0) gives 0.083. Cards carry it as ``params["axis_order"]
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -22,13 +23,17 @@ import numpy as np
 import torch
 
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
-from models.meshnet.conform import conform, labels_to_source
+from models.cpu import FP32, CpuPath
+from models.meshnet.calibration import use_bf16
+from models.meshnet.conform import ConformedImage, conform, labels_to_source
 from models.meshnet.network import MeshNet
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
 from models.meshnet.tfjs import TfjsFormatError, load_tfjs_model
 from segserve.imaging.volume import Volume
 
 __all__ = ["MEMORY_FORMAT", "MeshNetPredictor"]
+
+log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -43,10 +48,17 @@ _PRE, _POST = 0.05, 0.05
 
 
 class MeshNetPredictor:
-    """A loaded model and its pre/post-processing. Not thread-safe: one ``predict`` at a time."""
+    """A loaded model and its pre/post-processing. Not thread-safe: one ``predict`` at a time.
 
-    def __init__(self, card: ModelCard, network: MeshNet, device: str = "cpu") -> None:
+    ``precision``: "fp32", or "bf16" for a network made by :meth:`MeshNet.with_bf16_inner_steps` (what
+    :meth:`load` picks where the CPU path allows it and the model's calibration passes).
+    """
+
+    def __init__(
+        self, card: ModelCard, network: MeshNet, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         self.card = card
+        self.precision = precision
         # Module.to takes memory_format (documented); its type stubs leave it out.
         self.network = network.to(memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]
         self.device = torch.device(device)
@@ -67,8 +79,13 @@ class MeshNetPredictor:
         self.crop_margin: int | None = margin
 
     @classmethod
-    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> MeshNetPredictor:
+    def load(
+        cls, card: ModelCard, models_dir: Path, device: str = "cpu", cpu_path: CpuPath = FP32
+    ) -> MeshNetPredictor:
         """Verify the card's files (size, sha256), read the weights and build the network.
+
+        ``cpu_path``: the worker's CPU inference path; bf16 is used only where it allows it and the
+        model's recorded calibration passes (:func:`models.meshnet.calibration.use_bf16`), else fp32.
 
         Raises:
             ModelUnavailable: a file is missing or damaged, or the architecture is not supported.
@@ -91,6 +108,10 @@ class MeshNetPredictor:
                 f"model {card.id}: network has {spec.num_classes} classes, card lists {card.num_classes}"
             )
         network = MeshNet.from_tfjs(spec).to(device)
+        bf16, why = use_bf16(card, cpu_path)
+        log.info("model %s: %s", card.id, why)
+        if bf16:
+            return cls(card, network.with_bf16_inner_steps(), device, "bf16")
         return cls(card, network, device)
 
     def predict(
@@ -110,6 +131,26 @@ class MeshNetPredictor:
         """
         report = on_progress or (lambda _fraction: None)
         stop = is_cancelled or (lambda: False)
+        conformed, full, _box = self.conformed_labels(volume, report, stop)
+        if stop():
+            raise Cancelled()
+        labels = labels_to_source(full, conformed)
+        report(1.0)
+        return labels
+
+    def conformed_labels(
+        self,
+        volume: Volume,
+        report: ProgressCallback | None = None,
+        stop: CancelCheck | None = None,
+    ) -> tuple[ConformedImage, np.ndarray, tuple[slice, slice, slice] | None]:
+        """The labels on the conformed 256³ grid, before mapping back to the input's grid.
+
+        Returns the conformed image, its labels (256, 256, 256) and the box the network labelled (None:
+        no non-zero voxel, nothing run). The calibration compares fp32 and bf16 inside that box.
+        """
+        report = report or (lambda _fraction: None)
+        stop = stop or (lambda: False)
         dtype = np.uint8 if self.network.num_classes <= 256 else np.uint16
         conformed = conform(volume)
         box = foreground_box(conformed.array, self.crop_margin or 0)
@@ -121,11 +162,7 @@ class MeshNetPredictor:
             crop = normalise(conformed.array[box], low, high, clip=self.clip)
             report(_PRE)
             full[box] = self._segment_crop(crop, dtype, report, stop)
-        if stop():
-            raise Cancelled()
-        labels = labels_to_source(full, conformed)
-        report(1.0)
-        return labels
+        return conformed, full, box
 
     def _segment_crop(
         self, crop: np.ndarray, dtype: type[np.integer], report: ProgressCallback, stop: CancelCheck
