@@ -319,14 +319,21 @@ for _statement in _POSTGRES_TRIGGER:
 _engines: list[Engine] = []
 
 
+# Connections a process may hold at once: the API's request threads (anyio's default 40) each hold one for
+# their request, uploads included; SQLAlchemy's default (5 + 10) made a burst of 20 uploads wait 30 s for a
+# connection and fail. Past this, a request gets 503 database_busy (service/problems.py).
+POOL_SIZE, POOL_MAX_OVERFLOW = 5, 35
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine per URL per process."""
+    pool = {"pool_size": POOL_SIZE, "max_overflow": POOL_MAX_OVERFLOW}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
     _engines.append(engine)
     return engine
 

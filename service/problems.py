@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,19 @@ def install(app: FastAPI) -> None:
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors) or "invalid request"
         return problem_response(
             422, detail, code="validation_error", instance=request.url.path, errors=errors
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every database connection of this process stayed busy for the pool's timeout: a burst of slow
+        # requests (uploads) holds them. The client's request is fine; retrying later succeeds.
+        log.warning("database connection pool exhausted on %s %s", request.method, request.url.path)
+        return problem_response(
+            503,
+            "the service is busy (all database connections in use); retry shortly",
+            code="database_busy",
+            instance=request.url.path,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)
