@@ -23,8 +23,12 @@ Algorithm (per seed): a region of interest (ROI), the seed's bounding box grown 
 side and clipped to the image. Voxels in range are the candidates; a marker-based watershed
 (scikit-image) on the gradient magnitude floods them from the seed (label 1) and from the background
 clicks plus the ROI's faces that lie inside the image (label 2), so the structure stops at the strongest
-edges between them. When the structure reaches the ROI's faces the margin doubles (at most ``max_grow``
-times). Holes are filled. Deterministic: no random numbers; ties are broken by scan order.
+edges between them. Each foreground click also adds its own component: the voxels connected to it
+within ``click_tolerance`` deviations of its ball's median, on its own slice along a thick-slice axis (see
+``anisotropy_cap``), unless that component reaches the ROI's faces or a background click (a leak). A click
+on a darker part without an edge against its surroundings got little from the watershed, as the face
+markers flood the flat region first. When the structure reaches the ROI's faces the margin doubles (at
+most ``max_grow`` times). Holes are filled. Deterministic: no random numbers; ties are broken by scan order.
 
 ``prepare`` does the whole-image work once: intensities scaled so the 1st and 99th percentiles are 0 and
 1 (so tolerances mean the same for CT and MR), smoothed by a Gaussian of ``smoothing_mm``, and the
@@ -98,6 +102,7 @@ class ClassicalEngine:
     max_voxels: int = 1_000_000
     edge_step: float = 0.02
     anisotropy_cap: float = 2.0
+    click_tolerance: float = 1.25
 
     def prepare(
         self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
@@ -236,18 +241,56 @@ class ClassicalEngine:
             candidates = ndimage.binary_opening(candidates, _ball(self.opening_mm, prepared.spacing_mm))
         candidates |= markers == 1
         labels = watershed(prepared.gradient[roi], markers, mask=candidates | (markers == 2))
-        grown = ndimage.binary_fill_holes(labels == 1)
+        grown = labels == 1
+        if self.click_tolerance > 0:
+            for p in prompts:
+                if isinstance(p, Click) and p.foreground:
+                    i, j, k = (int(v - o) for v, o in zip(p.point, offset, strict=True))
+                    grown |= self._click_component(smoothed, (i, j, k), markers, border, prepared.spacing_mm)
+        grown = ndimage.binary_fill_holes(grown)
         if not grown.any():
             raise PromptError("the prompts grow no structure (every seed lies outside the boxes)")
         reach = ndimage.binary_dilation(border) if self.border_background else border
         touches = bool((grown & reach).any())
         return grown & inside_boxes | (markers == 1), touches
 
-    def _in_range(self, smoothed: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    def _in_range(
+        self, smoothed: np.ndarray, sample: np.ndarray, tolerance: float | None = None
+    ) -> np.ndarray:
         median = float(np.median(sample))
         deviation = 1.4826 * float(np.median(np.abs(sample - median)))
         deviation = min(max(deviation, self.min_deviation), self.max_deviation)
-        return np.abs(smoothed - np.float32(median)) <= np.float32(self.tolerance * deviation)
+        tolerance = self.tolerance if tolerance is None else tolerance
+        return np.abs(smoothed - np.float32(median)) <= np.float32(tolerance * deviation)
+
+    def _click_component(
+        self,
+        smoothed: np.ndarray,
+        local: Index3,
+        markers: np.ndarray,
+        border: np.ndarray,
+        spacing: tuple[float, float, float],
+    ) -> np.ndarray:
+        """The voxels connected to the click ``local`` (ROI indices) within ``click_tolerance`` deviations
+        of its neighbourhood's median, on the click's own slice along a thick-slice axis (bool, ROI shape);
+        empty when that component reaches the ROI's inner faces or a background seed (it leaked).
+
+        Why: the watershed lets a click on a darker part of a structure claim little where that part has
+        no edge against its surroundings (the border markers flood the flat region first); the click's
+        own narrow range, on the slice the user sees, claims the part when it is enclosed."""
+        ball = _ball_slices(local, self.stats_radius_mm, spacing, smoothed.shape)
+        in_range = self._in_range(smoothed, smoothed[ball], self.click_tolerance)
+        finest = min(spacing)
+        for axis, s in enumerate(spacing):
+            if s > self.anisotropy_cap * finest:
+                keep = np.zeros(smoothed.shape[axis], dtype=bool)
+                keep[local[axis]] = True
+                in_range &= keep.reshape([-1 if a == axis else 1 for a in range(3)])
+        labels, _ = ndimage.label(in_range)
+        component = labels == labels[local]
+        if labels[local] == 0 or (component & (border | (markers == 2))).any():
+            return np.zeros(smoothed.shape, dtype=bool)
+        return component
 
     def _mark(
         self, markers: np.ndarray, centre: Sequence[int], label: int, spacing: tuple[float, ...]
