@@ -279,17 +279,21 @@ class ClassicalEngine:
         no edge against its surroundings (the border markers flood the flat region first); the click's
         own narrow range, on the slice the user sees, claims the part when it is enclosed."""
         ball = _ball_slices(local, self.stats_radius_mm, spacing, smoothed.shape)
-        in_range = self._in_range(smoothed, smoothed[ball], self.click_tolerance)
+        sample = smoothed[ball]
+        # Only the click's slab is labelled (its slice along each thick axis): the rest is never kept.
         finest = min(spacing)
-        for axis, s in enumerate(spacing):
-            if s > self.anisotropy_cap * finest:
-                keep = np.zeros(smoothed.shape[axis], dtype=bool)
-                keep[local[axis]] = True
-                in_range &= keep.reshape([-1 if a == axis else 1 for a in range(3)])
-        labels, _ = ndimage.label(in_range)
-        component = labels == labels[local]
-        if labels[local] == 0 or (component & (border | (markers == 2))).any():
-            return np.zeros(smoothed.shape, dtype=bool)
+        slab = tuple(
+            slice(c, c + 1) if s > self.anisotropy_cap * finest else slice(None)
+            for c, s in zip(local, spacing, strict=True)
+        )
+        labels, _ = ndimage.label(self._in_range(smoothed[slab], sample, self.click_tolerance))
+        at = tuple(0 if sl.start is not None else c for c, sl in zip(local, slab, strict=True))
+        component = np.zeros(smoothed.shape, dtype=bool)
+        if labels[at] == 0:
+            return component
+        component[slab] = labels == labels[at]
+        if (component & (border | (markers == 2))).any():
+            component[:] = False
         return component
 
     def _mark(
