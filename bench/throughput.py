@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "--post-parallel",
         type=int,
         default=20,
-        help="POSTs in flight at once (20 at once made the API answer 500 on 2026-11-28: its database "
-        "connection pool, 5 + 10 overflow, ran out; cause not investigated)",
+        help="POSTs in flight at once (before 2026-11-28 20 at once exhausted the API's database "
+        "connection pool, a 500; the pool now covers the API's request threads)",
     )
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32"], help="SEGSERVE_CPU_PRECISION"
