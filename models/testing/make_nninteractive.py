@@ -27,30 +27,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.testing.tiny_unet import TINY_PLAIN_UNET
+
 NAME = "nnInteractive_tiny"
 PATCH = (64, 64, 64)  # > 2 x 24: the session's refinement keeps a 24-voxel margin in each patch
 INTERACTION_CHANNELS = 7  # prev_seg + 3 (+, -) pairs: the legacy layout of the published v1.0 model
-
-_ARCH = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 3,
-        "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1, 1],
-        "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
 
 
 def plans() -> dict[str, Any]:
@@ -75,7 +56,7 @@ def plans() -> dict[str, Any]:
             "order_z": 0,
             "force_separate_z": None,
         },
-        "architecture": _ARCH,
+        "architecture": TINY_PLAIN_UNET,
         "batch_dice": False,
     }
     return {

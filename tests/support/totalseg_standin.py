@@ -29,29 +29,10 @@ import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from models.card import ModelCard
+from models.testing.tiny_unet import TINY_PLAIN_UNET
 from models.totalseg import tasks
 
 PATCH = [32, 32, 32]
-ARCH: dict[str, Any] = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 3,
-        "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1, 1],
-        "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
 
 
 def _plans(dataset_name: str, plans_name: str, spacing_xyz: list[float]) -> dict[str, Any]:
@@ -81,7 +62,7 @@ def _plans(dataset_name: str, plans_name: str, spacing_xyz: list[float]) -> dict
                 "resampling_fn_seg_kwargs": {**resampling, "is_seg": True, "order": 1},
                 "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
                 "resampling_fn_probabilities_kwargs": {**resampling, "order": 1},
-                "architecture": ARCH,
+                "architecture": TINY_PLAIN_UNET,
                 "batch_dice": False,
             }
         },
@@ -103,7 +84,7 @@ def _plans(dataset_name: str, plans_name: str, spacing_xyz: list[float]) -> dict
 
 def _checkpoint(n_classes: int, trainer: str, seed: int, background_bias: float) -> bytes:
     torch.manual_seed(seed)
-    arch = ARCH
+    arch = TINY_PLAIN_UNET
     net = get_network_from_plans(
         arch["network_class_name"],
         arch["arch_kwargs"],
