@@ -30,6 +30,7 @@ from tests.support.viewer_page import (
     page,
     screenshot,
     select,
+    sign_in,
     stroke,
     wait_page,
     wait_state,
@@ -112,13 +113,7 @@ def test_reviewer_opens_corrects_and_accepts_a_job(stack: Stack, jobs: dict[str,
     rgb = tuple(colors[str(label)])
 
     # Sign in, filter the worklist: only identifiers safe to display.
-    browser.get(f"{stack.base_url}/viewer")
-    wait_state(browser, "signed-out")
-    browser.find_element(By.ID, "api-key").send_keys(reviewer)
-    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button").click()
-    wait_state(browser, "worklist")
-    select(browser, "filter-status", "")
-    wait_state(browser, "worklist")
+    sign_in(browser, stack.base_url, reviewer)
     rows = {r.get_attribute("data-job") for r in browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")}
     assert {job_id, jobs["dicom"]} <= rows
     assert_no_patient_data(browser.find_element(By.TAG_NAME, "body").text, "the worklist page")

@@ -84,8 +84,8 @@ def select(driver: Any, element_id: str, value: str) -> None:
     Select(driver.find_element(By.ID, element_id)).select_by_value(value)
 
 
-def sign_in_and_open(driver: Any, base_url: str, key: str, job_id: str, timeout: float = 180) -> None:
-    """Sign in with ``key``, show every job in the worklist and open ``job_id``."""
+def sign_in(driver: Any, base_url: str, key: str) -> None:
+    """Sign in with ``key`` and show every job in the worklist (any status)."""
     from selenium.webdriver.common.by import By
 
     driver.get(f"{base_url}/viewer")
@@ -95,6 +95,13 @@ def sign_in_and_open(driver: Any, base_url: str, key: str, job_id: str, timeout:
     wait_state(driver, "worklist")
     select(driver, "filter-status", "")
     wait_state(driver, "worklist")
+
+
+def sign_in_and_open(driver: Any, base_url: str, key: str, job_id: str, timeout: float = 180) -> None:
+    """Sign in with ``key`` and open ``job_id`` from the worklist."""
+    from selenium.webdriver.common.by import By
+
+    sign_in(driver, base_url, key)
     driver.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]').click()
     wait_state(driver, "loaded", timeout=timeout)
 
