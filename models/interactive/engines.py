@@ -45,7 +45,7 @@ def get_engine(name: str, models_dir: Path | None = None, device: str = "cpu") -
     naming the known ones for any other name, ``ModelUnavailable`` when a model engine's weights are not."""
     if name in ENGINES:
         return ENGINES[name]()
-    if models_dir is not None and not name.startswith("classical"):
+    if models_dir is not None:
         from models.interactive.model_engines import model_engine
 
         with contextlib.suppress(KeyError):
