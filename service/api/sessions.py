@@ -15,6 +15,7 @@ from models.interactive.codec import prompt_from_json
 from models.interactive.prompts import PromptError, check_prompts
 from segserve.config import Settings
 from segserve.db import Job
+from segserve.interactions import InteractionSession
 from service import interactive
 from service.api.routes.reviews import card_labels, named_labels
 from service.problems import Problem
@@ -199,4 +200,31 @@ def prompt_doc(body: ClickIn | BoxIn | SliceIn, job: Job, settings: Settings) ->
 def scanner_points(body: ClickIn | BoxIn | SliceIn) -> list[list[float]]:
     return (
         [body.point] if isinstance(body, ClickIn) else [body.lo, body.hi] if isinstance(body, BoxIn) else []
+    )
+
+
+def mask_url(row: InteractionSession) -> str:
+    """Where the session's current mask is fetched; the prompt count makes each mask's URL its own."""
+    return f"/v1/jobs/{row.job_id}/interactions/{row.id}/mask?prompts={len(row.mask_prompts or [])}"
+
+
+def session_public(row: InteractionSession) -> SessionPublic:
+    """The answer for a session row: its state, prompts and, while open with a mask, the mask's URL."""
+    target = None
+    if row.target_label is not None:
+        target = {"label": row.target_label, "name": row.target_name}
+    return SessionPublic(
+        id=row.id,
+        job_id=row.job_id,
+        key_id=row.key_id,
+        engine=row.engine,
+        status=row.status,
+        target=target,
+        prompts=list(row.prompts),
+        prompt_count=len(row.prompts),
+        mask_url=mask_url(row) if row.mask_prompts is not None and row.status == "open" else None,
+        committed_version=row.committed_version,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        expires_at=row.expires_at,
     )

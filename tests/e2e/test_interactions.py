@@ -371,6 +371,33 @@ def test_bad_prompts_and_sessions_get_4xx(istack: Stack, jobs: dict[str, str], r
     wait_for(lambda: f"session {sid}: session closed; freed" in worker.log_path.read_text(), 30, "the sweep")
 
 
+def test_a_session_belongs_to_the_key_that_opened_it(
+    istack: Stack, jobs: dict[str, str], reviewer: str
+) -> None:
+    """Another reviewer's key may read the session's state but not prompt, read its mask, undo, commit or
+    close it (403 session_not_yours); an admin's key may."""
+    job = jobs["main"]
+    other_key = create_key(istack, "reviewer")
+    with _client(istack, reviewer) as mine, _client(istack, other_key) as theirs, istack.client() as admin:
+        sid = _session(mine, job)
+        centre = [24, 24, 24]
+        assert _click(mine, job, sid, centre).status_code == 200
+        base = f"/v1/jobs/{job}/interactions/{sid}"
+        for resp in (
+            _click(theirs, job, sid, centre, foreground=False),
+            theirs.get(f"{base}/mask"),
+            theirs.post(f"{base}/undo"),
+            theirs.post(f"{base}/commit", json={"target": {"name": "not mine"}}),
+            theirs.delete(base),
+        ):
+            assert resp.status_code == 403 and resp.json()["code"] == "session_not_yours", resp.text
+            assert resp.headers["content-type"].startswith("application/problem+json")
+        state = theirs.get(base)
+        assert state.status_code == 200 and state.json()["prompt_count"] == 1  # nothing they sent was kept
+        assert _click(admin, job, sid, [2, 2, 2], foreground=False).status_code == 200
+        assert admin.delete(base).json()["status"] == "closed"
+
+
 def test_expired_session_is_gone(istack: Stack, short_api: str, jobs: dict[str, str], reviewer: str) -> None:
     job = jobs["main"]
     with _client(istack, reviewer, base=short_api) as c:

@@ -28,6 +28,7 @@ from segserve.interactions import (
     set_prompts,
     touch,
 )
+from segserve.security import Role
 from service import interactive
 from service.api.deps import CatalogDep, SessionDep, SettingsDep, require
 from service.api.lookup import job_with_files, require_succeeded
@@ -40,52 +41,44 @@ from service.api.sessions import (
     SessionCreate,
     SessionPublic,
     Target,
+    mask_url,
     prompt_doc,
     resolve_target,
+    session_public,
 )
 from service.problems import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["interactions"])
 CanInteract = Annotated[ApiKey, Depends(require("reviews:write"))]
-_ERRORS: dict[int | str, dict[str, Any]] = {404: {}, 409: {}, 410: {}, 422: {}}
+_ERRORS: dict[int | str, dict[str, Any]] = {403: {}, 404: {}, 409: {}, 410: {}, 422: {}}
 _WORKER_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 503: {}}
 
 
-def _mask_url(row: InteractionSession) -> str:
-    return f"/v1/jobs/{row.job_id}/interactions/{row.id}/mask?prompts={len(row.mask_prompts or [])}"
-
-
-def _public(row: InteractionSession) -> SessionPublic:
-    target = None
-    if row.target_label is not None:
-        target = {"label": row.target_label, "name": row.target_name}
-    return SessionPublic(
-        id=row.id,
-        job_id=row.job_id,
-        key_id=row.key_id,
-        engine=row.engine,
-        status=row.status,
-        target=target,
-        prompts=list(row.prompts),
-        prompt_count=len(row.prompts),
-        mask_url=_mask_url(row) if row.mask_prompts is not None and row.status == "open" else None,
-        committed_version=row.committed_version,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        expires_at=row.expires_at,
-    )
-
-
 def _session(
-    db: Session, settings: Settings, job_id: str, session_id: str, *, open_only: bool = True
+    db: Session,
+    settings: Settings,
+    job_id: str,
+    session_id: str,
+    key: ApiKey | None = None,
+    *,
+    open_only: bool = True,
 ) -> tuple[Job, InteractionSession]:
     """The job (404, 410 files_deleted) and its session (404 for an unknown one or another job's). With
-    `open_only`: 410 session_expired, 409 session_committed / session_closed."""
+    `key`: 403 session_not_yours unless that key opened the session or is an admin's (a reviewer's clicks
+    and commit are theirs alone). With `open_only`: 410 session_expired, 409 session_committed /
+    session_closed."""
     job = job_with_files(db, job_id)
     row = db.get(InteractionSession, session_id)
     if row is None or row.job_id != job.id:
         raise Problem(
             404, f"job '{job_id}' has no interaction session '{session_id}'", code="session_not_found"
+        )
+    if key is not None and key.id != row.key_id and key.role != Role.admin.value:
+        raise Problem(
+            403,
+            f"the session was opened by another API key ({row.key_id}); only that key or an admin may "
+            "prompt, read its mask, commit or close it: open your own session on the job",
+            code="session_not_yours",
         )
     expired = expire_if_idle(db, row, settings.jobs_dir)
     if not open_only:
@@ -132,7 +125,7 @@ def _run(
         voxels=int(answer["voxels"]),
         volume_ml=float(answer["volume_ml"]),
         bbox=Bbox(**answer["bbox"]) if answer["bbox"] else None,
-        mask_url=_mask_url(row),
+        mask_url=mask_url(row),
         seconds=float(answer["seconds"]),
         prepared=bool(answer["prepared"]),
     )
@@ -212,7 +205,7 @@ def create_session(
     touch(row, settings.interactive_ttl_s)
     db.add(row)
     db.commit()
-    return _public(row)
+    return session_public(row)
 
 
 @router.get(
@@ -225,7 +218,7 @@ def get_session(
     job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
 ) -> SessionPublic:
     """Any state (open, committed, closed, expired), with the prompts in voxel indices."""
-    return _public(_session(db, settings, job_id, session_id, open_only=False)[1])
+    return session_public(_session(db, settings, job_id, session_id, open_only=False)[1])
 
 
 @router.post(
@@ -235,7 +228,7 @@ def get_session(
     responses=_WORKER_ERRORS,
 )
 def post_prompt(
-    job_id: str, session_id: str, body: PromptIn, db: SessionDep, settings: SettingsDep, _key: CanInteract
+    job_id: str, session_id: str, body: PromptIn, db: SessionDep, settings: SettingsDep, key: CanInteract
 ) -> MaskSummary:
     """A click `{"type": "click", "point": [i, j, k], "foreground": true}`, a box `{"type": "box", "lo",
     "hi"}` (inclusive corners, drawn on one slice) or painted pixels of a slice `{"type": "slice", "axis",
@@ -243,7 +236,7 @@ def post_prompt(
     mask's voxel count, volume (ml), bounding box and URL. 422 `prompt_outside_volume` naming the prompt,
     404 a session of another job, 409/410 a session no longer open, 503 (Retry-After) when no interactive
     worker answers; a refused prompt is not kept."""
-    job, row = _session(db, settings, job_id, session_id)
+    job, row = _session(db, settings, job_id, session_id, key)
     doc = prompt_doc(body, job, settings)
     before = list(row.prompts)
     _change_prompts(db, settings, row, [*before, doc])
@@ -257,11 +250,11 @@ def post_prompt(
     responses=_WORKER_ERRORS,
 )
 def undo(
-    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
+    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, key: CanInteract
 ) -> MaskSummary:
     """The mask of the prompts without the last one (exactly what it was before that prompt); 409
     `nothing_to_undo` when there is none."""
-    _, row = _session(db, settings, job_id, session_id)
+    _, row = _session(db, settings, job_id, session_id, key)
     before = list(row.prompts)
     if not before:
         raise Problem(409, "the session has no prompt to undo", code="nothing_to_undo")
@@ -276,11 +269,11 @@ def undo(
     responses={200: {"content": {"application/gzip": {}}}, **_ERRORS},
 )
 def get_mask(
-    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
+    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, key: CanInteract
 ) -> FileResponse:
     """uint8 0/1 with the result's shape and affine (`X-Prompt-Count`: the prompts it is made of); 404
     `no_mask` before the first prompt."""
-    job, row = _session(db, settings, job_id, session_id)
+    job, row = _session(db, settings, job_id, session_id, key)
     path = mask_path(settings.jobs_dir, job.id, row.id)
     if row.mask_prompts is None or not path.exists():
         raise Problem(404, "the session has no mask yet: post a prompt first", code="no_mask")
@@ -312,7 +305,7 @@ def commit(
     `missing_target`, `unknown_label`, `label_name_exists`, `label_value_taken`; 409 `mask_not_current`
     while a prompt is in flight. The session ends (committed)."""
     body = body or CommitIn()
-    job, row = _session(db, settings, job_id, session_id)
+    job, row = _session(db, settings, job_id, session_id, key)
     if body.target is not None:
         target = body.target
     elif row.target_label is not None:
@@ -387,10 +380,10 @@ def commit(
     responses=_ERRORS,
 )
 def close(
-    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, _key: CanInteract
+    job_id: str, session_id: str, db: SessionDep, settings: SettingsDep, key: CanInteract
 ) -> SessionPublic:
     """The session ends without a version; its mask file is deleted and the interactive worker drops its
     prepared image at its next sweep."""
-    _, row = _session(db, settings, job_id, session_id)
+    _, row = _session(db, settings, job_id, session_id, key)
     end(db, row, SessionStatus.closed, settings.jobs_dir)
-    return _public(row)
+    return session_public(row)
