@@ -24,13 +24,14 @@ export function setupInteractive(ctx) {
   }
 
   function reset() {
+    generation += 1; // prompts still waiting are not sent
     session = boxCorner = null;
     pendingClick = false;
     if (painting) stopPainting();
     $("ia-mode").value = "off";
     $("ia-undo").disabled = $("ia-accept").disabled = $("ia-cancel").disabled = true;
     $("ia-fill").hidden = true;
-    viewer.interactive = { session: null, prompts: 0, voxels: 0, busy: false };
+    viewer.interactive = { session: null, prompts: 0, voxels: 0, busy: waiting > 0, queued: 0 };
     status("");
   }
 
@@ -64,10 +65,29 @@ export function setupInteractive(ctx) {
     return session;
   }
 
-  // One call that changes the mask (a prompt or undo): the answer's summary, then the mask itself.
-  async function change(path, body) {
-    if (viewer.interactive.busy) return;
-    viewer.interactive.busy = true;
+  // Calls that change the mask (a prompt or undo) run one after another, in the order given: a click made
+  // while the previous one is being answered waits its turn (the status shows how many wait) instead of
+  // being lost. Cancel or Accept drops those not yet sent (a new generation).
+  let queue = Promise.resolve();
+  let waiting = 0;
+  let generation = 0;
+
+  function change(path, body) {
+    const mine = generation;
+    waiting += 1;
+    const most = Math.max(viewer.interactive.mostQueued || 0, waiting - 1);
+    Object.assign(viewer.interactive, { busy: true, queued: waiting - 1, mostQueued: most });
+    if (waiting > 1) status(`segmenting… ${waiting - 1} more prompt${waiting > 2 ? "s" : ""} waiting`);
+    const run = queue.then(() => (mine === generation ? send(path, body) : undefined));
+    queue = run.finally(() => {
+      waiting -= 1;
+      Object.assign(viewer.interactive, { busy: waiting > 0, queued: Math.max(waiting - 1, 0) });
+    });
+    return queue;
+  }
+
+  // One call: the answer's summary, then the mask itself.
+  async function send(path, body) {
     setState("segmenting");
     const started = performance.now();
     try {
@@ -78,8 +98,6 @@ export function setupInteractive(ctx) {
       setState("loaded");
     } catch (error) {
       setState("error", error.message);
-    } finally {
-      viewer.interactive.busy = false;
     }
   }
 
@@ -177,6 +195,7 @@ export function setupInteractive(ctx) {
     const name = $("ia-name").value.trim();
     if (choice === "new" && !name) return status("name the new label first");
     const target = choice === "new" ? { name } : { label: Number(choice) };
+    await queue; // the mask of every prompt given so far
     setState("saving");
     try {
       const saved = await apiJson(

@@ -95,6 +95,25 @@ def test_two_clicks_make_a_mask_that_is_saved_as_a_new_label(
     assert _click(browser, 6, 4) == second
     assert page(browser, "interactive.voxels") == int(two_clicks.sum())
 
+    # Prompts given while an earlier one is still being answered wait their turn and are sent after it,
+    # none lost: two clicks in quick succession, then two Undo presses in one go (the second press comes
+    # while the first is in flight), which bring the session back to the two clicks.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    canvas = browser.find_element(By.ID, "gl")
+    chain = ActionChains(browser).move_to_element_with_offset(canvas, -6, 4).click().pause(0.1)
+    chain.move_to_element_with_offset(canvas, -6, -4).click().perform()
+    wait_for(lambda: page(browser, "interactive.prompts") == 4, 60, "both quick clicks answered")
+    wait_for(lambda: not page(browser, "interactive.busy"), 60, "the clicks' queue to drain")
+    browser.execute_script("const u = document.getElementById('ia-undo'); u.click(); u.click();")
+    wait_for(lambda: page(browser, "interactive.prompts") == 2, 60, "both undos answered")
+    wait_for(lambda: not page(browser, "interactive.busy"), 60, "the undos' queue to drain")
+    assert page(browser, "interactive.mostQueued") >= 1  # the second undo waited for the first
+    with stack.client() as c:
+        assert [p["point"] for p in c.get(base, headers=headers).json()["prompts"]] == [first, second]
+    wait_state(browser, "loaded")
+    assert page(browser, "interactive.voxels") == int(two_clicks.sum())
+
     # Accept as a new label the reviewer names: a new label version, the model's result untouched.
     select(browser, "ia-target", "new")
     browser.find_element(By.ID, "ia-name").send_keys("clicked structure")
