@@ -15,9 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
-    DDL,
     JSON,
-    BigInteger,
     Boolean,
     Engine,
     Float,
@@ -280,42 +278,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-# The audit log's rows (segserve.audit writes and reads them). Append-only: triggers refuse UPDATE/DELETE.
-class AuditEvent(Base):
-    __tablename__ = "audit_events"
-
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
-    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    action: Mapped[str] = mapped_column(String(64), index=True)
-    resource_type: Mapped[str] = mapped_column(String(32))
-    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
-_SQLITE_TRIGGERS = [
-    "CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events "
-    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events "
-    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END",
-]
-_POSTGRES_TRIGGER = [
-    "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$ "
-    "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END; $$ LANGUAGE plpgsql",
-    "DROP TRIGGER IF EXISTS audit_events_append_only ON audit_events",
-    "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
-    "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()",
-]
-for _statement in _SQLITE_TRIGGERS:
-    event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
-for _statement in _POSTGRES_TRIGGER:
-    event.listen(AuditEvent.__table__, "after_create", DDL(_statement).execute_if(dialect="postgresql"))
-
-
 _engines: list[Engine] = []
 
 
@@ -385,7 +347,8 @@ def init_db(url: str) -> None:
     """Create missing tables and add missing columns (see _ADDITIVE_COLUMNS). The API and the workers may
     start together on a database that lacks a table: PostgreSQL then refuses all but one CREATE TABLE
     (a duplicate type name), SQLite says the table already exists; the others look again and find it."""
-    import segserve.interactions  # noqa: F401  (its table joins Base.metadata before create_all)
+    import segserve.audit
+    import segserve.interactions  # noqa: F401
 
     engine = get_engine(url)
     for attempt in range(3):

@@ -252,7 +252,7 @@ def test_cancel_stops_within_a_tile(release: tuple[str, Path], ct_crop: Path, tm
 def test_pull_command_refuses_unknown_names_and_cleans_up_after_a_failed_download(
     release: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from shell.cli import pull_totalseg as pull_command
+    from shell.models_cmd import pull_totalseg as pull_command
 
     assert pull_command("totalseg-nope", tmp_path) == 2
     assert "totalseg-total" in capsys.readouterr().err  # the known ids are named
