@@ -25,6 +25,13 @@ export const viewer = {
 };
 window.segserveViewer = viewer;
 
+// For tests and benchmarks: the requests made since the job opened, with the bytes each moved.
+viewer.requestsSinceOpen = () =>
+  performance
+    .getEntriesByType("resource")
+    .filter((e) => e.startTime >= viewer.openStart)
+    .map((e) => ({ url: new URL(e.name).pathname + new URL(e.name).search, transferSize: e.transferSize }));
+
 export function setState(state, error = null) {
   viewer.state = state;
   viewer.error = error;

@@ -1,12 +1,24 @@
-// segserve viewer: sign in, worklist, a job's scan with its labels (NiiVue: three planes and 3D), the
-// reference beside the prediction, contrast, structure toggles, crosshair readout, brush corrections saved
-// as label versions, and the review. See views.js for what costs a re-slice.
+// segserve viewer: sign in, worklist, a job's scan with its labels (NiiVue: three planes and 3D), the reference
+// beside the prediction, contrast, structures, readout (controls.js), brush corrections (drawing.js), clicks
+// segmented into masks (interactive.js), and the review. See views.js for what costs a re-slice.
+import {
+  CT_PRESETS,
+  buildPresets,
+  buildStructureList,
+  checkAllStructures,
+  renderReadout,
+  structureAt,
+  structureValues,
+  windowOf,
+} from "./controls.js";
+import { setupDrawing } from "./drawing.js";
 import { setupInteractive } from "./interactive.js";
 import { loadLesions } from "./lesions.js";
-import { $, api, apiJson, apiKey, gzip, setApiKey, setState, show, viewer } from "./page.js";
+import { $, api, apiJson, apiKey, setApiKey, setState, show, viewer } from "./page.js";
 import { loadMetrics, loadReview, loadVersions, postReview } from "./review.js";
 import {
   decodeVolume,
+  exposeViews,
   fileVoxel,
   labelLut,
   linkViews,
@@ -17,13 +29,6 @@ import {
   showVolumes,
 } from "./views.js";
 import { loadWorklist, wireWorklist } from "./worklist.js";
-
-const CT_PRESETS = [
-  { name: "soft tissue", width: 400, level: 40 },
-  { name: "lung", width: 1500, level: -600 },
-  { name: "bone", width: 2000, level: 300 },
-  { name: "brain", width: 80, level: 40 },
-];
 
 let nv = null; // the prediction view
 let nvRef = null; // the reference view, made when the reference is first shown
@@ -36,10 +41,9 @@ let reference = null; // NVImage of the reference, fetched when first shown
 let referenceStale = false; // its view missed a re-slice while hidden
 let visible = new Set(); // label values shown
 let overlayOn = true;
-let editing = false;
-let lastPen = 1; // the label pen to go back to from the eraser
 let opening = 0; // the newest openJob call; older ones stop when they see a newer one
-let interactive = null; // the interaction-session controls (interactive.js), made by wire()
+let drawing = null; // the brush corrections (drawing.js) and
+let interactive = null; // the interaction-session controls (interactive.js), both made by wire()
 
 // --- opening a job -----------------------------------------------------------------------------------------
 
@@ -51,7 +55,7 @@ function closeJob() {
   image = labels = reference = mask = null;
   if (nv) showVolumes(nv, []);
   if (nvRef) showVolumes(nvRef, []);
-  if (editing) stopEditing(); // after the volumes are gone: it redraws
+  if (drawing.editing()) drawing.stop(); // after the volumes are gone: it redraws
   setReferencePane(false);
 }
 
@@ -80,11 +84,11 @@ async function openJob(jobId) {
     [card, image, labels] = loaded;
     viewer.decodeMs = performance.now() - started;
     $("job-title").textContent = `${jobId.slice(0, 12)} · ${card.name || card.id}`;
-    visible = new Set(Object.keys(card.labels).map(Number).filter((v) => v > 0));
-    buildStructureList();
-    buildPens();
+    visible = new Set(structureValues(card));
+    buildStructureList(card, visible, applyLut);
+    drawing.buildPens();
     interactive.buildTargets();
-    buildPresets();
+    buildPresets(setWindow);
     const ct = card.modality === "CT"; // MR: automatic contrast (2nd-98th percentile)
     [image.cal_min, image.cal_max] = ct ? windowOf(CT_PRESETS[0]) : [image.robust_min, image.robust_max];
     setDrawColours(nv, card);
@@ -111,7 +115,7 @@ function showLabels(volume, version) {
 }
 
 async function loadLabelVersion(version) {
-  if (editing) stopEditing();
+  if (drawing.editing()) drawing.stop();
   setState("loading");
   try {
     const suffix = version ? `?version=${version}` : "";
@@ -180,30 +184,15 @@ function reslice() {
 
 // --- contrast, opacity, structures -------------------------------------------------------------------------
 
-const windowOf = (preset) => [preset.level - preset.width / 2, preset.level + preset.width / 2];
-
 function setWindow(low, high) {
   [image.cal_min, image.cal_max] = [low, high];
   reslice();
 }
 
-function buildPresets() {
-  $("presets").replaceChildren(
-    ...CT_PRESETS.map((preset, i) => {
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = `${preset.name} W${preset.width}/L${preset.level}`;
-      button.title = String(i + 1);
-      button.addEventListener("click", () => setWindow(...windowOf(preset)));
-      return button;
-    }),
-  );
-}
-
 // The slider is a shader uniform: no re-slice. While drawing, the drawing layer stands in for the labels.
 function applyOpacity() {
   const opacity = Number($("opacity").value);
-  nv.overlayAlphaShader = overlayOn && !editing ? opacity : 0;
+  nv.overlayAlphaShader = overlayOn && !drawing.editing() ? opacity : 0;
   nv.setDrawOpacity(opacity);
   if (nvRef) {
     nvRef.overlayAlphaShader = overlayOn ? opacity : 0;
@@ -219,40 +208,9 @@ function applyLut() {
   viewer.lutUpdates += 1;
 }
 
-function buildStructureList() {
-  $("structures").replaceChildren(
-    ...Object.entries(card.labels)
-      .filter(([value]) => Number(value) > 0)
-      .map(([value, name]) => {
-        const box = document.createElement("input");
-        box.type = "checkbox";
-        box.id = `struct-${value}`;
-        box.checked = visible.has(Number(value));
-        box.addEventListener("change", () => {
-          if (box.checked) visible.add(Number(value));
-          else visible.delete(Number(value));
-          applyLut();
-        });
-        const label = document.createElement("label");
-        label.htmlFor = box.id;
-        label.append(swatch(value), `${value} ${name}`);
-        const li = document.createElement("li");
-        li.append(box, label);
-        return li;
-      }),
-  );
-}
-
-function swatch(value) {
-  const span = document.createElement("span");
-  span.className = "swatch";
-  span.style.background = `rgb(${(card.colors[value] || [0, 0, 0]).join(",")})`;
-  return span;
-}
-
 function setAllVisible(on) {
-  visible = new Set(on ? Object.keys(card.labels).map(Number).filter((v) => v > 0) : []);
-  for (const box of $("structures").querySelectorAll("input")) box.checked = on;
+  visible = new Set(on ? structureValues(card) : []);
+  checkAllStructures(on);
   applyLut();
 }
 
@@ -266,17 +224,10 @@ function moveTo(mm) {
   nv.createOnLocationChange();
 }
 
-function structureAt(data, volume) {
-  const at = data.values.find((v) => v.id === volume.id);
-  const value = Math.round(at?.value ?? 0);
-  const name = value > 0 ? card.labels[value] || `label ${value}` : "background";
-  return { name, value, intensity: at?.value };
-}
-
 function onLocation(data) {
   if (!image || !labels) return;
-  const scan = structureAt(data, image);
-  const predicted = structureAt(data, labels);
+  const scan = structureAt(data, image, card);
+  const predicted = structureAt(data, labels, card);
   viewer.readout = {
     ...viewer.readout,
     structure: predicted.name,
@@ -291,91 +242,11 @@ function onLocation(data) {
 
 function onReferenceLocation(data) {
   if (!image || !reference || !viewer.readout) return;
-  const ref = structureAt(data, reference);
+  const ref = structureAt(data, reference, card);
   viewer.readout = { ...viewer.readout, reference: ref.name, referenceLabel: ref.value };
   renderReadout();
 }
 
-function renderReadout() {
-  const r = viewer.readout;
-  const shown = Number.isFinite(r.intensity) ? Math.round(r.intensity * 100) / 100 : "";
-  let text = `${r.structure} (${r.label})  intensity ${shown}  voxel ${r.voxel?.join(", ")}`;
-  if (viewer.referenceShown && r.reference) text += `\nreference: ${r.reference} (${r.referenceLabel})`;
-  $("readout").textContent = text;
-}
-
-// --- drawing -----------------------------------------------------------------------------------------------
-
-function buildPens() {
-  $("pen").replaceChildren(
-    ...Object.entries(card.labels).map(([value, name]) => {
-      const option = new Option(Number(value) === 0 ? "0 eraser (background)" : `${value} ${name}`, value);
-      if (Number(value) > 0) option.style.color = `rgb(${(card.colors[value] || [255, 255, 255]).join(",")})`;
-      return option;
-    }),
-  );
-  lastPen = Number(Object.keys(card.labels).find((v) => Number(v) > 0) ?? 1);
-  $("pen").value = String(lastPen);
-  updateEraserButton();
-}
-
-function setPen(value) {
-  $("pen").value = String(value);
-  if (value > 0) lastPen = value;
-  // Pen 0 erases to background (-0 would erase a whole cluster in NiiVue: not offered).
-  if (editing) nv.setPenValue(value, false);
-  updateEraserButton();
-}
-
-function updateEraserButton() {
-  $("eraser").classList.toggle("active", Number($("pen").value) === 0);
-}
-
-function startEditing() {
-  if (!labels || editing) return;
-  editing = true;
-  nv.loadDrawing(labels); // the drawing starts as the labels shown, in the card's colours (setDrawColours)
-  nv.opts.penSize = Number($("pen-size").value);
-  nv.setDrawingEnabled(true);
-  nv.setPenValue(Number($("pen").value), false);
-  $("edit").textContent = "Stop drawing";
-  $("undo").disabled = $("save-labels").disabled = false;
-  applyOpacity();
-  viewer.editing = true;
-}
-
-function stopEditing() {
-  editing = false;
-  nv.setDrawingEnabled(false);
-  nv.closeDrawing();
-  $("edit").textContent = "Draw";
-  $("undo").disabled = $("save-labels").disabled = true;
-  if (labels) applyOpacity();
-  viewer.editing = false;
-}
-
-async function saveLabels() {
-  setState("saving");
-  try {
-    const nifti = await labels.saveToDisk("", nv.drawBitmap); // the drawing in the file's own voxel order
-    const comment = encodeURIComponent($("version-comment").value);
-    const saved = await apiJson(`/v1/jobs/${job.id}/labels?comment=${comment}`, {
-      method: "POST",
-      headers: { "Content-Type": "application/gzip" },
-      body: await gzip(nifti),
-    });
-    // Show what the server stored (one small label volume), not the local drawing.
-    const stored = await decodeVolume(`/v1/jobs/${job.id}/result?version=${saved.version}`, "labels.nii.gz");
-    stopEditing();
-    showLabels(stored, saved.version);
-    await loadVersions(job, saved.version);
-    $("version-comment").value = "";
-    viewer.savedVersion = saved.version;
-    setState("loaded");
-  } catch (error) {
-    setState("error", error.message);
-  }
-}
 
 // A committed interaction session: labels the reviewer named join the structure list (in yellow, the
 // mask's colour), and the new version is shown.
@@ -385,8 +256,8 @@ async function onInteractiveCommit(version, names) {
     card.colors[value] ||= [255, 230, 0];
     visible.add(Number(value));
   }
-  buildStructureList();
-  buildPens();
+  buildStructureList(card, visible, applyLut);
+  drawing.buildPens();
   interactive.buildTargets();
   setDrawColours(nv, card);
   showLabels(await decodeVolume(`/v1/jobs/${job.id}/result?version=${version}`, "labels.nii.gz"), version);
@@ -421,7 +292,7 @@ function onKey(event) {
   const moves = { ArrowUp: [0, 0, 1], PageUp: [0, 0, 1], ArrowDown: [0, 0, -1], PageDown: [0, 0, -1] };
   Object.assign(moves, { ArrowRight: [1, 0, 0], ArrowLeft: [-1, 0, 0] });
   if (event.ctrlKey || event.metaKey) {
-    if (k !== "z" || !editing) return;
+    if (k !== "z" || !drawing.editing()) return;
     nv.drawUndo();
   } else if (moves[k]) moveSlice(...moves[k]);
   else if (k >= "1" && k <= "4") setWindow(...windowOf(CT_PRESETS[k - 1]));
@@ -429,8 +300,8 @@ function onKey(event) {
   else if (k === "o") (overlayOn = !overlayOn), applyOpacity();
   else if (k === "r") showReference(!viewer.referenceShown);
   else if (k === "v") changeLayout($("layout").value === "multiplanar" ? "axial" : "multiplanar");
-  else if (k === "d") (editing ? stopEditing : startEditing)();
-  else if (k === "e") setPen(Number($("pen").value) === 0 ? lastPen : 0);
+  else if (k === "d") drawing.toggle();
+  else if (k === "e") drawing.toggleEraser();
   else return;
   event.preventDefault();
   event.stopPropagation();
@@ -490,12 +361,21 @@ function wire() {
   on("all-on", "click", () => setAllVisible(true));
   on("all-off", "click", () => setAllVisible(false));
   on("version", "change", (e) => loadLabelVersion(Number(e.target.value)));
-  on("edit", "click", () => (editing ? stopEditing : startEditing)());
-  on("pen", "change", (e) => setPen(Number(e.target.value)));
+  drawing = setupDrawing({
+    view: () => nv,
+    labels: () => labels,
+    job: () => job,
+    card: () => card,
+    applyOpacity,
+    showLabels,
+    versionSaved: (version) => loadVersions(job, version),
+  });
+  on("edit", "click", drawing.toggle);
+  on("pen", "change", (e) => drawing.setPen(Number(e.target.value)));
   on("pen-size", "change", (e) => (nv.opts.penSize = Number(e.target.value)));
-  on("eraser", "click", () => setPen(Number($("pen").value) === 0 ? lastPen : 0));
+  on("eraser", "click", drawing.toggleEraser);
   on("undo", "click", () => nv.drawUndo());
-  on("save-labels", "click", saveLabels);
+  on("save-labels", "click", drawing.save);
   interactive = setupInteractive({
     view: () => nv,
     labels: () => labels,
@@ -513,21 +393,7 @@ function wire() {
   on("reject", "click", () => postReview(job, "rejected"));
   document.addEventListener("keydown", onKey, true);
   window.addEventListener("hashchange", route);
-  // For tests and benchmarks: the pixels of a view, its crosshair, and the requests since the job opened.
-  viewer.snapshot = (which = "prediction") => {
-    const view = which === "reference" ? nvRef : nv;
-    view.drawScene(); // draw and read in one task: the buffer is valid without preserveDrawingBuffer
-    return view.canvas.toDataURL("image/png");
-  };
-  viewer.crosshairMM = () => ({
-    prediction: Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3),
-    reference: nvRef ? Array.from(nvRef.frac2mm(nvRef.scene.crosshairPos)).slice(0, 3) : null,
-  });
-  viewer.requestsSinceOpen = () =>
-    performance
-      .getEntriesByType("resource")
-      .filter((e) => e.startTime >= viewer.openStart)
-      .map((e) => ({ url: new URL(e.name).pathname + new URL(e.name).search, transferSize: e.transferSize }));
+  exposeViews(() => nv, () => nvRef); // for tests and benchmarks
   route();
 }
 

@@ -119,3 +119,20 @@ export function setDrawColours(view, card) {
   const all = new Set(Object.keys(card.labels).map(Number));
   view.drawLut = cmapper.makeDrawLut(labelLut(card, all));
 }
+
+// For tests and benchmarks (on window.segserveViewer): the pixels of the prediction or reference view, and
+// both crosshairs in world mm. prediction() and reference() give the views (reference may be null).
+export function exposeViews(prediction, reference) {
+  viewer.snapshot = (which = "prediction") => {
+    const view = which === "reference" ? reference() : prediction();
+    view.drawScene(); // draw and read in one task: the buffer is valid without preserveDrawingBuffer
+    return view.canvas.toDataURL("image/png");
+  };
+  viewer.crosshairMM = () => {
+    const [nv, nvRef] = [prediction(), reference()];
+    return {
+      prediction: Array.from(nv.frac2mm(nv.scene.crosshairPos)).slice(0, 3),
+      reference: nvRef ? Array.from(nvRef.frac2mm(nvRef.scene.crosshairPos)).slice(0, 3) : null,
+    };
+  };
+}

@@ -43,6 +43,8 @@ _STATIC_FILES = {
     "review.js": "text/javascript",
     "lesions.js": "text/javascript",
     "interactive.js": "text/javascript",
+    "drawing.js": "text/javascript",
+    "controls.js": "text/javascript",
     "viewer.css": "text/css",
 }
 
