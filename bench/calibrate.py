@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from models.calibration import AGREEMENT_MIN, label_agreement, record_key, write_record
 from models.catalog import Catalog
 from models.cpu import cpu_flags, select_cpu_path
-from models.meshnet.calibration import AGREEMENT_MIN, label_agreement, record_key, write_record
 from models.meshnet.predictor import MeshNetPredictor
 from segserve.scans.readers import read_image
 from tests.support.paths import DATA, WEIGHTS

@@ -52,9 +52,9 @@ import nibabel
 import numpy as np
 import torch
 
+from models.calibration import label_agreement
 from models.catalog import Catalog
 from models.cpu import cpu_flags, select_cpu_path
-from models.meshnet.calibration import label_agreement
 from models.meshnet.conform import conform
 from models.meshnet.predictor import MEMORY_FORMAT, MeshNetPredictor
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise

@@ -4,7 +4,7 @@ The choice is made once per worker process at its start (``workers.tasks._init_p
 :func:`select_cpu_path` with the machine's flags and the ``SEGSERVE_CPU_PRECISION`` setting) and handed to
 the predictors through :func:`models.predictor.set_cpu_path`. A bf16 path is only a permission: each model
 still uses it only where its recorded agreement with the fp32 forward passes (see
-``models/meshnet/calibration.py``); every other model keeps fp32.
+``models/calibration.py``); every other model keeps fp32.
 
 Why these flags: oneDNN runs bf16 convolutions with native instructions only on CPUs with AVX512-BF16
 (``vdpbf16ps``: AMD Zen 4 and later, Intel Cooper Lake) or AMX-BF16 (Intel Sapphire Rapids and later).

@@ -69,11 +69,11 @@ def _weight_bytes(predictor: Any) -> int:
 
 def load_predictor(card: ModelCard, models_dir: Path, device: str = "cpu") -> Any:
     """A new predictor for ``card``: built-in MeshNet cards (``weights_format`` "tfjs-layers") get
-    :class:`models.meshnet.predictor.MeshNetPredictor` (with the CPU path of :func:`set_cpu_path`),
-    installed models their format's predictor (fp32)."""
+    :class:`models.meshnet.predictor.MeshNetPredictor`, installed models their format's predictor; each
+    with the CPU path of :func:`set_cpu_path` (bf16 only for a model whose calibration passes)."""
     fmt = format_named(str(card.params.get("weights_format", "")))
     if fmt is not None:
-        return fmt.predictor_class().load(card, models_dir, device)
+        return fmt.predictor_class().load(card, models_dir, device, cpu_path=_cpu_path)
     from models.meshnet.predictor import MeshNetPredictor
 
     return MeshNetPredictor.load(card, models_dir, device, cpu_path=_cpu_path)

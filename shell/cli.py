@@ -219,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a bundle that runs code (as for install); admins only",
     )
     pull.add_argument("--installed-by", default="", help="who installs (default: $USER); audit log")
+    calibrate = models_sub.add_parser(
+        "calibrate",
+        help="installed model: compare its labels in fp32 and in bf16 (CPU) on your real scans and record "
+        "whether workers may run it in bf16 (>= 99.9 %% equal voxels on every scan)",
+    )
+    calibrate.add_argument("model", help="an installed model's id (a MONAI bundle or an nnU-Net model)")
+    calibrate.add_argument(
+        "--scan",
+        action="append",
+        required=True,
+        help="a scan (NIfTI, NRRD, MGZ file or a DICOM series folder); repeat for more scans; for a "
+        "multi-channel model, its channels' files joined by commas in the model's order",
+    )
+    calibrate.add_argument("--dry-run", action="store_true", help="measure and print, record nothing")
     models.set_defaults(func=cmd_models)
 
     ev = sub.add_parser("evaluate", help="batch evaluation: folders here, or a dataset through a model")

@@ -85,6 +85,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.installed import InstallError
 
     models_dir = settings.resolved_models_dir
+    if args.models_cmd == "calibrate":
+        return _models_calibrate(args, settings, models_dir)
     if args.models_cmd == "pull":
         code = _models_pull(args, settings, models_dir)
         if code:
@@ -164,3 +166,65 @@ def _models_pull(args: argparse.Namespace, settings: Settings, models_dir: Path)
     print(f"pulled {pulled.name} {pulled.version} ({len(pulled.verified)} large file(s) hash-checked)")
     _audit_installs(settings, models_dir, pulled.installed, installed_by)
     return 0
+
+
+def _models_calibrate(args: argparse.Namespace, settings: Settings, models_dir: Path) -> int:
+    """`segserve models calibrate ID --scan PATH ...`: fp32 against bf16 labels of an installed model on
+    the given scans (models.calibration); records the verdict beside the models unless --dry-run. 0 when
+    measured (whatever the verdict), 1 on a CPU without native bf16, 2 on a bad model or scan."""
+    from models.calibration import (
+        AGREEMENT_MIN,
+        installed_records,
+        measure_installed,
+        record_key,
+        write_record,
+    )
+    from models.catalog import Catalog
+    from models.cpu import cpu_flags, select_cpu_path
+    from models.formats import format_named
+    from models.totalseg.tasks import WEIGHTS_FORMAT as TOTALSEG
+    from segserve.imaging.errors import ImageError
+    from segserve.scans.readers import read_image
+
+    path = select_cpu_path("auto", cpu_flags())
+    if path.isa is None:
+        print(f"nothing to calibrate on this CPU: {path.reason}", file=sys.stderr)
+        return 1
+    try:
+        card = Catalog(models_dir).card(args.model)
+    except KeyError:
+        print(f"error: no model {args.model!r} in {models_dir}", file=sys.stderr)
+        return 2
+    fmt = format_named(str(card.params.get("weights_format", "")))
+    if fmt is None or fmt.name == TOTALSEG:
+        print(f"error: {card.id} is not an installed bundle or nnU-Net model", file=sys.stderr)
+        return 2
+    try:
+        scans = {
+            f"scan {n}": [read_image(_scan_paths(Path(part))) for part in text.split(",")]
+            for n, text in enumerate(args.scan, start=1)
+        }
+    except (ImageError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    predictor = fmt.predictor_class().load(card, models_dir)
+    results = measure_installed(predictor, scans)
+    for name, row in results.items():
+        print(
+            f"{name}: {100 * row['agreement_network']:.3f} % of {row['voxels_network']} voxels equal; "
+            f"fp32 {row['seconds_fp32']:.1f} s, bf16 {row['seconds_bf16']:.1f} s"
+        )
+    low = min(row["agreement_network"] for row in results.values())
+    verdict = "bf16" if low >= AGREEMENT_MIN else "fp32"
+    print(
+        f"{card.id} on {path.isa}: lowest {100 * low:.3f} % (rule >= {100 * AGREEMENT_MIN:.1f} %): {verdict}"
+    )
+    if not args.dry_run:
+        write_record(record_key(card, path.isa), results, {}, installed_records(models_dir))
+        print(f"recorded in {installed_records(models_dir)}; workers read it when they load the model")
+    return 0
+
+
+def _scan_paths(path: Path) -> list[Path]:
+    """A scan file, or the files of a DICOM series folder."""
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]

@@ -97,7 +97,7 @@ def _init_process(**_: object) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     # Decided once per process from this machine's CPU; each model then keeps fp32 unless its own
-    # calibration passes (models/meshnet/calibration.py).
+    # calibration passes (models/calibration.py).
     path = select_cpu_path(settings.cpu_precision, cpu_flags(), settings.device)
     set_cpu_path(path)
     log.info("cpu inference path: %s", path.reason)

@@ -19,6 +19,7 @@ Label names come from the install-time probe (models.bundle.build.probe_labels) 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -33,9 +34,13 @@ from torch import nn
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
 from models.bundle.padding import infer_prepadded
 from models.bundle.stitching import label_steps, stitched_pred
+from models.calibration import installed_records, use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.cpu import FP32, CpuPath
 from models.installed import InstallError, read_manifest
 from segserve.imaging.volume import Volume
+
+log = logging.getLogger(__name__)
 
 # Share of the progress bar before / after the windows (pre-processing; post-processing).
 _PRE, _POST = 0.05, 0.05
@@ -144,8 +149,11 @@ def run_case(
     device: torch.device,
     report: ProgressFn | None = None,
     is_cancelled: CancelFn | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """The bundle's ``pred`` for one case of input files, after its postprocessing (SaveImaged left out)."""
+    """The bundle's ``pred`` for one case of input files, after its postprocessing (SaveImaged left out).
+    ``precision`` "bf16" runs the network's forward under CPU bf16 autocast (a calibrated model on a CPU
+    with native bf16, see models.calibration); its output is cast back to float32 before postprocessing."""
     from monai.data import decollate_batch, list_data_collate
     from monai.transforms import apply_transform
 
@@ -159,7 +167,11 @@ def run_case(
     del data  # the batch holds its own copy: one pre-processed image less during the forward pass
     batch[IMAGE_KEY] = batch[IMAGE_KEY].to(device)
     image = batch[IMAGE_KEY]
-    amp = torch.autocast("cuda") if pipeline.amp and device.type == "cuda" else nullcontext()
+    amp: Any = nullcontext()
+    if pipeline.amp and device.type == "cuda":
+        amp = torch.autocast("cuda")
+    elif precision == "bf16" and device.type == "cpu":
+        amp = torch.autocast("cpu", dtype=torch.bfloat16)  # the forward only (models.calibration)
     pipeline.network.eval()
     replaced = label_steps(pipeline) if pipeline.label_path and pipeline.out_channels else None
     pred = None
@@ -182,6 +194,8 @@ def run_case(
                 pred = pipeline.inferer(batch[IMAGE_KEY], network)
     if is_cancelled is not None and is_cancelled():
         raise Cancelled()
+    if isinstance(pred, torch.Tensor) and pred.dtype == torch.bfloat16:
+        pred = pred.float()
     batch.update({"label": batch.get("label"), "pred": pred})
     item = decollate_batch(batch, detach=True)[0]
     with torch.no_grad():
@@ -268,17 +282,24 @@ def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.
 class BundlePredictor:
     """A bundle's MONAI pipeline with its weights loaded. Not thread-safe: one ``predict`` at a time."""
 
-    def __init__(self, card: ModelCard, pipeline: Pipeline, device: str = "cpu") -> None:
+    def __init__(
+        self, card: ModelCard, pipeline: Pipeline, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         self.card = card
         self.pipeline = pipeline
         self.network = pipeline.network
         self.device = torch.device(device)
+        self.precision = precision  # "bf16": the forward under CPU bf16 autocast (models.calibration)
 
     @classmethod
-    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> BundlePredictor:
+    def load(
+        cls, card: ModelCard, models_dir: Path, device: str = "cpu", cpu_path: CpuPath = FP32
+    ) -> BundlePredictor:
         """Verify the bundle's files against its manifest and build its MONAI pipeline.
 
         Code in the bundle runs only when its manifest records that an admin trusted it at install.
+        ``cpu_path``: the worker's CPU path; bf16 only where it allows it and the model's calibration in
+        ``models_dir`` passes (:func:`models.calibration.use_bf16`), else fp32.
 
         Raises:
             ModelUnavailable: a file is missing or changed, or the bundle cannot be built (the reason).
@@ -294,7 +315,9 @@ class BundlePredictor:
             pipeline.out_channels = out_channels if isinstance(out_channels, int) else None
         except (InstallError, OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"model {card.id}: {exc}") from exc
-        return cls(card, pipeline, device)
+        bf16, why = use_bf16(card, cpu_path, installed_records(models_dir))
+        log.info("model %s: %s", card.id, why)
+        return cls(card, pipeline, device, "bf16" if bf16 else "fp32")
 
     @property
     def input_channels(self) -> tuple[str, ...]:
@@ -335,7 +358,8 @@ class BundlePredictor:
             )
         with tempfile.TemporaryDirectory(prefix="segserve-case-") as tmp:
             paths = write_inputs(volumes, Path(tmp))
-            pred = onto_grid(run_case(self.pipeline, paths, self.device, report, is_cancelled), volumes[0])
+            pred = run_case(self.pipeline, paths, self.device, report, is_cancelled, self.precision)
+            pred = onto_grid(pred, volumes[0])
         labels = to_label_map(pred, volumes[0].shape, self.card.id)
         report(1.0)
         return labels

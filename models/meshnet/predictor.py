@@ -22,9 +22,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from models.calibration import use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
-from models.meshnet.calibration import use_bf16
 from models.meshnet.conform import ConformedImage, conform, labels_to_source
 from models.meshnet.network import MeshNet
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
@@ -85,7 +85,7 @@ class MeshNetPredictor:
         """Verify the card's files (size, sha256), read the weights and build the network.
 
         ``cpu_path``: the worker's CPU inference path; bf16 is used only where it allows it and the
-        model's recorded calibration passes (:func:`models.meshnet.calibration.use_bf16`), else fp32.
+        model's recorded calibration passes (:func:`models.calibration.use_bf16`), else fp32.
 
         Raises:
             ModelUnavailable: a file is missing or damaged, or the architecture is not supported.

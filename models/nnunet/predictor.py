@@ -25,7 +25,9 @@ peak.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,14 @@ import torch
 from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from models.calibration import installed_records, use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.cpu import FP32, CpuPath
 from models.nnunet.export import logits_to_labels
 from models.nnunet.geometry import labels_to_volume_grid, nnunet_input
 from segserve.imaging.volume import Volume
+
+log = logging.getLogger(__name__)
 
 # Share of the progress bar before the windows (preprocessing) and after them (export).
 _PRE, _POST = 0.1, 0.1
@@ -106,8 +112,12 @@ class NnunetRunner:
         *,
         tile_step_size: float = 0.5,
         use_mirroring: bool = True,
+        precision: str = "fp32",
     ) -> None:
         self.device = torch.device(device)
+        # "bf16": the network's forward under CPU bf16 autocast (a calibrated model, models.calibration);
+        # nnU-Net's own preprocessing, logit accumulation and export are unchanged.
+        self.precision = precision
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -174,7 +184,9 @@ class NnunetRunner:
             )
             case = next(adapter)
             del image, adapter
-            logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()
+            bf16 = self.precision == "bf16" and self.device.type == "cpu"
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+                logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()
             del case["data"]
             if stop():
                 raise Cancelled()
@@ -202,8 +214,12 @@ class NnunetPredictor:
         self.network = runner.network
 
     @classmethod
-    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> NnunetPredictor:
+    def load(
+        cls, card: ModelCard, models_dir: Path, device: str = "cpu", cpu_path: CpuPath = FP32
+    ) -> NnunetPredictor:
         """Verify the installed files against the manifest and load the card's folds with nnU-Net.
+        ``cpu_path``: the worker's CPU path; bf16 only where it allows it and the model's calibration in
+        ``models_dir`` passes (:func:`models.calibration.use_bf16`), else fp32.
 
         Raises:
             ModelUnavailable: a file is missing or changed, or nnU-Net cannot load the model.
@@ -220,11 +236,23 @@ class NnunetPredictor:
             )
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise ModelUnavailable(f"model {card.id}: nnU-Net cannot load it: {exc}") from exc
+        bf16, why = use_bf16(card, cpu_path, installed_records(models_dir))
+        log.info("model %s: %s", card.id, why)
+        runner.precision = "bf16" if bf16 else "fp32"
         return cls(card, runner)
 
     @property
     def nbytes(self) -> int:
         return self.runner.nbytes
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", or "bf16": the forward under CPU bf16 autocast (see :class:`NnunetRunner`)."""
+        return self.runner.precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.runner.precision = value
 
     def predict(
         self,

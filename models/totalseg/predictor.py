@@ -39,6 +39,7 @@ from totalsegmentator.alignment import as_closest_canonical, undo_canonical
 from totalsegmentator.resampling import change_spacing
 
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
+from models.cpu import FP32, CpuPath
 from models.totalseg import tasks
 from segserve.imaging.volume import Volume
 
@@ -147,7 +148,11 @@ class TotalSegPredictor:
         self.resample = tasks.resample_mm(card)
 
     @classmethod
-    def load(cls, card: ModelCard, models_dir: Path, device: str = "cpu") -> TotalSegPredictor:
+    def load(
+        cls, card: ModelCard, models_dir: Path, device: str = "cpu", cpu_path: CpuPath = FP32
+    ) -> TotalSegPredictor:
+        """Every part model of the task, verified and loaded. Always fp32 (``cpu_path`` is not used): the
+        tasks' several part models are not calibrated for bf16 (models.calibration)."""
         reason = check_card(card, models_dir)
         if reason is not None:
             raise ModelUnavailable(reason)

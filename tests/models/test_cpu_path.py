@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.calibration import AGREEMENT_MIN, find_record, label_agreement, record_key, use_bf16
 from models.catalog import Catalog
 from models.cpu import FP32, CpuPath, bf16_isa, cpu_flags, select_cpu_path
-from models.meshnet.calibration import AGREEMENT_MIN, find_record, label_agreement, record_key, use_bf16
 from models.meshnet.predictor import MeshNetPredictor
 from segserve.config import Settings
 

@@ -236,3 +236,36 @@ def test_unusable_model_is_refused_and_never_listed(
         install_models(source, target, options=InstallOptions(folds=folds))
     assert not (target / "nnunet").exists() or not list((target / "nnunet").iterdir())
     assert not [s for s in Catalog(target).statuses() if s.card.params.get("weights_format") == "nnunet-v2"]
+
+
+def test_a_passing_bf16_calibration_runs_the_forward_in_bf16(root: Path, models_dir: Path) -> None:
+    """With a passing calibration record for this CPU path, the worker's predictor runs nnU-Net's network
+    under CPU bf16 autocast (its first convolution gives bfloat16); nnU-Net's preprocessing and export are
+    unchanged and the labels stay close to fp32's. Without one it stays fp32 (test_bf16_installed.py covers
+    the refusals and the calibrate command on a MONAI bundle)."""
+    from models.calibration import installed_records, label_agreement, record_key, write_record
+    from models.cpu import FP32, CpuPath
+    from models.predictor import set_cpu_path
+
+    card = _card(models_dir, "Dataset991_TinyCT-3d_fullres")
+    path = CpuPath("bf16", "avx512_bf16", "bf16 allowed (test)")
+    scans = {"scan": {"agreement_network": 0.9995, "agreement_volume": 0.9995, "voxels_network": 1}}
+    write_record(record_key(card, "avx512_bf16"), scans, {}, installed_records(models_dir))
+    volumes = _case(images_dir(root, "single"), CASES[0])
+    results = {}
+    try:
+        for cpu_path in (FP32, path):
+            set_cpu_path(cpu_path)
+            predictor = load_predictor(card, models_dir)
+            seen: set[torch.dtype] = set()
+            conv = next(m for m in predictor.network.modules() if isinstance(m, torch.nn.Conv3d))
+            handle = conv.register_forward_hook(lambda _m, _i, out, seen=seen: seen.add(out.dtype))
+            try:
+                results[predictor.precision] = (predictor.predict(volumes), seen)
+            finally:
+                handle.remove()
+    finally:
+        set_cpu_path(FP32)
+        installed_records(models_dir).unlink()
+    assert results["fp32"][1] == {torch.float32} and results["bf16"][1] == {torch.bfloat16}
+    assert label_agreement(results["bf16"][0], results["fp32"][0]) > 0.99

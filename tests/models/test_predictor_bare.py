@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.calibration import AGREEMENT_MIN, label_agreement
 from models.catalog import Catalog
 from models.cpu import CpuPath
-from models.meshnet.calibration import AGREEMENT_MIN, label_agreement
 from models.meshnet.network import MeshNet
 from models.meshnet.predictor import MeshNetPredictor
 from models.meshnet.tfjs import load_tfjs_model

@@ -1,22 +1,28 @@
-"""Whether a MeshNet model may run its bf16 path: the agreement rule and its recorded calibrations.
+"""Whether a model may run its bf16 path: the agreement rule and its recorded calibrations.
 
 The rule (issue #16): the fast path's labels must equal the fp32 forward's on at least 99.9 % of the voxels
-on each real T1 scan of the calibration set (``../shared/data``: subject-a, t1-raw, the 3-slice MPRAGE),
-or the model keeps fp32. Voxels counted: those the network labels (the cropped box on the conformed 256³
-grid, which is all of it for a model that does not crop); the voxels outside the box are background on both
-paths by construction and would only inflate the figure. The lowest scan decides.
+on each real scan of the model's calibration set, or the model keeps fp32. The lowest scan decides.
+- Built-in MeshNet models: the real T1 scans of ``../shared/data`` (subject-a, t1-raw, the 3-slice MPRAGE);
+  voxels counted are those the network labels (the cropped box on the conformed 256³ grid); the voxels
+  outside the box are background on both paths by construction and would only inflate the figure. Their
+  records are committed in ``models/meshnet/bf16_calibration.json`` (:data:`RECORDS`), so every worker on
+  such a CPU reads the same verdict. The bf16 path is MeshNet's bf16 twin.
+- Installed models (MONAI bundles, nnU-Net folders): the scans the admin calibrates them on (their own
+  real cases: the weights are theirs), every voxel of the output grid counted; records are kept beside the
+  models, in ``<models dir>/bf16_calibration.json`` (:func:`installed_records`). The bf16 path is the
+  network's forward pass under ``torch.autocast("cpu", torch.bfloat16)``; pre- and post-processing stay fp32.
 
 Calibration is a one-time measurement per model and bf16 instruction set, made with
-``python -m bench.calibrate`` and recorded in ``bf16_calibration.json`` beside this module
-(committed, so every worker on such a CPU reads the same verdict). A record is keyed by the model's id,
-version and weight checksums, the bf16 instruction set (AMX and AVX512-BF16 kernels round differently) and
-torch's major.minor version; a model without a matching record keeps fp32.
+``python -m bench.calibrate``. A record is keyed by the model's id, version and weight checksums, the bf16
+instruction set (AMX and AVX512-BF16 kernels round differently) and torch's major.minor version; a model
+without a matching, passing record keeps fp32.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,27 @@ import torch
 
 from models.card import ModelCard
 from models.cpu import CpuPath
+from segserve.imaging.volume import Volume
 
-__all__ = ["AGREEMENT_MIN", "RECORDS", "find_record", "label_agreement", "record_key", "use_bf16"]
+__all__ = [
+    "AGREEMENT_MIN",
+    "RECORDS",
+    "find_record",
+    "installed_records",
+    "label_agreement",
+    "measure_installed",
+    "record_key",
+    "use_bf16",
+]
 
 AGREEMENT_MIN = 0.999
-RECORDS = Path(__file__).with_name("bf16_calibration.json")
+RECORDS = Path(__file__).with_name("meshnet") / "bf16_calibration.json"
+RECORDS_NAME = "bf16_calibration.json"
+
+
+def installed_records(models_dir: Path) -> Path:
+    """Where the calibrations of the models installed in ``models_dir`` are kept."""
+    return Path(models_dir) / RECORDS_NAME
 
 
 def torch_version() -> str:
@@ -111,5 +133,33 @@ def write_record(
 _RULE = (
     "bf16 is used for a model on a CPU with this isa only if its labels equal the fp32 forward's on "
     f">= {100 * AGREEMENT_MIN:.1f} % of the network's voxels on every scan (agreement_network); "
-    "agreement_volume counts the whole conformed 256^3 grid. Written by python -m bench.calibrate."
+    "agreement_volume counts the whole conformed 256^3 grid (MeshNet); for installed models both count the "
+    "output grid. Written by python -m bench.calibrate."
 )
+
+
+def measure_installed(predictor: Any, scans: Mapping[str, Sequence[Volume]]) -> dict[str, dict[str, float]]:
+    """Per scan (a name and its volumes, one per input channel): the labels of ``predictor`` (an installed
+    model's, with a settable ``precision``) in fp32 and under bf16 autocast, compared on every voxel of the
+    output grid: ``agreement_network`` (= ``agreement_volume``), the voxel count and both passes' seconds.
+    The predictor is left in fp32."""
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for name, volumes in scans.items():
+            labels, seconds = {}, {}
+            for precision in ("fp32", "bf16"):
+                predictor.precision = precision
+                start = time.perf_counter()
+                labels[precision] = predictor.predict(list(volumes))
+                seconds[precision] = time.perf_counter() - start
+            agreement = round(label_agreement(labels["bf16"], labels["fp32"]), 6)
+            results[name] = {
+                "agreement_network": agreement,
+                "agreement_volume": agreement,
+                "voxels_network": int(labels["fp32"].size),
+                "seconds_fp32": round(seconds["fp32"], 2),
+                "seconds_bf16": round(seconds["bf16"], 2),
+            }
+    finally:
+        predictor.precision = "fp32"
+    return results
