@@ -1,7 +1,8 @@
 """Whether a model may run its bf16 path: the agreement rule and its recorded calibrations.
 
 The rule (issue #16): the fast path's labels must equal the fp32 forward's on at least 99.9 % of the voxels
-on each real scan of the model's calibration set, or the model keeps fp32. The lowest scan decides.
+on each real scan of the model's calibration set (the lowest scan decides), and it must have been faster
+than fp32 over those scans (summed seconds), or the model keeps fp32.
 - Built-in MeshNet models: the real T1 scans of ``../shared/data`` (subject-a, t1-raw, the 3-slice MPRAGE);
   voxels counted are those the network labels (the cropped box on the conformed 256³ grid); the voxels
   outside the box are background on both paths by construction and would only inflate the figure. Their
@@ -87,10 +88,26 @@ def find_record(card: ModelCard, isa: str, path: Path = RECORDS) -> dict[str, An
     return None
 
 
-def record_passes(record: dict[str, Any]) -> bool:
+def record_agrees(record: dict[str, Any]) -> bool:
     """Whether every scan of ``record`` agrees on at least ``AGREEMENT_MIN`` of the network's voxels."""
     scans = record.get("scans") or {}
     return bool(scans) and all(s["agreement_network"] >= AGREEMENT_MIN for s in scans.values())
+
+
+def speedup(record: dict[str, Any]) -> float | None:
+    """fp32 seconds over bf16 seconds, summed over the record's scans; None when it has no timings."""
+    scans = (record.get("scans") or {}).values()
+    fp32 = sum(float(s.get("seconds_fp32", 0.0)) for s in scans)
+    bf16 = sum(float(s.get("seconds_bf16", 0.0)) for s in scans)
+    return fp32 / bf16 if fp32 > 0 and bf16 > 0 else None
+
+
+def record_passes(record: dict[str, Any]) -> bool:
+    """The rule: every scan agrees (:func:`record_agrees`) and bf16 was faster than fp32 over them. Some
+    CPUs have bf16 instructions and are still slower in bf16 for a model (measured: an Intel Xeon with
+    AMX, MeshNet's 30-channel dilated convolutions on oneDNN's AMX kernels took 2-3 times fp32's time)."""
+    ratio = speedup(record)
+    return record_agrees(record) and (ratio is None or ratio > 1.0)
 
 
 def use_bf16(card: ModelCard, cpu_path: CpuPath, path: Path = RECORDS) -> tuple[bool, str]:
@@ -100,11 +117,14 @@ def use_bf16(card: ModelCard, cpu_path: CpuPath, path: Path = RECORDS) -> tuple[
     record = find_record(card, cpu_path.isa, path)
     if record is None:
         return False, f"fp32: {card.id} has no bf16 calibration for {cpu_path.isa}, torch {torch_version()}"
-    if not record_passes(record):
-        low = min(s["agreement_network"] for s in record["scans"].values())
-        return False, f"fp32: {card.id} agrees with fp32 on {100 * low:.3f} % < {100 * AGREEMENT_MIN:.1f} %"
     low = min(s["agreement_network"] for s in record["scans"].values())
-    return True, f"bf16 ({cpu_path.isa}): agrees with fp32 on >= {100 * low:.3f} % of voxels"
+    if not record_agrees(record):
+        return False, f"fp32: {card.id} agrees with fp32 on {100 * low:.3f} % < {100 * AGREEMENT_MIN:.1f} %"
+    ratio = speedup(record)
+    if not record_passes(record):
+        return False, f"fp32: {card.id} ran slower in bf16 on {cpu_path.isa} (fp32/bf16 = {ratio:.2f})"
+    faster = f", {ratio:.2f}x fp32's speed" if ratio else ""
+    return True, f"bf16 ({cpu_path.isa}): agrees with fp32 on >= {100 * low:.3f} % of voxels{faster}"
 
 
 def label_agreement(fast: np.ndarray, reference: np.ndarray) -> float:
@@ -132,7 +152,8 @@ def write_record(
 
 _RULE = (
     "bf16 is used for a model on a CPU with this isa only if its labels equal the fp32 forward's on "
-    f">= {100 * AGREEMENT_MIN:.1f} % of the network's voxels on every scan (agreement_network); "
+    f">= {100 * AGREEMENT_MIN:.1f} % of the network's voxels on every scan (agreement_network) and it "
+    "was faster than fp32 over those scans (seconds_fp32 / seconds_bf16 summed, > 1); "
     "agreement_volume counts the whole conformed 256^3 grid (MeshNet); for installed models both count the "
     "output grid. Written by python -m bench.calibrate."
 )

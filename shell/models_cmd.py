@@ -177,6 +177,8 @@ def _models_calibrate(args: argparse.Namespace, settings: Settings, models_dir: 
         installed_records,
         measure_installed,
         record_key,
+        record_passes,
+        speedup,
         write_record,
     )
     from models.catalog import Catalog
@@ -215,10 +217,10 @@ def _models_calibrate(args: argparse.Namespace, settings: Settings, models_dir: 
             f"fp32 {row['seconds_fp32']:.1f} s, bf16 {row['seconds_bf16']:.1f} s"
         )
     low = min(row["agreement_network"] for row in results.values())
-    verdict = "bf16" if low >= AGREEMENT_MIN else "fp32"
-    print(
-        f"{card.id} on {path.isa}: lowest {100 * low:.3f} % (rule >= {100 * AGREEMENT_MIN:.1f} %): {verdict}"
-    )
+    verdict = "bf16" if record_passes({"scans": results}) else "fp32"
+    ratio = speedup({"scans": results}) or 0.0
+    rule = f"rule: >= {100 * AGREEMENT_MIN:.1f} % and faster"
+    print(f"{card.id} on {path.isa}: lowest {100 * low:.3f} %, fp32/bf16 = {ratio:.2f} ({rule}): {verdict}")
     if not args.dry_run:
         write_record(record_key(card, path.isa), results, {}, installed_records(models_dir))
         print(f"recorded in {installed_records(models_dir)}; workers read it when they load the model")

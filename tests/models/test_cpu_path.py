@@ -88,6 +88,22 @@ def test_use_bf16_follows_the_record(shared_models_dir: Path, tmp_path: Path) ->
     assert use_bf16(card, BF16, records)[0] is False  # another torch's kernels
 
 
+def test_a_calibration_where_bf16_was_slower_keeps_fp32(shared_models_dir: Path, tmp_path: Path) -> None:
+    """Equal labels are not enough: bf16 must also have been faster over the calibration scans (summed)."""
+    card = Catalog(shared_models_dir).card("brain-mri-structures")
+    records = tmp_path / "records.json"
+    record = _record(record_key(card, "avx512_bf16"), [0.9995, 1.0])
+    for scan, (fp32, bf16) in zip(record["scans"].values(), [(22.5, 43.5), (2.0, 1.0)], strict=True):  # type: ignore[attr-defined]
+        scan.update(seconds_fp32=fp32, seconds_bf16=bf16)
+    records.write_text(json.dumps({"records": [record]}))
+    allowed, why = use_bf16(card, BF16, records)
+    assert allowed is False and "slower" in why and "0.55" in why  # 24.5 s / 44.5 s
+    record["scans"]["scan0"].update(seconds_bf16=11.0)  # type: ignore[index]
+    records.write_text(json.dumps({"records": [record]}))
+    allowed, why = use_bf16(card, BF16, records)
+    assert allowed is True and "2.04x" in why  # 24.5 s / 12.0 s
+
+
 def test_label_agreement() -> None:
     a = np.zeros((10, 10, 10), np.uint8)
     b = a.copy()
