@@ -16,11 +16,13 @@ nnU-Net's own resampling function (:mod:`models.nnunet.export`), so the labels e
 the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
 once nnU-Net's window loop has ended (so its producer thread ends too).
 
-Memory: nnU-Net keeps the whole case in memory: its float32 copy of the image while preprocessing (we hand it
-the voxels in their own type, e.g. int16, not a float32 copy of ours: same values) and the logits of every
-output channel on the model's grid (on the CPU unless the device is CUDA). The export holds one channel at a
-time on the original grid instead of all of them; ``bench/nnunet.py`` and ``bench/memory.py`` measure the
-peak.
+Memory: for CT-style models (DefaultPreprocessor, CTNormalization or no normalisation, one-pass order-3
+resampling) the preprocessing is nnU-Net's computed plane by plane from views of the scan
+(:mod:`models.nnunet.preprocess`: the same float32 array, without nnU-Net's float32 and float64 copies of the
+whole scan); other models take nnU-Net's own preprocessing (its float32 copy of the image, float64 resampling
+at full resolution). nnU-Net keeps the logits of every output channel on the model's grid (on the CPU unless
+the device is CUDA). The export computes slabs of output planes for all channels (or one whole channel at a
+time where the resampling is split by axis); ``bench/nnunet.py`` and ``bench/memory.py`` measure the peak.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.nnunet.export import logits_to_labels
-from models.nnunet.geometry import labels_to_volume_grid, nnunet_input
+from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
+from models.nnunet.preprocess import preprocess
 from segserve.imaging.volume import Volume
 
 # Share of the progress bar before the windows (preprocessing) and after them (export).
@@ -108,6 +111,7 @@ class NnunetRunner:
         use_mirroring: bool = True,
     ) -> None:
         self.device = torch.device(device)
+        self.last_preprocessing = ""  # "planes" or "nnunet": which preprocessing the last case took
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -137,6 +141,32 @@ class NnunetRunner:
             if isinstance(t, torch.Tensor)
         )
 
+    def _preprocess(self, volumes: Sequence[Volume]) -> dict[str, Any]:
+        """nnU-Net's preprocessed case ({"data": (C, *model grid) float32 tensor, "data_properties"}):
+        plane by plane where that gives the same array (models.nnunet.preprocess), else nnU-Net's adapter."""
+        runner = self.predictor
+        properties = image_properties(volumes[0])
+        data = preprocess(volumes, properties, runner.plans_manager, runner.configuration_manager)
+        if data is not None:
+            self.last_preprocessing = "planes"
+            return {"data": torch.from_numpy(data), "data_properties": properties}
+        self.last_preprocessing = "nnunet"
+        image, properties = nnunet_input(volumes)
+        adapter = PreprocessAdapterFromNpy(
+            [image],
+            [None],
+            [properties],
+            [None],
+            runner.plans_manager,
+            runner.dataset_json,
+            runner.configuration_manager,
+            num_threads_in_multithreaded=1,
+            verbose=False,
+        )
+        del image
+        case: dict[str, Any] = next(adapter)
+        return case
+
     def predict(
         self,
         volumes: Sequence[Volume],
@@ -153,27 +183,13 @@ class NnunetRunner:
         stop = is_cancelled or (lambda: False)
         if stop():
             raise Cancelled()
-        image, properties = nnunet_input(volumes)
         runner = self.predictor
         runner.stopped, runner.done, runner.total, runner.is_cancelled = False, 0, 0, stop
         runner.on_step = lambda done, total: report(_PRE + (1 - _PRE - _POST) * done / total)
         report(0.0)
         threads = torch.get_num_threads()
         try:
-            # predict_single_npy_array's steps, with the export one channel at a time (models.nnunet.export)
-            adapter = PreprocessAdapterFromNpy(
-                [image],
-                [None],
-                [properties],
-                [None],
-                runner.plans_manager,
-                runner.dataset_json,
-                runner.configuration_manager,
-                num_threads_in_multithreaded=1,
-                verbose=False,
-            )
-            case = next(adapter)
-            del image, adapter
+            case = self._preprocess(volumes)
             logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()
             del case["data"]
             if stop():
