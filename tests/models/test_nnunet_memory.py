@@ -52,7 +52,7 @@ def test_cubic_zoom_by_planes_equals_skimage_resize(shape: tuple, new_shape: tup
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_zoom_slabs_equal_skimage_resize(shape: tuple, new_shape: tuple, order: int, dtype: type) -> None:
     rng = np.random.default_rng(sum(new_shape))
-    volume = (rng.normal(size=shape) * 10).astype(dtype)
+    volume: np.ndarray = (rng.normal(size=shape) * 10).astype(dtype)
     expected = resize(
         volume.astype(np.float64), new_shape, order, mode="edge", anti_aliasing=False, clip=False
     )
