@@ -13,15 +13,18 @@ volumes (no copy of the scan):
   work voxel by voxel with no statistics of the case (``CTNormalization``, ``NoNormalization``) and without
   ``use_mask_for_norm``;
 - resampling: :func:`models.nnunet.resample.zoom_cubic_planes`, then skimage's clip to the channel's range
-  and the float32 assignment nnU-Net makes; without resampling (same shape), the normalised planes.
+  and the float32 assignment nnU-Net makes; for anisotropic spacings (nnU-Net's separate-z resampling, with
+  nearest neighbour across the slices) each slice's in-plane resize, as each output slice needs it; without
+  resampling (same shape), the normalised planes.
 
-Anything else (another preprocessor class or scheme, separate-z resampling of anisotropic spacings, another
-order, an all-zero image, NaN voxels) returns None and the caller runs nnU-Net's own preprocessing. The
-segmentation nnU-Net derives from the mask is not made: prediction never reads it (no cascade here).
+Anything else (another preprocessor class or scheme, another order, an all-zero image, NaN voxels) returns
+None and the caller runs nnU-Net's own preprocessing. The segmentation nnU-Net derives from the mask is not
+made: prediction never reads it (no cascade here).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,6 +90,36 @@ def _resampling(configuration_manager: Any) -> dict[str, Any] | None:
     return kwargs
 
 
+def _separate_z(
+    plane: Callable[[int], np.ndarray],
+    shape: Sequence[int],
+    new_shape: Sequence[int],
+    axis: int,
+    order: int,
+    out: np.ndarray,
+) -> None:
+    """nnU-Net's separate-z resampling (``resample_data_or_seg`` with ``do_separate_z`` and ``order_z`` 0)
+    of one channel into ``out``: each slice across ``axis`` resized in its plane by skimage's resize
+    (nnU-Net's call), then along ``axis`` the nearest slice of ``map_coordinates``' order 0 (the other axes'
+    coordinates are whole numbers there: ``1.0 * (r + 0.5) - 0.5``), computed as each output slice needs
+    it."""
+    from skimage.transform import resize
+
+    in_plane = [int(n) for a, n in enumerate(new_shape) if a != axis]
+    scale = float(shape[axis]) / int(new_shape[axis])
+    cached: tuple[int, np.ndarray] | None = None
+    for j in range(int(new_shape[axis])):
+        if shape[axis] == new_shape[axis]:
+            source = j
+        else:
+            coordinate = scale * (j + 0.5) - 0.5
+            source = min(max(math.floor(coordinate + 0.5), 0), int(shape[axis]) - 1)
+        if cached is None or cached[0] != source:
+            values = plane(source).astype(np.float64)
+            cached = (source, resize(values, in_plane, order, mode="edge", anti_aliasing=False))
+        out[(slice(None),) * axis + (j,)] = cached[1]
+
+
 def preprocess(
     volumes: Sequence[Volume],
     properties: dict[str, Any],
@@ -132,12 +165,15 @@ def preprocess(
         *([kwargs["separate_z_anisotropy_threshold"]] if "separate_z_anisotropy_threshold" in kwargs else []),
     )
     resample = tuple(new_shape) != shape
-    if resample and (separate_z or zoom_shape(shape, new_shape)[0] != tuple(new_shape)):
+    if resample and separate_z and (kwargs.get("order_z", 0) != 0 or _axis is None):
+        return None
+    if resample and not separate_z and zoom_shape(shape, new_shape)[0] != tuple(new_shape):
         return None
 
-    def normalized(channel: int) -> Callable[[int], np.ndarray]:
+    def normalized(channel: int, axis: int = 0) -> Callable[[int], np.ndarray]:
         def plane(i: int) -> np.ndarray:
-            values = np.asarray(cropped[channel][i], dtype=dtype).astype(np.float32)
+            where = (slice(None),) * axis + (i,)
+            values = np.asarray(cropped[channel][where], dtype=dtype).astype(np.float32)
             return np.asarray(normalizers[channel].run(values, None), dtype=np.float32)
 
         return plane
@@ -145,6 +181,10 @@ def preprocess(
     out = np.zeros((len(volumes), *(new_shape if resample else shape)), dtype=np.float32)
     for c in range(len(volumes)):
         plane = normalized(c)
+        if resample and separate_z:
+            axis = int(_axis)
+            _separate_z(normalized(c, axis), shape, new_shape, axis, int(kwargs.get("order", 3)), out[c])
+            continue
         if not resample:
             for i in range(shape[0]):
                 out[c, i] = plane(i)
