@@ -32,6 +32,7 @@ from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
 from models.bundle.padding import infer_prepadded
+from models.bundle.regrid import labels_on_grid
 from models.bundle.stitching import label_steps, stitched_pred
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.installed import InstallError, read_manifest
@@ -335,7 +336,7 @@ class BundlePredictor:
             )
         with tempfile.TemporaryDirectory(prefix="segserve-case-") as tmp:
             paths = write_inputs(volumes, Path(tmp))
-            pred = onto_grid(run_case(self.pipeline, paths, self.device, report, is_cancelled), volumes[0])
-        labels = to_label_map(pred, volumes[0].shape, self.card.id)
+            pred = run_case(self.pipeline, paths, self.device, report, is_cancelled)
+        labels = labels_on_grid(pred, volumes[0], self.card.id)  # onto_grid + to_label_map, in slabs
         report(1.0)
         return labels
