@@ -8,21 +8,21 @@ Pipeline for one case (C input channels on one grid):
     then the export (logits resampled to the original shape, softmax argmax or sigmoid regions, un-cropped)
     --> (z, y, x) --transpose--> (I, J, K)
 
-Everything but the export is nnU-Net's code, unchanged; the export is nnU-Net's
-convert_predicted_logits_to_segmentation_with_correct_shape done one output channel at a time with
-nnU-Net's own resampling function (:mod:`models.nnunet.export`), so the labels equal what
-``nnUNetv2_predict`` writes for the same file and model folder. What we add: each sliding-window step
-(each fold's) is reported as progress, and ``is_cancelled`` is checked before every step; when it says stop,
-the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
-once nnU-Net's window loop has ended (so its producer thread ends too).
+The sliding window is nnU-Net's code, unchanged. The preprocessing is nnU-Net's adapter, or where that gives
+the same array (:mod:`models.nnunet.preprocess`, tests compare every value) its steps computed plane by
+plane; the export is nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape done in slabs of
+output planes (or one channel at a time with nnU-Net's own resampling function, :mod:`models.nnunet.export`),
+so the labels equal what ``nnUNetv2_predict`` writes for the same file and model folder. What we add: each
+sliding-window step (each fold's) is reported as progress, and ``is_cancelled`` is checked before every step;
+when it says stop, the remaining steps are skipped without running the network and
+:class:`models.card.Cancelled` is raised once nnU-Net's window loop has ended (so its producer thread ends).
 
-Memory: for CT-style models (DefaultPreprocessor, CTNormalization or no normalisation, one-pass order-3
-resampling) the preprocessing is nnU-Net's computed plane by plane from views of the scan
-(:mod:`models.nnunet.preprocess`: the same float32 array, without nnU-Net's float32 and float64 copies of the
-whole scan); other models take nnU-Net's own preprocessing (its float32 copy of the image, float64 resampling
-at full resolution). nnU-Net keeps the logits of every output channel on the model's grid (on the CPU unless
-the device is CUDA). The export computes slabs of output planes for all channels (or one whole channel at a
-time where the resampling is split by axis); ``bench/nnunet.py`` and ``bench/memory.py`` measure the peak.
+Memory: for CT-style models (DefaultPreprocessor, CTNormalization or no normalisation, order-3 resampling,
+also split by axis for anisotropic spacings) the preprocessing works from views of the scan, without
+nnU-Net's float32 and float64 copies of the whole scan; other models take nnU-Net's own preprocessing (its
+float32 copy of the image, float64 resampling at full resolution). nnU-Net keeps the logits of every output
+channel on the model's grid (on the CPU unless the device is CUDA). The export holds the label map and a
+slab of planes per channel; ``bench/nnunet.py`` and ``bench/memory.py`` measure the peak.
 """
 
 from __future__ import annotations
