@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from segserve.imaging.volume import Volume
 
-SLAB_VOXELS = 1 << 22  # output voxels per slab (16 planes of 512 x 512)
+SLAB_VOXELS = 1 << 20  # output voxels per slab (4 planes of 512 x 512: about 70 MiB of grids and values)
 
 
 def _linspace(n: int, dtype: torch.dtype) -> torch.Tensor:

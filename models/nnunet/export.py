@@ -18,7 +18,7 @@ that is over 6 GB. This module gives the same labels:
   as nnU-Net's ``LabelManager.convert_probabilities_to_segmentation`` does;
 - then nnU-Net's ``insert_crop_into_image`` into the uncropped shape and its ``transpose_backward``.
 
-Peak besides the logits, slab path: the label map (1 byte a voxel), a few output planes per channel, and for
+Peak besides the logits, slab path: the label map (1 byte a voxel), a slab of planes of two channels, and for
 a spline order above 1 the channels' coefficients on the model's grid (float64). Whole-channel path: one
 channel as float64 on the model's grid, two original-grid arrays of the resampled dtype and the label map.
 Tests check the labels against ``nnUNetv2_predict`` (all voxels equal).
@@ -34,7 +34,7 @@ import torch
 
 from models.nnunet.resample import prefilter, zoom_shape, zoom_slab
 
-SLAB_VOXELS = 1 << 22  # output voxels per slab (about 4 M: 16 planes of 512 x 512)
+SLAB_VOXELS = 1 << 20  # output voxels per slab (4 planes of 512 x 512)
 
 
 def _slab_order(configuration_manager: Any, target_shape: Any, current: Any, transposed: Any) -> int | None:
@@ -59,8 +59,8 @@ def _slab_order(configuration_manager: Any, target_shape: Any, current: Any, tra
 
 
 def _channels_in_slabs(data: np.ndarray, target_shape: tuple[int, ...], order: int) -> Iterator[Any]:
-    """Per slab of output planes: (slice, [each channel's resampled planes as nnU-Net's function gives
-    them])."""
+    """Per slab of output planes: (slice, an iterator of each channel's resampled planes as nnU-Net's
+    function gives them, made one channel at a time)."""
     shape = tuple(int(n) for n in data.shape[1:])
     resample = shape != tuple(target_shape)
     # scipy's interpolation reads float32/float64 (nnU-Net's CPU logits are float16: widened, same values)
@@ -72,18 +72,20 @@ def _channels_in_slabs(data: np.ndarray, target_shape: tuple[int, ...], order: i
         for c in range(len(data))
     ]
     ranges = [(float(data[c].min()), float(data[c].max())) for c in range(len(data))] if resample else []
-    step = max(1, SLAB_VOXELS // max(1, int(np.prod(target_shape[1:]))))
-    for start in range(0, target_shape[0], step):
-        stop = min(start + step, target_shape[0])
-        planes = []
+
+    def planes(start: int, stop: int) -> Iterator[np.ndarray]:
         for c in range(len(data)):
             if not resample:
-                planes.append(data[c, start:stop])
+                yield data[c, start:stop]
                 continue
             slab = zoom_slab(filtered[c], target_shape, order, start, stop, order > 1)
             np.clip(slab, ranges[c][0], ranges[c][1], out=slab)  # skimage's clip to the input's range
-            planes.append(slab.astype(data.dtype))
-        yield slice(start, stop), planes
+            yield slab.astype(data.dtype)
+
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(target_shape[1:]))))
+    for start in range(0, target_shape[0], step):
+        stop = min(start + step, target_shape[0])
+        yield slice(start, stop), planes(start, stop)
 
 
 def _whole_channels(
@@ -138,7 +140,7 @@ def logits_to_labels(
     return np.asarray(out).transpose(plans_manager.transpose_backward)
 
 
-def _label(segmentation: np.ndarray, planes: list[np.ndarray], label_manager: Any) -> None:
+def _label(segmentation: np.ndarray, planes: Iterator[np.ndarray], label_manager: Any) -> None:
     """Labels of one slab (written into ``segmentation``, a view) from every channel's resampled planes."""
     best: np.ndarray | None = None
     for channel, resampled in enumerate(planes):
