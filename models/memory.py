@@ -57,9 +57,10 @@ _PATHS: dict[str, _PathCost] = {
     # TotalSegmentator's part models merged (models/totalseg): not re-measured, kept at nnU-Net's old figure
     "totalseg": _PathCost(GIB, 34.0),
     # MONAI's pre-processing of the bundle's config (its float32 read and Spacingd's float64 copy) and the
-    # labels put on the input grid in slabs (models.bundle.regrid): the made UNet bundle measured 12 at
-    # 512x512x400 (2026-11-28; 56 before). Kept at 60: a bundle whose post-processing inverts its resampling
-    # (MONAI's Invertd) still resamples the whole output in MONAI's own code, and that was not measured.
+    # labels put on the input grid in slabs (models.bundle.regrid): the made UNet bundle measured 11.6
+    # (512x512x400) and 12.2 (512x512x1500) on 2026-11-28 (56 before). Kept at 60: a bundle whose
+    # post-processing inverts its resampling (MONAI's Invertd, as most Zoo bundles) still resamples the
+    # whole output in MONAI's own code (float64 grids, as this path did before), and that was not measured.
     "bundle": _PathCost(GIB, 60.0),
 }
 _PLANE_WISE_NORMALIZATION = ("CTNormalization", "NoNormalization")
