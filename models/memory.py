@@ -49,7 +49,7 @@ _PATHS: dict[str, _PathCost] = {
     "meshnet": _PathCost(2 * MESHNET_MAX_CHANNELS * MESHNET_GRID_VOXELS * 4 + GIB // 4, 2.0),
     # nnU-Net with plane-wise preprocessing (every channel CT-normalised or not normalised:
     # models.nnunet.preprocess) and the export in slabs: the label map, nnU-Net's un-cropping and the
-    # transposed copy; measured 1.4 (256^3) and 1.5 (512x512x400) (2026-11-28)
+    # transposed copy; measured 0.0 (256^3), 1.1 (512x512x400) and 1.7 (512x512x1500) (2026-11-28)
     "nnunet": _PathCost(GIB, 3.0),
     # nnU-Net's own preprocessing (z-score and other schemes with statistics of the case): its float32 copy
     # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
