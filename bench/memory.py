@@ -17,15 +17,16 @@ process, and reports that process's VmHWM:
 - ``nnunet``: read, a real nnU-Net v2 model made by ``models.testing.make_nnunet`` (nnU-Net's planner on the
   shared CTs, target spacing ``--nnunet-spacing``, 1 fold) through ``NnunetPredictor``, labels written;
 - ``bundle``: read, a MONAI bundle made by ``models.testing.make_bundle`` (a seeded UNet, 4 mm, 64^3 window)
-  through the bundle predictor (models/bundle/, unchanged here), labels written;
+  through the bundle predictor (its labels put on the input grid by models.bundle.regrid), labels written;
 - ``evaluate``: read, then a label map and its reference read (``read_labels``) and
   ``evaluation.report.evaluate_case`` (overlap and surface metrics): HU bands of the input (air, fat, soft
   tissue, bone) on a 4-voxel block grid, so regions have smooth borders as a model's do, and the same
   shifted by 2 voxels;
 - ``seg``: the input as a DICOM series (one int16 file per slice, on a real CT slice's header) read, those
   labels written and ``segserve.scans.seg_export.export_job_seg``.
-``--max-voxels-nnunet`` / ``-bundle`` / ``-seg`` skip the larger rows of the slow (or, for nnU-Net's own
-full-resolution resampling, too large for a shared machine) paths; both default to 512x512x400.
+``--max-voxels-nnunet`` / ``-bundle`` / ``-seg`` skip the larger rows of the slow paths; they default to
+512x512x400 (at 512x512x1500 nnU-Net's row takes about 8 minutes and 2.3 GB, the bundle's 3 minutes and 6 GB;
+``--max-voxels-nnunet 393216000`` runs it; the code before the memory work needed 13 and 23 GB there).
 
 The model's own working set (weights plus activations) does not grow with the input, so it is measured in
 the same run: the same path on a small input (64^3; for MeshNet its own 256^3 1 mm LIA grid, on which its

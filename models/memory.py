@@ -10,7 +10,7 @@ A worker's peak (VmHWM) for one job is, per model path, about
   of its widest layer (brainchop's MeshNets have at most 30 channels), float32;
 - input bytes: the scan as read (its stored dtype, e.g. int16), once per input channel;
 - per voxel: what each path keeps on the input grid besides the input (label maps, nnU-Net's float32 copy
-  and its export's per-channel arrays, conform's and back-mapping's outputs), in bytes per input voxel,
+  where its own preprocessing runs, conform's and back-mapping's outputs), in bytes per input voxel,
   from ``bench/memory.py`` runs on 256^3 to 512x512x1500 CTs (README, Benchmarks) with some headroom;
 - reference: the reference label map (1 byte a voxel as uint8) and the metrics' edge bit masks (at most
   1 byte a voxel for both sides together, `evaluation.surface`), plus numba and the compiled loops of the
@@ -42,18 +42,28 @@ class _PathCost:
     per_voxel: float
 
 
-# Bytes per input voxel beyond the input array, from bench/memory.py on 0.8 mm CTs (2026-11-27, README):
-# (peak - the path's working set) / voxels, rounded up.
+# Bytes per input voxel beyond the input array, from bench/memory.py on 0.8 mm CTs (README):
+# (peak - the path's working set) / voxels - the input's bytes, rounded up with headroom.
 _PATHS: dict[str, _PathCost] = {
     # labels on the input grid (uint8) and the back-mapping's output; measured 1.7 at 512x512x400
     "meshnet": _PathCost(2 * MESHNET_MAX_CHANNELS * MESHNET_GRID_VOXELS * 4 + GIB // 4, 2.0),
-    # nnU-Net's float32 copy and float64 resampling at full resolution (its own preprocessing and resampling
-    # functions), the export's per-channel arrays; measured 26 (256^3) and 32.6 (512x512x400)
-    "nnunet": _PathCost(GIB, 34.0),
+    # nnU-Net with plane-wise preprocessing (every channel CT-normalised or not normalised:
+    # models.nnunet.preprocess) and the export in slabs: the label map, nnU-Net's un-cropping and the
+    # transposed copy; measured 0.0 (256^3), 1.1 (512x512x400) and 1.7 (512x512x1500) (2026-11-28)
+    "nnunet": _PathCost(GIB, 3.0),
+    # nnU-Net's own preprocessing (z-score and other schemes with statistics of the case): its float32 copy
+    # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
+    "nnunet-own": _PathCost(GIB, 34.0),
+    # TotalSegmentator's part models merged (models/totalseg): not re-measured, kept at nnU-Net's old figure
     "totalseg": _PathCost(GIB, 34.0),
-    # MONAI's resampling and inversion in models/bundle/; measured 52 (256^3) and 56 (512x512x400)
+    # MONAI's pre-processing of the bundle's config (its float32 read and Spacingd's float64 copy) and the
+    # labels put on the input grid in slabs (models.bundle.regrid): the made UNet bundle measured 11.6
+    # (512x512x400) and 12.2 (512x512x1500) on 2026-11-28 (56 before). Kept at 60: a bundle whose
+    # post-processing inverts its resampling (MONAI's Invertd, as most Zoo bundles) still resamples the
+    # whole output in MONAI's own code (float64 grids, as this path did before), and that was not measured.
     "bundle": _PathCost(GIB, 60.0),
 }
+_PLANE_WISE_NORMALIZATION = ("CTNormalization", "NoNormalization")
 _REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + the metrics' edge bit masks (<= 1 byte a voxel)
 _METRICS_BYTES = 160 << 20  # numba and the metrics' compiled loops, loaded at the first metrics (~135 MiB)
 _SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
@@ -87,6 +97,18 @@ def path_of(card: ModelCard) -> str:
     return "bundle"
 
 
+def _cost_key(card: ModelCard) -> str:
+    """The card's row of _PATHS: its path, "nnunet-own" for nnU-Net models that take nnU-Net's own
+    preprocessing (a channel not CT-normalised nor unnormalised, or no normalisation recorded)."""
+    path = path_of(card)
+    if path != "nnunet":
+        return path
+    schemes = card.input.get("normalization") if isinstance(card.input, dict) else None
+    if isinstance(schemes, list) and schemes and all(s in _PLANE_WISE_NORMALIZATION for s in schemes):
+        return "nnunet"
+    return "nnunet-own"
+
+
 def estimate_job_bytes(
     card: ModelCard,
     shape: Sequence[int],
@@ -109,7 +131,7 @@ def estimate_job_bytes(
     if itemsize < 1 or channels < 1:
         raise ValueError(f"itemsize and channels must be >= 1, got {itemsize} and {channels}")
     voxels = int(shape[0]) * int(shape[1]) * int(shape[2])
-    cost = _PATHS[path_of(card)]
+    cost = _PATHS[_cost_key(card)]
     weights = sum(int(f.size_bytes) for f in card.files)
     input_bytes = voxels * itemsize * channels
     per_voxel = cost.per_voxel * channels

@@ -10,4 +10,5 @@ build.py      MONAI's ConfigParser builds preprocessing, network, inferer, postp
 install.py    install = check (build.py) + copy with a hash manifest (trust, installer, labels); the cards
 stitching.py  the memory-bounded label path where it is exact (SlidingWindowInferer + argmax first)
 predictor.py  BundlePredictor: one case through the bundle's own pipeline, on the input's grid
+regrid.py     a label map on the model's grid put on the input's grid in slabs (MONAI's nearest values)
 """

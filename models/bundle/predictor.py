@@ -33,6 +33,7 @@ from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
 from models.bundle.padding import infer_prepadded
+from models.bundle.regrid import labels_on_grid
 from models.bundle.stitching import label_steps, stitched_pred
 from models.calibration import installed_records, use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
@@ -359,7 +360,6 @@ class BundlePredictor:
         with tempfile.TemporaryDirectory(prefix="segserve-case-") as tmp:
             paths = write_inputs(volumes, Path(tmp))
             pred = run_case(self.pipeline, paths, self.device, report, is_cancelled, self.precision)
-            pred = onto_grid(pred, volumes[0])
-        labels = to_label_map(pred, volumes[0].shape, self.card.id)
+        labels = labels_on_grid(pred, volumes[0], self.card.id)  # onto_grid + to_label_map, in slabs
         report(1.0)
         return labels

@@ -15,7 +15,10 @@ Public interface (stable; other rooms, e.g. TotalSegmentator's, build on it):
 - :mod:`models.nnunet.geometry`: ``nnunet_input(volumes) -> ((C, z, y, x) array, properties)`` as
   nnU-Net's SimpleITK reader gives them; ``labels_to_volume_grid(labels_zyx)``.
 - :mod:`models.nnunet.export`: ``logits_to_labels(logits, plans_manager, configuration_manager,
-  label_manager, properties)``: nnU-Net's export to the original grid, one output channel at a time.
+  label_manager, properties)``: nnU-Net's export to the original grid, in slabs of output planes.
+- :mod:`models.nnunet.preprocess`: ``preprocess(volumes, properties, plans_manager, configuration_manager)``:
+  nnU-Net's preprocessed array computed plane by plane (or None: nnU-Net's own adapter is needed), with
+  :mod:`models.nnunet.resample` (scipy's cubic zoom by planes, zoom slabs).
 - :mod:`models.nnunet.predictor` (torch, nnunetv2): ``NnunetRunner(folder, folds, device)`` with
   ``predict(volumes, on_progress=, is_cancelled=) -> labels (I, J, K)`` on the first volume's grid (nnU-Net's
   label values), and ``NnunetPredictor`` (the catalog's predictor: ``load(card, models_dir, device)``).

@@ -1,28 +1,102 @@
-"""nnU-Net's export of logits to a label map on the original grid, one output channel at a time.
+"""nnU-Net's export of logits to a label map on the original grid, in slabs of output planes.
 
 nnU-Net's ``convert_predicted_logits_to_segmentation_with_correct_shape`` resamples the logits of every
 channel to the original (cropped) shape at once: a float64 copy of all channels on the model's grid plus a
 (channels x original voxels) float16 array, then an int64 argmax; for a 512x512x400 CT and a 25-class model
-that is over 6 GB. This module gives the same labels holding one channel at a time:
+that is over 6 GB. This module gives the same labels:
 
-- each channel is resampled by the configuration's own ``resampling_fn_probabilities`` on its own (nnU-Net's
-  resampling loops over channels independently, so a channel's values are the same either way);
+- each channel's values on the original grid are those of the configuration's
+  ``resampling_fn_probabilities`` (nnU-Net's ``resample_data_or_seg_to_shape``: skimage's resize, i.e.
+  ``ndimage.zoom`` in grid mode with mode "nearest", clipped to the channel's range, cast to the logits'
+  dtype). Where that resampling is not split by axis (``separate_z``), they are computed a slab of output
+  planes at a time (:func:`models.nnunet.resample.zoom_slab`, scipy's own interpolation with the slab's
+  offset), for all channels, so only the label map is whole; otherwise (anisotropic spacings, another
+  resampling function) one whole channel at a time with nnU-Net's function;
 - softmax models: a running maximum in the resampled dtype and its argmax, replaced only where a later
   channel is strictly greater, which is numpy's ``argmax`` rule (first maximum wins);
 - region models: ``sigmoid(float32(channel)) > 0.5`` writes ``regions_class_order[i]``, regions in order,
   as nnU-Net's ``LabelManager.convert_probabilities_to_segmentation`` does;
 - then nnU-Net's ``insert_crop_into_image`` into the uncropped shape and its ``transpose_backward``.
 
-Peak besides the logits: one channel as float64 on the model's grid, two original-grid arrays of the
-resampled dtype and the label map. Tests check the labels against ``nnUNetv2_predict`` (all voxels equal).
+Peak besides the logits, slab path: the label map (1 byte a voxel), a slab of planes of two channels, and for
+a spline order above 1 the channels' coefficients on the model's grid (float64). Whole-channel path: one
+channel as float64 on the model's grid, two original-grid arrays of the resampled dtype and the label map.
+Tests check the labels against ``nnUNetv2_predict`` (all voxels equal).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from models.nnunet.resample import prefilter, zoom_shape, zoom_slab
+
+SLAB_VOXELS = 1 << 20  # output voxels per slab (4 planes of 512 x 512)
+
+
+def _slab_order(configuration_manager: Any, target_shape: Any, current: Any, transposed: Any) -> int | None:
+    """The spline order when the probabilities' resampling can run in slabs, else None."""
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+    config = configuration_manager.configuration
+    if config.get("resampling_fn_probabilities") != "resample_data_or_seg_to_shape":
+        return None
+    kwargs = dict(config.get("resampling_fn_probabilities_kwargs", {}))
+    if kwargs.get("is_seg", False):
+        return None
+    threshold = (
+        [kwargs["separate_z_anisotropy_threshold"]] if "separate_z_anisotropy_threshold" in kwargs else []
+    )
+    separate_z, _axis = determine_do_sep_z_and_axis(
+        kwargs.get("force_separate_z", False), current, transposed, *threshold
+    )
+    if separate_z:
+        return None
+    return int(kwargs.get("order", 3))
+
+
+def _channels_in_slabs(data: np.ndarray, target_shape: tuple[int, ...], order: int) -> Iterator[Any]:
+    """Per slab of output planes: (slice, an iterator of each channel's resampled planes as nnU-Net's
+    function gives them, made one channel at a time)."""
+    shape = tuple(int(n) for n in data.shape[1:])
+    resample = shape != tuple(target_shape)
+    # scipy's interpolation reads float32/float64 (nnU-Net's CPU logits are float16: widened, same values)
+    readable = data if data.dtype in (np.float32, np.float64) else None
+    filtered = [
+        prefilter(data[c], order)
+        if resample and order > 1
+        else (readable[c] if readable is not None else data[c].astype(np.float32))
+        for c in range(len(data))
+    ]
+    ranges = [(float(data[c].min()), float(data[c].max())) for c in range(len(data))] if resample else []
+
+    def planes(start: int, stop: int) -> Iterator[np.ndarray]:
+        for c in range(len(data)):
+            if not resample:
+                yield data[c, start:stop]
+                continue
+            slab = zoom_slab(filtered[c], target_shape, order, start, stop, order > 1)
+            np.clip(slab, ranges[c][0], ranges[c][1], out=slab)  # skimage's clip to the input's range
+            yield slab.astype(data.dtype)
+
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(target_shape[1:]))))
+    for start in range(0, target_shape[0], step):
+        stop = min(start + step, target_shape[0])
+        yield slice(start, stop), planes(start, stop)
+
+
+def _whole_channels(
+    data: np.ndarray, target_shape: Any, configuration_manager: Any, current: Any, spacing: Any
+) -> Iterator[Any]:
+    """One slab of all planes per channel, by nnU-Net's own resampling function."""
+    for channel in range(data.shape[0]):
+        resampled = configuration_manager.resampling_fn_probabilities(
+            data[channel : channel + 1], target_shape, current, spacing
+        )[0]
+        yield channel, np.asarray(resampled)
 
 
 def logits_to_labels(
@@ -36,34 +110,55 @@ def logits_to_labels(
     from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
     transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
-    target_shape = properties["shape_after_cropping_and_before_resampling"]
+    target_shape = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
     spacing = configuration_manager.spacing
     current = spacing if len(spacing) == len(target_shape) else [transposed[0], *spacing]
-    data = logits.numpy() if isinstance(logits, torch.Tensor) else logits
+    data = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
     dtype = np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
-    segmentation: np.ndarray | None = None
-    best: np.ndarray | None = None
-    for channel in range(data.shape[0]):
-        resampled = np.asarray(
-            configuration_manager.resampling_fn_probabilities(
-                data[channel : channel + 1], target_shape, current, transposed
-            )[0]
+    segmentation = np.zeros(target_shape, dtype=np.uint16 if label_manager.has_regions else dtype)
+    order = _slab_order(configuration_manager, target_shape, current, transposed)
+    if (
+        order is not None
+        and len(target_shape) == 3
+        and (
+            tuple(data.shape[1:]) == target_shape
+            or zoom_shape(data.shape[1:], target_shape)[0] == target_shape
         )
-        if segmentation is None:
-            segmentation = np.zeros(resampled.shape, dtype=np.uint16 if label_manager.has_regions else dtype)
-        if label_manager.has_regions:
-            probability = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(resampled)).float())
-            segmentation[(probability > 0.5).numpy()] = label_manager.regions_class_order[channel]
-        elif best is None:
-            best = resampled.copy()
-        else:
-            better = resampled > best
-            segmentation[better] = channel
-            np.copyto(best, resampled, where=better)
-        del resampled
-    assert segmentation is not None
+    ):
+        for where, planes in _channels_in_slabs(data, target_shape, order):
+            _label(segmentation[where], planes, label_manager)
+    else:
+        best: np.ndarray | None = None
+        for channel, resampled in _whole_channels(
+            data, target_shape, configuration_manager, current, transposed
+        ):
+            best = _label_channel(segmentation, best, channel, resampled, label_manager)
     out = np.zeros(properties["shape_before_cropping"], dtype=dtype)
     out = insert_crop_into_image(out, segmentation, properties["bbox_used_for_cropping"])
     if isinstance(out, torch.Tensor):
         out = out.cpu().numpy()
     return np.asarray(out).transpose(plans_manager.transpose_backward)
+
+
+def _label(segmentation: np.ndarray, planes: Iterator[np.ndarray], label_manager: Any) -> None:
+    """Labels of one slab (written into ``segmentation``, a view) from every channel's resampled planes."""
+    best: np.ndarray | None = None
+    for channel, resampled in enumerate(planes):
+        best = _label_channel(segmentation, best, channel, resampled, label_manager)
+
+
+def _label_channel(
+    segmentation: np.ndarray, best: np.ndarray | None, channel: int, resampled: np.ndarray, label_manager: Any
+) -> np.ndarray | None:
+    """One channel into the labels: its region (region models) or the running argmax; returns the running
+    maximum (None for region models)."""
+    if label_manager.has_regions:
+        probability = torch.sigmoid(torch.from_numpy(np.ascontiguousarray(resampled)).float())
+        segmentation[(probability > 0.5).numpy()] = label_manager.regions_class_order[channel]
+        return None
+    if best is None:
+        return resampled.copy()
+    better = resampled > best
+    segmentation[better] = channel
+    np.copyto(best, resampled, where=better)
+    return best

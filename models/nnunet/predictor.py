@@ -8,19 +8,21 @@ Pipeline for one case (C input channels on one grid):
     then the export (logits resampled to the original shape, softmax argmax or sigmoid regions, un-cropped)
     --> (z, y, x) --transpose--> (I, J, K)
 
-Everything but the export is nnU-Net's code, unchanged; the export is nnU-Net's
-convert_predicted_logits_to_segmentation_with_correct_shape done one output channel at a time with
-nnU-Net's own resampling function (:mod:`models.nnunet.export`), so the labels equal what
-``nnUNetv2_predict`` writes for the same file and model folder. What we add: each sliding-window step
-(each fold's) is reported as progress, and ``is_cancelled`` is checked before every step; when it says stop,
-the remaining steps are skipped without running the network and :class:`models.card.Cancelled` is raised
-once nnU-Net's window loop has ended (so its producer thread ends too).
+The sliding window is nnU-Net's code, unchanged. The preprocessing is nnU-Net's adapter, or where that gives
+the same array (:mod:`models.nnunet.preprocess`, tests compare every value) its steps computed plane by
+plane; the export is nnU-Net's convert_predicted_logits_to_segmentation_with_correct_shape done in slabs of
+output planes (or one channel at a time with nnU-Net's own resampling function, :mod:`models.nnunet.export`),
+so the labels equal what ``nnUNetv2_predict`` writes for the same file and model folder. What we add: each
+sliding-window step (each fold's) is reported as progress, and ``is_cancelled`` is checked before every step;
+when it says stop, the remaining steps are skipped without running the network and
+:class:`models.card.Cancelled` is raised once nnU-Net's window loop has ended (so its producer thread ends).
 
-Memory: nnU-Net keeps the whole case in memory: its float32 copy of the image while preprocessing (we hand it
-the voxels in their own type, e.g. int16, not a float32 copy of ours: same values) and the logits of every
-output channel on the model's grid (on the CPU unless the device is CUDA). The export holds one channel at a
-time on the original grid instead of all of them; ``bench/nnunet.py`` and ``bench/memory.py`` measure the
-peak.
+Memory: for CT-style models (DefaultPreprocessor, CTNormalization or no normalisation, order-3 resampling,
+also split by axis for anisotropic spacings) the preprocessing works from views of the scan, without
+nnU-Net's float32 and float64 copies of the whole scan; other models take nnU-Net's own preprocessing (its
+float32 copy of the image, float64 resampling at full resolution). nnU-Net keeps the logits of every output
+channel on the model's grid (on the CPU unless the device is CUDA). The export holds the label map and a
+slab of planes per channel; ``bench/nnunet.py`` and ``bench/memory.py`` measure the peak.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from models.calibration import installed_records, use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
 from models.nnunet.export import logits_to_labels
-from models.nnunet.geometry import labels_to_volume_grid, nnunet_input
+from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
+from models.nnunet.preprocess import preprocess
 from segserve.imaging.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -116,8 +119,9 @@ class NnunetRunner:
     ) -> None:
         self.device = torch.device(device)
         # "bf16": the network's forward under CPU bf16 autocast (a calibrated model, models.calibration);
-        # nnU-Net's own preprocessing, logit accumulation and export are unchanged.
+        # the preprocessing, nnU-Net's logit accumulation and the export are the same as in fp32.
         self.precision = precision
+        self.last_preprocessing = ""  # "planes" or "nnunet": which preprocessing the last case took
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -147,6 +151,32 @@ class NnunetRunner:
             if isinstance(t, torch.Tensor)
         )
 
+    def _preprocess(self, volumes: Sequence[Volume]) -> dict[str, Any]:
+        """nnU-Net's preprocessed case ({"data": (C, *model grid) float32 tensor, "data_properties"}):
+        plane by plane where that gives the same array (models.nnunet.preprocess), else nnU-Net's adapter."""
+        runner = self.predictor
+        properties = image_properties(volumes[0])
+        data = preprocess(volumes, properties, runner.plans_manager, runner.configuration_manager)
+        if data is not None:
+            self.last_preprocessing = "planes"
+            return {"data": torch.from_numpy(data), "data_properties": properties}
+        self.last_preprocessing = "nnunet"
+        image, properties = nnunet_input(volumes)
+        adapter = PreprocessAdapterFromNpy(
+            [image],
+            [None],
+            [properties],
+            [None],
+            runner.plans_manager,
+            runner.dataset_json,
+            runner.configuration_manager,
+            num_threads_in_multithreaded=1,
+            verbose=False,
+        )
+        del image
+        case: dict[str, Any] = next(adapter)
+        return case
+
     def predict(
         self,
         volumes: Sequence[Volume],
@@ -163,27 +193,13 @@ class NnunetRunner:
         stop = is_cancelled or (lambda: False)
         if stop():
             raise Cancelled()
-        image, properties = nnunet_input(volumes)
         runner = self.predictor
         runner.stopped, runner.done, runner.total, runner.is_cancelled = False, 0, 0, stop
         runner.on_step = lambda done, total: report(_PRE + (1 - _PRE - _POST) * done / total)
         report(0.0)
         threads = torch.get_num_threads()
         try:
-            # predict_single_npy_array's steps, with the export one channel at a time (models.nnunet.export)
-            adapter = PreprocessAdapterFromNpy(
-                [image],
-                [None],
-                [properties],
-                [None],
-                runner.plans_manager,
-                runner.dataset_json,
-                runner.configuration_manager,
-                num_threads_in_multithreaded=1,
-                verbose=False,
-            )
-            case = next(adapter)
-            del image, adapter
+            case = self._preprocess(volumes)
             bf16 = self.precision == "bf16" and self.device.type == "cpu"
             with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
                 logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()

@@ -70,3 +70,15 @@ def test_cgroup_limit(tmp_path: Path, text: str, expected: int | None) -> None:
 def test_budget_from_settings_wins_and_api_ignores_its_cgroup() -> None:
     assert worker_budget(Settings(worker_memory_mb=8192)) == (8 << 30, "SEGSERVE_WORKER_MEMORY_MB")
     assert worker_budget(Settings(), use_cgroup=False) is None
+
+
+def test_nnunet_estimate_follows_its_preprocessing() -> None:
+    """CT-normalised nnU-Net models are preprocessed plane by plane (a few bytes a voxel); a z-scored
+    channel takes nnU-Net's own preprocessing (float32 and float64 copies of the scan)."""
+    ct = (512, 512, 400)
+    planes = replace(NNUNET, input={**NNUNET.input, "normalization": ["CTNormalization"]})
+    own = replace(NNUNET, input={**NNUNET.input, "normalization": ["CTNormalization", "ZScoreNormalization"]})
+    low, high = estimate_job_bytes(planes, ct, 2), estimate_job_bytes(own, ct, 2)
+    assert low.total_bytes <= low.input_bytes * 3 + low.model_bytes + GIB
+    assert high.total_bytes > low.total_bytes + 20 * 512 * 512 * 400
+    assert estimate_job_bytes(NNUNET, ct, 2).total_bytes == high.total_bytes  # nothing recorded: own path
