@@ -26,13 +26,14 @@ from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
 from segserve.memory import InsufficientMemory, worker_budget
 from segserve.queue_wait import queue_wait
+from segserve.scans.decoded import channel_name, decoded_bytes, save_decoded
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
 from service.deid_upload import deidentify_upload
-from service.disk import check_declared_length, upload_reserve
+from service.disk import check_declared_length, reserved_writes, upload_reserve
 from service.problems import Problem
 from service.quotas import check_queued, check_rate
 from service.schemas import JobList, JobPublic
@@ -101,19 +102,38 @@ class _Validated:
     reference: bool = False
 
 
-def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ...]) -> _Validated:
+def _validate_volumes(
+    settings: Settings, staging: Path, form: ParsedUpload, channels: tuple[str, ...]
+) -> _Validated:
     """Read the scan or every channel (and the reference) fully: a truncated or wrong file, or channels
-    on different grids, are refused now, not in the worker. The first channel's grid is the job's."""
+    on different grids, are refused now, not in the worker. The first channel's grid is the job's.
+
+    What was read is kept beside the upload (segserve.scans.decoded, under staging/decoded/), so that the
+    worker maps those voxels instead of decoding the upload again."""
     if channels:
         groups = [(c, [staging / "image" / c / n for n in form.channels[c]]) for c in channels]
-        image = read_channels(groups)[0]
+        volumes = read_channels(groups)
+        image = volumes[0]
         input_files = [f"{channels[0]}/{n}" for n in form.channels[channels[0]]]
     else:
         image = read_image([staging / "image" / n for n in form.files["image"]])
+        volumes = [image]
         input_files = list(form.files["image"])
+    reference = None
     if form.files["reference"]:
         reference = read_labels([staging / "reference" / n for n in form.files["reference"]])
         check_same_grid(image, reference)
+    # Only once everything is valid: a refused upload is not worth the writes.
+    named = (
+        list(zip([channel_name(c) for c in channels], volumes, strict=True))
+        if channels
+        else [("image", image)]
+    )
+    if reference is not None:
+        named.append(("reference", reference))
+    with reserved_writes(settings, staging, sum(decoded_bytes(v, staging) for _, v in named)):
+        for name, volume in named:
+            save_decoded(volume, staging, name)
     return _Validated(
         input_format=image.source_format,
         shape=list(image.shape),
@@ -269,7 +289,7 @@ async def _accept(
     try:
         if settings.deidentify:  # before validation and storage: nothing identifying is kept
             form = await run_in_threadpool(deidentify_upload, settings, staging, form)
-        info = await run_in_threadpool(_validate_volumes, staging, form, channels)
+        info = await run_in_threadpool(_validate_volumes, settings, staging, form, channels)
         # Refused now when no worker could take it (SEGSERVE_WORKER_MEMORY_MB set here too): 422, sizes named.
         check_job_memory(
             card,
