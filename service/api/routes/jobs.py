@@ -24,6 +24,7 @@ from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobPriority, JobStatus, Role, new_session
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
+from segserve.imaging.volume import Volume
 from segserve.memory import InsufficientMemory, worker_budget
 from segserve.queue_wait import queue_wait
 from segserve.scans.decoded import channel_name, decoded_bytes, save_decoded
@@ -103,38 +104,27 @@ class _Validated:
 
 
 def _validate_volumes(
-    settings: Settings, staging: Path, form: ParsedUpload, channels: tuple[str, ...]
-) -> _Validated:
+    staging: Path, form: ParsedUpload, channels: tuple[str, ...]
+) -> tuple[_Validated, list[tuple[str, Volume]]]:
     """Read the scan or every channel (and the reference) fully: a truncated or wrong file, or channels
     on different grids, are refused now, not in the worker. The first channel's grid is the job's.
 
-    What was read is kept beside the upload (segserve.scans.decoded, under staging/decoded/), so that the
-    worker maps those voxels instead of decoding the upload again."""
+    Also returns what was read, named for `_keep_decoded` ("image" or each channel, and "reference")."""
     if channels:
         groups = [(c, [staging / "image" / c / n for n in form.channels[c]]) for c in channels]
         volumes = read_channels(groups)
         image = volumes[0]
+        named = [(channel_name(c), v) for c, v in zip(channels, volumes, strict=True)]
         input_files = [f"{channels[0]}/{n}" for n in form.channels[channels[0]]]
     else:
         image = read_image([staging / "image" / n for n in form.files["image"]])
-        volumes = [image]
+        named = [("image", image)]
         input_files = list(form.files["image"])
-    reference = None
     if form.files["reference"]:
         reference = read_labels([staging / "reference" / n for n in form.files["reference"]])
         check_same_grid(image, reference)
-    # Only once everything is valid: a refused upload is not worth the writes.
-    named = (
-        list(zip([channel_name(c) for c in channels], volumes, strict=True))
-        if channels
-        else [("image", image)]
-    )
-    if reference is not None:
         named.append(("reference", reference))
-    with reserved_writes(settings, staging, sum(decoded_bytes(v, staging) for _, v in named)):
-        for name, volume in named:
-            save_decoded(volume, staging, name)
-    return _Validated(
+    info = _Validated(
         input_format=image.source_format,
         shape=list(image.shape),
         spacing_mm=[round(s, 6) for s in image.spacing_mm],
@@ -143,6 +133,16 @@ def _validate_volumes(
         n_channels=max(1, len(channels)),
         reference=bool(form.files["reference"]),
     )
+    return info, named
+
+
+def _keep_decoded(settings: Settings, staging: Path, named: list[tuple[str, Volume]]) -> None:
+    """Keep the validated volumes beside the upload (segserve.scans.decoded, staging/decoded/), so that the
+    worker maps them instead of decoding the upload again; they move into the job's folder with the
+    upload. 507 when the copy would cross the disk reserve."""
+    with reserved_writes(settings, staging, sum(decoded_bytes(v, staging) for _, v in named)):
+        for name, volume in named:
+            save_decoded(volume, staging, name)
 
 
 def _store_job(
@@ -289,7 +289,7 @@ async def _accept(
     try:
         if settings.deidentify:  # before validation and storage: nothing identifying is kept
             form = await run_in_threadpool(deidentify_upload, settings, staging, form)
-        info = await run_in_threadpool(_validate_volumes, settings, staging, form, channels)
+        info, volumes = await run_in_threadpool(_validate_volumes, staging, form, channels)
         # Refused now when no worker could take it (SEGSERVE_WORKER_MEMORY_MB set here too): 422, sizes named.
         check_job_memory(
             card,
@@ -302,6 +302,8 @@ async def _accept(
         )
     except (ImageError, InsufficientMemory) as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
+    await run_in_threadpool(_keep_decoded, settings, staging, volumes)
+    del volumes  # the voxels are on disk now: not held while the job is stored
     return await run_in_threadpool(
         _store_job, settings, staging, form, model_id, card.version, info, key, priority, held
     )
