@@ -20,8 +20,9 @@ stops (one untimed warm-up each). The report: jobs per minute, and the ratio of 
 (what a perfect server would need: forwards back to back, nothing else) to the measured time.
 
 Also checked, from the job_stages table (seconds per stage of each job, in the workers): how many jobs
-loaded a model (at most one per worker process: a worker keeps its models), and the read stage (the
-worker decodes each input once; the API decoded it once before, to refuse a bad upload at POST).
+loaded a model (at most one per worker process: a worker keeps its models), and the read stage (each input
+is decoded once, by the API, which refuses a bad upload at POST and keeps what it decoded; the worker maps
+that copy, segserve.scans.decoded, so its read stage is milliseconds).
 """
 
 from __future__ import annotations

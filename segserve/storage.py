@@ -4,6 +4,8 @@
                            per input channel, input/image/<channel>/... (the job's input_files name the
                            first channel's files, "<channel>/0000.nii.gz", which the viewer shows)
     input/reference/...    the uploaded reference label volume, if any
+    input/decoded/...      the volumes as the API decoded them while validating (segserve.scans.decoded),
+                           which the worker maps instead of decoding the upload again
     result/labels.nii.gz   the label volume on the scan's grid
     result/metrics.json    per-structure metrics, when a reference was given
     result/labels.seg.dcm  the label volume as a DICOM SEG, when the input was a DICOM series
@@ -39,6 +41,10 @@ class JobFiles:
 
     def __init__(self, jobs_dir: Path, job_id: str) -> None:
         self.root = jobs_dir / job_id
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
 
     @property
     def image_dir(self) -> Path:

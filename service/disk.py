@@ -7,6 +7,8 @@ writing gets the same answer. The caller removes the staging directory, so nothi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -61,6 +63,22 @@ def close_upload_file(file: IO[bytes]) -> None:
     """Close a part's file; the last buffered bytes are written here, so a full disk can show up now."""
     try:
         file.close()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_problem(_full_disk_detail(exc)) from None
+        raise
+
+
+@contextmanager
+def reserved_writes(settings: Settings, staging: Path, n_bytes: int) -> Iterator[None]:
+    """Around writes of about `n_bytes` into `staging` that are not an upload's bytes (the decoded copy of
+    a validated scan): 507 before them when they would cross the reserve, and 507 for a full disk met
+    while writing. The caller removes the staging directory."""
+    try:
+        upload_reserve(settings, staging).require(n_bytes)
+        yield
+    except InsufficientSpace as exc:
+        raise disk_full_problem(str(exc)) from None
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full_problem(_full_disk_detail(exc)) from None

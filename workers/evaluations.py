@@ -28,6 +28,7 @@ from segserve import jobs as job_states
 from segserve.config import Settings
 from segserve.db import Evaluation, Job, JobStatus, new_session, utcnow
 from segserve.jobs import evaluation_case_counts as case_counts
+from segserve.scans.decoded import save_decoded
 from segserve.scans.readers import read_image
 from segserve.storage import JobFiles
 from workers.celery_app import FINISH_EVALUATION, RUN_EVALUATION, send_evaluation_task, send_run_job
@@ -130,6 +131,7 @@ def _create_case_jobs(
         )
         shutil.copyfile(case.image, files.image_dir / name)
         image = read_image([files.image_dir / name])
+        save_decoded(image, files.input_dir, "image")  # the case's job maps it, not decoding it again
         job = job_states.build_job(
             job_id,
             model_id=card.id,

@@ -10,7 +10,8 @@ Closing a claimed series (`close_series`), each step safe to repeat after a cras
   1. rename `<incoming>/<id>` to `<incoming>/<id>.closing`: from now on a late instance finds no directory
      to link into and starts a new collection of its series (service/dicomweb/collect.py);
   2. validate exactly as POST /v1/jobs does (`read_image` over the files: one series, geometry checks,
-     pixel decoding) and check the model is still available;
+     pixel decoding), keep the decoded volume beside the files as it does (segserve.scans.decoded) and
+     check the model is still available;
   3. move the files to the job's `input/` (one rename), then commit the job row (segserve.jobs.build_job)
      and the series' closing -> submitted in ONE transaction;
   4. publish the job id as POST /v1/jobs does (workers.celery_app.publish_committed_job).
@@ -37,6 +38,7 @@ from segserve.config import Settings
 from segserve.db import IncomingSeries, IntakeState, Job, JobPriority, new_session
 from segserve.imaging.errors import ImageError
 from segserve.intake import claim_quiet, mark_failed, submitted_values
+from segserve.scans.decoded import save_decoded
 from segserve.scans.readers import read_image
 from segserve.storage import JobFiles
 from workers.celery_app import publish_committed_job
@@ -149,6 +151,7 @@ def _validate(settings: Settings, row: IncomingSeries, source: Path) -> _Valid:
         volume = read_image([image_dir / n for n in names])
     except ImageError as exc:
         raise _Refused(exc.code, str(exc)) from None
+    save_decoded(volume, source, "image")  # the job's worker maps these voxels: the series is decoded once
     return _Valid(
         names=names,
         model_version=status.card.version,

@@ -113,19 +113,22 @@ def labels_to_source(labels: np.ndarray, conformed: ConformedImage) -> np.ndarra
     Args:
         labels: integer labels, shape (256, 256, 256), on ``conformed.affine``.
     Returns:
-        labels of the same dtype, shape ``conformed.source_shape``; 0 where the input lies outside the
-        conformed field of view.
+        labels of the same dtype, shape ``conformed.source_shape`` (Fortran order when resampled); 0 where
+        the input lies outside the conformed field of view.
     """
     if conformed.identity:
         return labels
     mapping = np.linalg.inv(conformed.affine) @ conformed.source_affine
-    return ndimage.affine_transform(
+    # Fortran order, as NIfTI stores voxels: the result is written without a whole-volume transpose.
+    out = np.empty(conformed.source_shape, dtype=labels.dtype, order="F")
+    ndimage.affine_transform(
         labels,
         mapping[:3, :3],
         offset=mapping[:3, 3],
         output_shape=conformed.source_shape,
-        output=labels.dtype,
+        output=out,
         order=0,
         mode="constant",
         cval=0,
     )
+    return out

@@ -75,6 +75,9 @@ def test_channels_in_the_catalog_and_a_job_gives_the_exact_label_map(
     # the viewer's scan is the first channel (T1c)
     assert np.array_equal(np.asarray(nib.load(shown).dataobj), np.asarray(nib.load(paths["t1c"]).dataobj))
     assert {r["label"]: r["dice"] for r in metrics["structures"]} == {1: 1.0, 2: 1.0, 4: 1.0}
+    # every channel and the reference were mapped from what the API decoded, not decoded again
+    logs = "\n".join(p.log_path.read_text(errors="replace") for p in stack.workers)
+    assert f"job {done['id']}: input mapped from its decoded copy" in logs
 
 
 @pytest.fixture

@@ -24,15 +24,17 @@ from segserve.config import Settings
 from segserve.db import ApiKey, Job, JobPriority, JobStatus, Role, new_session
 from segserve.idempotency import Claim, StoredAnswer
 from segserve.imaging.errors import ImageError
+from segserve.imaging.volume import Volume
 from segserve.memory import InsufficientMemory, worker_budget
 from segserve.queue_wait import queue_wait
+from segserve.scans.decoded import channel_name, decoded_bytes, save_decoded
 from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, new_staging_dir
 from service import idempotency
 from service.api.deps import CanCreateJobs, CanDeleteJobs, CanReadJobs, CatalogDep, SessionDep, SettingsDep
 from service.api.lookup import available_card, job_or_404
 from service.deid_upload import deidentify_upload
-from service.disk import check_declared_length, upload_reserve
+from service.disk import check_declared_length, reserved_writes, upload_reserve
 from service.problems import Problem
 from service.quotas import check_queued, check_rate
 from service.schemas import JobList, JobPublic
@@ -101,20 +103,28 @@ class _Validated:
     reference: bool = False
 
 
-def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ...]) -> _Validated:
+def _validate_volumes(
+    staging: Path, form: ParsedUpload, channels: tuple[str, ...]
+) -> tuple[_Validated, list[tuple[str, Volume]]]:
     """Read the scan or every channel (and the reference) fully: a truncated or wrong file, or channels
-    on different grids, are refused now, not in the worker. The first channel's grid is the job's."""
+    on different grids, are refused now, not in the worker. The first channel's grid is the job's.
+
+    Also returns what was read, named for `_keep_decoded` ("image" or each channel, and "reference")."""
     if channels:
         groups = [(c, [staging / "image" / c / n for n in form.channels[c]]) for c in channels]
-        image = read_channels(groups)[0]
+        volumes = read_channels(groups)
+        image = volumes[0]
+        named = [(channel_name(c), v) for c, v in zip(channels, volumes, strict=True)]
         input_files = [f"{channels[0]}/{n}" for n in form.channels[channels[0]]]
     else:
         image = read_image([staging / "image" / n for n in form.files["image"]])
+        named = [("image", image)]
         input_files = list(form.files["image"])
     if form.files["reference"]:
         reference = read_labels([staging / "reference" / n for n in form.files["reference"]])
         check_same_grid(image, reference)
-    return _Validated(
+        named.append(("reference", reference))
+    info = _Validated(
         input_format=image.source_format,
         shape=list(image.shape),
         spacing_mm=[round(s, 6) for s in image.spacing_mm],
@@ -123,6 +133,16 @@ def _validate_volumes(staging: Path, form: ParsedUpload, channels: tuple[str, ..
         n_channels=max(1, len(channels)),
         reference=bool(form.files["reference"]),
     )
+    return info, named
+
+
+def _keep_decoded(settings: Settings, staging: Path, named: list[tuple[str, Volume]]) -> None:
+    """Keep the validated volumes beside the upload (segserve.scans.decoded, staging/decoded/), so that the
+    worker maps them instead of decoding the upload again; they move into the job's folder with the
+    upload. 507 when the copy would cross the disk reserve."""
+    with reserved_writes(settings, staging, sum(decoded_bytes(v, staging) for _, v in named)):
+        for name, volume in named:
+            save_decoded(volume, staging, name)
 
 
 def _store_job(
@@ -269,7 +289,7 @@ async def _accept(
     try:
         if settings.deidentify:  # before validation and storage: nothing identifying is kept
             form = await run_in_threadpool(deidentify_upload, settings, staging, form)
-        info = await run_in_threadpool(_validate_volumes, staging, form, channels)
+        info, volumes = await run_in_threadpool(_validate_volumes, staging, form, channels)
         # Refused now when no worker could take it (SEGSERVE_WORKER_MEMORY_MB set here too): 422, sizes named.
         check_job_memory(
             card,
@@ -282,6 +302,8 @@ async def _accept(
         )
     except (ImageError, InsufficientMemory) as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
+    await run_in_threadpool(_keep_decoded, settings, staging, volumes)
+    del volumes  # the voxels are on disk now: not held while the job is stored
     return await run_in_threadpool(
         _store_job, settings, staging, form, model_id, card.version, info, key, priority, held
     )
