@@ -33,7 +33,7 @@ from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
 from models.bundle.padding import infer_prepadded
-from models.bundle.regrid import labels_on_grid
+from models.bundle.regrid import labels_on_grid, onto_grid, to_label_map
 from models.bundle.stitching import label_steps, stitched_pred
 from models.calibration import installed_records, use_bf16
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
@@ -245,39 +245,6 @@ def tiny_case(pipeline: Pipeline, device: str = "cpu") -> tuple[int, ...]:
             if small is not None:
                 inferer.roi_size = roi  # type: ignore[union-attr]
     return tuple(labels.shape)
-
-
-def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:
-    """``pred`` (1, X, Y, Z) on the input's grid. A bundle whose postprocessing inverts its spatial
-    pre-processing (Invertd) already gives that and is returned unchanged; otherwise MONAI's runner would
-    write it on the model grid, and the service maps it by nearest neighbour with MONAI's SpatialResample
-    from the MetaTensor's affine to the input's (labels are never interpolated)."""
-    from monai.data import MetaTensor
-    from monai.transforms import SpatialResample
-
-    if not isinstance(pred, MetaTensor) or pred.ndim != 4:
-        return pred
-    same_affine = np.allclose(np.asarray(pred.affine, dtype=np.float64), volume.affine, atol=1e-4)
-    if tuple(pred.shape[1:]) == tuple(volume.shape) and same_affine:
-        return pred
-    resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float64)
-    moved = resample(
-        pred, dst_affine=torch.as_tensor(volume.affine, dtype=torch.float64), spatial_size=volume.shape
-    )
-    return torch.as_tensor(moved)
-
-
-def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.ndarray:
-    """``pred`` (1, I, J, K) or (I, J, K) as uint8/uint16 labels of ``shape``; ValueError otherwise."""
-    array = pred.as_tensor().numpy() if hasattr(pred, "as_tensor") else pred.numpy()
-    if array.ndim == len(shape) + 1 and array.shape[0] == 1:
-        array = array[0]
-    if tuple(array.shape) != tuple(shape):
-        raise ValueError(f"model {model_id} returned a {array.shape} label map for a {tuple(shape)} input")
-    values = np.rint(array)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"model {model_id} returned label values outside 0..65535")
-    return values.astype(np.uint8 if values.size == 0 or values.max() < 256 else np.uint16)
 
 
 class BundlePredictor:

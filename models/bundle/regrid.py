@@ -1,7 +1,7 @@
 """A bundle's label map put onto the input's grid in slabs: MONAI's nearest-neighbour values, bounded memory.
 
 When a bundle's post-processing does not invert its spatial pre-processing, its ``pred`` is on the model's
-grid and :func:`models.bundle.predictor.onto_grid` maps it onto the input's grid with MONAI's
+grid and :func:`onto_grid` maps it onto the input's grid with MONAI's
 ``SpatialResample(mode="nearest", padding_mode="zeros", dtype=float64)``. MONAI does that in one call on the
 whole output: torch's ``affine_grid`` builds a (X, Y, Z, 4) float64 base grid and a (X, Y, Z, 3) float64
 grid (56 bytes per output voxel, 5.6 GB for a 512x512x400 CT), then ``grid_sample`` and a float32 copy.
@@ -23,6 +23,7 @@ compiled resampler (``USE_COMPILED``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,6 @@ def labels_on_grid(pred: Any, volume: Volume, model_id: str) -> np.ndarray:
     resamples."""
     from monai.data import MetaTensor
 
-    from models.bundle.predictor import onto_grid, to_label_map
-
     theta = None
     if isinstance(pred, MetaTensor) and pred.ndim == 4:
         same_affine = np.allclose(np.asarray(pred.affine, dtype=np.float64), volume.affine, atol=1e-4)
@@ -113,3 +112,36 @@ def labels_on_grid(pred: Any, volume: Volume, model_id: str) -> np.ndarray:
     if wide and (out.size == 0 or out.max() < 256):
         return out.astype(np.uint8)
     return out
+
+
+def onto_grid(pred: torch.Tensor, volume: Volume) -> torch.Tensor:
+    """``pred`` (1, X, Y, Z) on the input's grid. A bundle whose postprocessing inverts its spatial
+    pre-processing (Invertd) already gives that and is returned unchanged; otherwise MONAI's runner would
+    write it on the model grid, and the service maps it by nearest neighbour with MONAI's SpatialResample
+    from the MetaTensor's affine to the input's (labels are never interpolated)."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    if not isinstance(pred, MetaTensor) or pred.ndim != 4:
+        return pred
+    same_affine = np.allclose(np.asarray(pred.affine, dtype=np.float64), volume.affine, atol=1e-4)
+    if tuple(pred.shape[1:]) == tuple(volume.shape) and same_affine:
+        return pred
+    resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float64)
+    moved = resample(
+        pred, dst_affine=torch.as_tensor(volume.affine, dtype=torch.float64), spatial_size=volume.shape
+    )
+    return torch.as_tensor(moved)
+
+
+def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.ndarray:
+    """``pred`` (1, I, J, K) or (I, J, K) as uint8/uint16 labels of ``shape``; ValueError otherwise."""
+    array = pred.as_tensor().numpy() if hasattr(pred, "as_tensor") else pred.numpy()
+    if array.ndim == len(shape) + 1 and array.shape[0] == 1:
+        array = array[0]
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"model {model_id} returned a {array.shape} label map for a {tuple(shape)} input")
+    values = np.rint(array)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"model {model_id} returned label values outside 0..65535")
+    return values.astype(np.uint8 if values.size == 0 or values.max() < 256 else np.uint16)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 from models.bundle import regrid
-from models.bundle.predictor import onto_grid, to_label_map
+from models.bundle.regrid import onto_grid, to_label_map
 from segserve.imaging.volume import Volume
 
 
