@@ -13,7 +13,7 @@ Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LI
       resampling); one untimed warm-up pass first.
   (a0) the same in PyTorch's default (contiguous) layout: what channels-last saves (skip with
       ``--no-layout-baseline``).
-  (f) fast bare: the same forward through the bf16 twin the worker uses on a CPU with avx512_bf16 or
+  (f) fast bare: the same forward through the bf16 twin the worker may use on a CPU with avx512_bf16 or
       amx_bf16 (``MeshNet.with_bf16_inner_steps``: first and last step fp32, the rest bf16), with the share
       of voxels whose labels equal (a)'s (the agreement rule; the 3-scan check is ``python -m
       bench.calibrate``). Not run on a CPU without native bf16.
@@ -52,7 +52,7 @@ import nibabel
 import numpy as np
 import torch
 
-from models.calibration import label_agreement
+from models.calibration import label_agreement, use_bf16
 from models.catalog import Catalog
 from models.cpu import cpu_flags, select_cpu_path
 from models.meshnet.conform import conform
@@ -270,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         f"i.e. below the fp32 forward); on medians: {medians:.3f}"
     )
     if sides["f"]:
-        print(f"ratio (b)/(f) = {b / min(sides['f']):.3f}: the service over the fast forward it runs")
+        # The worker runs the twin only where the model's calibration passes (agreement and speed).
+        card = Catalog(WEIGHTS).card(MODEL)
+        used = "runs" if use_bf16(card, cpu)[0] else "does not run on this CPU (its calibration keeps fp32)"
+        ratio = b / min(sides["f"])
+        print(f"ratio (b)/(f) = {ratio:.3f}: the service over the bf16 forward, which it {used}")
     if runs["b32"]:
         print(
             f"ratio (b32)/(b) = {min(t for t, _ in runs['b32']) / b:.3f}: what the fast path saves end to end"
