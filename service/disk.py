@@ -46,27 +46,17 @@ def write_chunk(file: IO[bytes], data: bytes, reserve: DiskReserve | None, route
 
     Raises Problem 507 when the chunk would cross the reserve (nothing of it is written) or the disk is full.
     """
-    try:
+    with _disk_problems():
         if reserve is not None:
             reserve.require(len(data))
         file.write(data)
-    except InsufficientSpace as exc:
-        raise disk_full_problem(str(exc)) from None
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_problem(_full_disk_detail(exc)) from None
-        raise
     UPLOAD_BYTES.labels(route=route).inc(len(data))
 
 
 def close_upload_file(file: IO[bytes]) -> None:
     """Close a part's file; the last buffered bytes are written here, so a full disk can show up now."""
-    try:
+    with _disk_problems():
         file.close()
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_problem(_full_disk_detail(exc)) from None
-        raise
 
 
 @contextmanager
@@ -74,8 +64,16 @@ def reserved_writes(settings: Settings, staging: Path, n_bytes: int) -> Iterator
     """Around writes of about `n_bytes` into `staging` that are not an upload's bytes (the decoded copy of
     a validated scan): 507 before them when they would cross the reserve, and 507 for a full disk met
     while writing. The caller removes the staging directory."""
-    try:
+    with _disk_problems():
         upload_reserve(settings, staging).require(n_bytes)
+        yield
+
+
+@contextmanager
+def _disk_problems() -> Iterator[None]:
+    """The reserve's refusal (InsufficientSpace) and a full disk met inside, as 507 Problems; any other
+    OSError as it is."""
+    try:
         yield
     except InsufficientSpace as exc:
         raise disk_full_problem(str(exc)) from None
