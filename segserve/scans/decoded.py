@@ -28,8 +28,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
@@ -69,7 +70,8 @@ def save_decoded(volume: Volume, input_dir: Path, name: str) -> None:
         file, offset = mapped
     else:
         file = f"{DECODED_DIR}/{name}.npy"
-        _write_npy(array, folder / f"{name}.npy")
+        # np.save writes F- or C-ordered data as it lies, no copy
+        _write_atomic(folder / f"{name}.npy", lambda fh: np.save(fh, array, allow_pickle=False))
         offset = -1  # an .npy file: np.load reads its own header
     record: dict[str, Any] = {
         "format": _FORMAT,
@@ -83,7 +85,7 @@ def save_decoded(volume: Volume, input_dir: Path, name: str) -> None:
         "meta": _jsonable(volume.meta),
         "nifti_header": _header_record(volume.header),
     }
-    _write_atomic(folder / f"{name}.json", json.dumps(record).encode("utf-8"))
+    _write_atomic(folder / f"{name}.json", lambda fh: fh.write(json.dumps(record).encode("utf-8")))
 
 
 def load_decoded(input_dir: Path, name: str) -> Volume | None:
@@ -145,23 +147,13 @@ def _mapped_upload(array: np.ndarray, input_dir: Path) -> tuple[str, int] | None
     return relative.as_posix(), offset
 
 
-def _write_npy(array: np.ndarray, path: Path) -> None:
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``write(fh)`` into a temporary file beside `path`, then renamed onto it: readers see the whole
+    file or none."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)  # writes F- or C-ordered data as it lies, no copy
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
