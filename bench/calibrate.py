@@ -30,14 +30,7 @@ from pathlib import Path
 
 import torch
 
-from models.calibration import (
-    AGREEMENT_MIN,
-    label_agreement,
-    record_key,
-    record_passes,
-    speedup,
-    write_record,
-)
+from models.calibration import label_agreement, record_key, verdict, write_record
 from models.catalog import Catalog
 from models.cpu import cpu_flags, select_cpu_path
 from models.meshnet.predictor import MeshNetPredictor
@@ -123,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     for model_id in args.models.split(","):
         print(f"{model_id} on {cpu_name()} ({path.isa}, torch {torch.__version__}, {args.threads} threads)")
         scans = calibrate(model_id, SCANS)
-        low = min(s["agreement_network"] for s in scans.values())
-        verdict = "bf16" if record_passes({"scans": scans}) else "fp32"
-        ratio = speedup({"scans": scans}) or 0.0
-        print(
-            f"  lowest agreement {100 * low:.3f} %, fp32/bf16 {ratio:.2f} "
-            f"(rule >= {100 * AGREEMENT_MIN:.1f} % and faster): {verdict}"
-        )
+        print(f"  {verdict(scans)}")
         print("  not part of the rule:")
         others = calibrate(model_id, OTHER_SCANS)
         if not args.dry_run:

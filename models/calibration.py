@@ -22,6 +22,7 @@ without a matching, passing record keeps fp32.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "installed_records",
     "label_agreement",
     "measure_installed",
+    "precision_for",
     "record_key",
     "use_bf16",
 ]
@@ -48,6 +50,8 @@ __all__ = [
 AGREEMENT_MIN = 0.999
 RECORDS = Path(__file__).with_name("meshnet") / "bf16_calibration.json"
 RECORDS_NAME = "bf16_calibration.json"
+
+log = logging.getLogger(__name__)
 
 
 def installed_records(models_dir: Path) -> Path:
@@ -125,6 +129,25 @@ def use_bf16(card: ModelCard, cpu_path: CpuPath, path: Path = RECORDS) -> tuple[
         return False, f"fp32: {card.id} ran slower in bf16 on {cpu_path.isa} (fp32/bf16 = {ratio:.2f})"
     faster = f", {ratio:.2f}x fp32's speed" if ratio else ""
     return True, f"bf16 ({cpu_path.isa}): agrees with fp32 on >= {100 * low:.3f} % of voxels{faster}"
+
+
+def precision_for(card: ModelCard, cpu_path: CpuPath, path: Path = RECORDS) -> str:
+    """ "bf16" or "fp32" for ``card`` on ``cpu_path`` (:func:`use_bf16` with the records at ``path``);
+    the reason goes to the log, one line per model load."""
+    bf16, why = use_bf16(card, cpu_path, path)
+    log.info("model %s: %s", card.id, why)
+    return "bf16" if bf16 else "fp32"
+
+
+def verdict(scans: dict[str, dict[str, float]]) -> str:
+    """One line on a calibration's per-scan results: the lowest agreement, the speed-up, and the
+    precision the rule gives ("bf16" or "fp32")."""
+    record = {"scans": scans}
+    low = min(s["agreement_network"] for s in scans.values())
+    ratio = speedup(record) or 0.0
+    rule = f"rule: >= {100 * AGREEMENT_MIN:.1f} % and faster"
+    precision = "bf16" if record_passes(record) else "fp32"
+    return f"lowest agreement {100 * low:.3f} %, fp32/bf16 {ratio:.2f} ({rule}): {precision}"
 
 
 def label_agreement(fast: np.ndarray, reference: np.ndarray) -> float:

@@ -172,15 +172,7 @@ def _models_calibrate(args: argparse.Namespace, settings: Settings, models_dir: 
     """`segserve models calibrate ID --scan PATH ...`: fp32 against bf16 labels of an installed model on
     the given scans (models.calibration); records the verdict beside the models unless --dry-run. 0 when
     measured (whatever the verdict), 1 on a CPU without native bf16, 2 on a bad model or scan."""
-    from models.calibration import (
-        AGREEMENT_MIN,
-        installed_records,
-        measure_installed,
-        record_key,
-        record_passes,
-        speedup,
-        write_record,
-    )
+    from models.calibration import installed_records, measure_installed, record_key, verdict, write_record
     from models.catalog import Catalog
     from models.cpu import cpu_flags, select_cpu_path
     from models.formats import format_named
@@ -216,11 +208,7 @@ def _models_calibrate(args: argparse.Namespace, settings: Settings, models_dir: 
             f"{name}: {100 * row['agreement_network']:.3f} % of {row['voxels_network']} voxels equal; "
             f"fp32 {row['seconds_fp32']:.1f} s, bf16 {row['seconds_bf16']:.1f} s"
         )
-    low = min(row["agreement_network"] for row in results.values())
-    verdict = "bf16" if record_passes({"scans": results}) else "fp32"
-    ratio = speedup({"scans": results}) or 0.0
-    rule = f"rule: >= {100 * AGREEMENT_MIN:.1f} % and faster"
-    print(f"{card.id} on {path.isa}: lowest {100 * low:.3f} %, fp32/bf16 = {ratio:.2f} ({rule}): {verdict}")
+    print(f"{card.id} on {path.isa}: {verdict(results)}")
     if not args.dry_run:
         write_record(record_key(card, path.isa), results, {}, installed_records(models_dir))
         print(f"recorded in {installed_records(models_dir)}; workers read it when they load the model")

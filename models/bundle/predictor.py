@@ -19,7 +19,6 @@ Label names come from the install-time probe (models.bundle.build.probe_labels) 
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -35,13 +34,11 @@ from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
 from models.bundle.padding import infer_prepadded
 from models.bundle.regrid import labels_on_grid, onto_grid, to_label_map
 from models.bundle.stitching import label_steps, stitched_pred
-from models.calibration import installed_records, use_bf16
+from models.calibration import installed_records, precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
 from models.installed import InstallError, read_manifest
 from segserve.imaging.volume import Volume
-
-log = logging.getLogger(__name__)
 
 # Share of the progress bar before / after the windows (pre-processing; post-processing).
 _PRE, _POST = 0.05, 0.05
@@ -283,9 +280,7 @@ class BundlePredictor:
             pipeline.out_channels = out_channels if isinstance(out_channels, int) else None
         except (InstallError, OSError, ValueError, KeyError) as exc:
             raise ModelUnavailable(f"model {card.id}: {exc}") from exc
-        bf16, why = use_bf16(card, cpu_path, installed_records(models_dir))
-        log.info("model %s: %s", card.id, why)
-        return cls(card, pipeline, device, "bf16" if bf16 else "fp32")
+        return cls(card, pipeline, device, precision_for(card, cpu_path, installed_records(models_dir)))
 
     @property
     def input_channels(self) -> tuple[str, ...]:

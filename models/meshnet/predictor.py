@@ -15,14 +15,13 @@ reference, order (2, 1, 0) gives 0.083. Cards carry it as ``params["axis_order"]
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
-from models.calibration import use_bf16
+from models.calibration import precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
 from models.meshnet.conform import ConformedImage, conform, labels_to_source
@@ -32,8 +31,6 @@ from models.meshnet.tfjs import TfjsFormatError, load_tfjs_model
 from segserve.imaging.volume import Volume
 
 __all__ = ["MEMORY_FORMAT", "MeshNetPredictor"]
-
-log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float], None]
 CancelCheck = Callable[[], bool]
@@ -108,9 +105,7 @@ class MeshNetPredictor:
                 f"model {card.id}: network has {spec.num_classes} classes, card lists {card.num_classes}"
             )
         network = MeshNet.from_tfjs(spec).to(device)
-        bf16, why = use_bf16(card, cpu_path)
-        log.info("model %s: %s", card.id, why)
-        if bf16:
+        if precision_for(card, cpu_path) == "bf16":
             return cls(card, network.with_bf16_inner_steps(), device, "bf16")
         return cls(card, network, device)
 

@@ -27,7 +27,6 @@ slab of planes per channel; ``bench/nnunet.py`` and ``bench/memory.py`` measure 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,15 +37,13 @@ import torch
 from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from models.calibration import installed_records, use_bf16
+from models.calibration import installed_records, precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
 from models.nnunet.export import logits_to_labels
 from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
 from models.nnunet.preprocess import preprocess
 from segserve.imaging.volume import Volume
-
-log = logging.getLogger(__name__)
 
 # Share of the progress bar before the windows (preprocessing) and after them (export).
 _PRE, _POST = 0.1, 0.1
@@ -115,12 +112,11 @@ class NnunetRunner:
         *,
         tile_step_size: float = 0.5,
         use_mirroring: bool = True,
-        precision: str = "fp32",
     ) -> None:
         self.device = torch.device(device)
         # "bf16": the network's forward under CPU bf16 autocast (a calibrated model, models.calibration);
         # the preprocessing, nnU-Net's logit accumulation and the export are the same as in fp32.
-        self.precision = precision
+        self.precision = "fp32"
         self.last_preprocessing = ""  # "planes" or "nnunet": which preprocessing the last case took
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
@@ -252,9 +248,7 @@ class NnunetPredictor:
             )
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise ModelUnavailable(f"model {card.id}: nnU-Net cannot load it: {exc}") from exc
-        bf16, why = use_bf16(card, cpu_path, installed_records(models_dir))
-        log.info("model %s: %s", card.id, why)
-        runner.precision = "bf16" if bf16 else "fp32"
+        runner.precision = precision_for(card, cpu_path, installed_records(models_dir))
         return cls(card, runner)
 
     @property
