@@ -44,9 +44,8 @@ from segserve.interactions import (
     redis_client_url,
     reply_key,
 )
-from segserve.scans.decoded import channel_name, load_decoded
-from segserve.scans.readers import read_channels, read_image
 from segserve.storage import JobFiles
+from workers.inputs import read_job_inputs
 
 log = logging.getLogger(__name__)
 
@@ -200,16 +199,11 @@ def _engine(name: str, models_dir: Path) -> Any:
 
 
 def _prepare(settings: Settings, job: Job, engine: Any) -> Prepared:
-    """Read the job's stored input as the runner does (a multi-channel job's first channel: mapped from the
-    API's decoded copy, segserve.scans.decoded, else decoded from the upload) and prepare it."""
+    """Read the job's stored input as the runner does (workers.inputs; a multi-channel job's first
+    channel) and prepare it."""
     files = JobFiles(settings.jobs_dir, job.id)
     card = Catalog(settings.resolved_models_dir).card(job.model_id)
-    channels = input_channels(card)
-    image = load_decoded(files.input_dir, channel_name(channels[0]) if channels else "image")
-    if image is None and channels:
-        image = read_channels([(channels[0], files.channel_paths(channels[0]))])[0]
-    elif image is None:
-        image = read_image(files.image_paths(job.input_files))
+    image = read_job_inputs(job, files, input_channels(card), reference=False, first_only=True).image
     prepared = engine.prepare(image.array, image.spacing_mm, affine=image.affine)
     # The grid without voxels: a zero-stride view of the image's shape is all a mask writer needs.
     grid = Volume(

@@ -31,10 +31,9 @@ from segserve.imaging.errors import ImageError
 from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
 from segserve.memory import InsufficientMemory, worker_budget
-from segserve.scans.decoded import channel_name, load_decoded
-from segserve.scans.readers import check_same_grid, read_channels, read_image, read_labels
 from segserve.storage import JobFiles, is_disk_full, write_json_atomic
 from workers import shutdown
+from workers.inputs import read_job_inputs
 
 log = logging.getLogger(__name__)
 HANDED_BACK = "handed_back"
@@ -208,7 +207,8 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
         # after reading, with the scan's own dtype.
         check_memory(job.image_shape, 1)
         with _stage(stages, "read"):
-            volumes, image, reference = _read_inputs(job, files, channels)
+            inputs = read_job_inputs(job, files, channels)
+            volumes, image, reference = (inputs.volumes if channels else []), inputs.image, inputs.reference
         check_memory(image.shape, image.array.dtype.itemsize)
         if shutdown.stopping():
             raise _HandBack()
@@ -299,36 +299,6 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                 "time_limit",
             ) from None
         raise _internal_error(job, exc) from None
-
-
-def _read_inputs(
-    job: Job, files: JobFiles, channels: tuple[str, ...]
-) -> tuple[list[Volume], Volume, Volume | None]:
-    """The job's channel volumes ([] for a one-image model), its image (the first channel) and reference.
-
-    Each is mapped from the decoded form the API kept when it validated the upload
-    (segserve.scans.decoded), so the upload is not decoded a second time; a job without one (made before
-    it existed) is read from its upload as the API read it. One log line says which, per job."""
-    input_dir = files.input_dir
-    names = [channel_name(c) for c in channels] if channels else ["image"]
-    kept = [load_decoded(input_dir, n) for n in names]
-    ref_kept = load_decoded(input_dir, "reference") if job.reference_files else None
-    if all(v is not None for v in kept) and (ref_kept is not None or not job.reference_files):
-        volumes = [v for v in kept if v is not None]
-        reference = ref_kept
-        log.info("job %s: input mapped from its decoded copy (the upload is not decoded again)", job.id)
-    else:
-        log.info("job %s: no decoded copy of the input, decoding the upload", job.id)
-        volumes = (
-            read_channels([(c, files.channel_paths(c)) for c in channels])
-            if channels
-            else [read_image(files.image_paths(job.input_files))]
-        )
-        reference_paths = files.reference_paths(job.reference_files)
-        reference = read_labels(reference_paths) if job.reference_files else None
-    if reference is not None:
-        check_same_grid(volumes[0], reference)
-    return (volumes if channels else []), volumes[0], reference
 
 
 def _write_lesions(

@@ -71,7 +71,7 @@ def test_worker_reads_the_decoded_input_not_the_upload(
     for path in (kept.image_dir / "0000.nii.gz", kept.reference_dir / "0000.nii.gz"):
         path.write_bytes(path.read_bytes()[:200])
 
-    with caplog.at_level(logging.INFO, logger="workers.runner"):
+    with caplog.at_level(logging.INFO, logger="workers.inputs"):
         outcomes = [run_job(settings, job_id, "w1") for job_id in ("kept", "plain")]
     assert [o.status for o in outcomes] == ["succeeded", "succeeded"], outcomes
     lines = [r.getMessage() for r in caplog.records]
