@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, wait_job
+from tests.support.stack import Stack, run_job
 from tests.support.volumes import brain_crop
 
 pytestmark = pytest.mark.e2e
@@ -16,12 +16,7 @@ def test_result_access_is_audited_and_only_admins_read_the_log(stack: Stack, tmp
     image, reference = brain_crop(tmp_path, size=32)
     with stack.client() as admin:
         reviewer = admin.post("/v1/keys", json={"name": "rad", "role": "reviewer"}).json()
-        job = admin.post(
-            "/v1/jobs",
-            data={"model": "brain-mri-structures"},
-            files={"image": image.open("rb"), "reference": reference.open("rb")},
-        ).json()
-        wait_job(admin, job["id"])
+        job = run_job(admin, "brain-mri-structures", image, reference)
     with stack.client(reviewer["key"]) as c:
         assert c.get(f"/v1/jobs/{job['id']}/result").status_code == 200
         assert c.get(f"/v1/jobs/{job['id']}/metrics", params={"format": "csv"}).status_code == 200

@@ -11,7 +11,7 @@ import pytest
 
 from models.testing.make_bundle import write_unet_bundle
 from tests.support.paths import DATA
-from tests.support.stack import Stack, wait_job
+from tests.support.stack import Stack, run_job
 
 pytestmark = pytest.mark.e2e
 SPLEEN = DATA / "ct" / "spleen"
@@ -25,17 +25,9 @@ def test_installed_bundle_runs_a_job(stack: Stack, tmp_path: Path) -> None:
         items = c.get("/v1/models").json()["items"]
         card = next(m for m in items if m["id"] == "spleen_ct_test_bundle")
         assert card["available"] is True and card["labels"] == {"0": "background", "1": "spleen"}
-        resp = c.post(
-            "/v1/jobs",
-            data={"model": card["id"]},
-            files={
-                "image": (SPLEEN / "sub-spleen2_ct.nii.gz").open("rb"),
-                "reference": (SPLEEN / "sub-spleen2_ct_seg-manual.nii.gz").open("rb"),
-            },
+        done = run_job(
+            c, card["id"], SPLEEN / "sub-spleen2_ct.nii.gz", SPLEEN / "sub-spleen2_ct_seg-manual.nii.gz"
         )
-        assert resp.status_code == 202, resp.text
-        done = wait_job(c, resp.json()["id"], timeout=300)
-        assert done["status"] == "succeeded", done
         out = tmp_path / "labels.nii.gz"
         out.write_bytes(c.get(f"/v1/jobs/{done['id']}/result").content)
         metrics = c.get(f"/v1/jobs/{done['id']}/metrics").json()

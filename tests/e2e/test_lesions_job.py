@@ -19,7 +19,7 @@ from segserve.scans.seg_export import read_dicom_volume_and_datasets
 from tests.support.lesions import LESION_CASE, install_lesion_model
 from tests.support.paths import DATA
 from tests.support.seg_compare import seg_to_labels
-from tests.support.stack import Stack, wait_job
+from tests.support.stack import Stack, run_job, wait_job
 
 pytestmark = pytest.mark.e2e
 sitk = pytest.importorskip("SimpleITK")
@@ -38,14 +38,7 @@ def test_lesion_model_job_has_lesions_and_lesionwise_metrics(
     with stack.client() as c:
         card = next(m for m in c.get("/v1/models").json()["items"] if m["id"] == lesion_model)
         assert card["available"] is True and card["lesion_labels"] == [1], card
-        resp = c.post(
-            "/v1/jobs",
-            data={"model": card["id"]},
-            files={"image": image.open("rb"), "reference": reference.open("rb")},
-        )
-        assert resp.status_code == 202, resp.text
-        job = wait_job(c, resp.json()["id"], timeout=300)
-        assert job["status"] == "succeeded", job
+        job = run_job(c, card["id"], image, reference)
         base = f"/v1/jobs/{job['id']}"
         table = c.get(f"{base}/lesions").json()
         as_csv = c.get(f"{base}/lesions", params={"format": "csv"})

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from tests.conftest import redis_db
 from tests.support.paths import WEIGHTS, require_shared
-from tests.support.stack import Stack, running_stack, wait_job
+from tests.support.stack import Stack, run_job, running_stack
 from tests.support.volumes import brain_crop
 
 pytestmark = pytest.mark.e2e
@@ -32,14 +32,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Ite
 def test_job_flow_on_postgres(pg_stack: Stack, postgres_url: str, tmp_path: Path) -> None:
     image, reference = brain_crop(tmp_path, size=40)
     with pg_stack.client() as c:
-        resp = c.post(
-            "/v1/jobs",
-            data={"model": "brain-mri-structures"},
-            files={"image": image.open("rb"), "reference": reference.open("rb")},
-        )
-        assert resp.status_code == 202, resp.text
-        done = wait_job(c, resp.json()["id"])
-        assert done["status"] == "succeeded", (done.get("error"), done)
+        done = run_job(c, "brain-mri-structures", image, reference)
         out = tmp_path / "r.nii.gz"
         out.write_bytes(c.get(f"/v1/jobs/{done['id']}/result").content)
         assert nib.load(out).shape == (40, 40, 40)

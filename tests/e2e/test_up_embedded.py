@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support.paths import REPO, WEIGHTS, require_shared
-from tests.support.stack import free_port, wait_for, wait_job
+from tests.support.stack import free_port, run_job, wait_for, wait_job
 from tests.support.volumes import SUBJECT_A, brain_crop
 
 pytestmark = pytest.mark.e2e
@@ -98,14 +98,7 @@ def test_up_runs_a_job_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
         image, reference = brain_crop(tmp_path, size=40)
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
-            resp = c.post(
-                "/v1/jobs",
-                data={"model": "brain-mri-structures"},
-                files={"image": image.open("rb"), "reference": reference.open("rb")},
-            )
-            assert resp.status_code == 202, resp.text
-            done = wait_job(c, resp.json()["id"], timeout=180)
-            assert done["status"] == "succeeded", done
+            done = run_job(c, "brain-mri-structures", image, reference, timeout=180)
             assert c.get(f"/v1/jobs/{done['id']}/metrics").json()["mean"]["dice"] is not None
 
             # SIGKILL the worker in the middle of a job: `up` starts a new one, which takes the job over.

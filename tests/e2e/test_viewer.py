@@ -15,7 +15,7 @@ import pytest
 
 from segserve.db import new_session
 from tests.support.rows import job_row
-from tests.support.stack import Stack, wait_job
+from tests.support.stack import Stack, run_job, wait_job
 from tests.support.viewer import (
     assert_no_patient_data,
     create_key,
@@ -43,14 +43,7 @@ def finished_job(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict
     """A succeeded 64³ job with its reference (small, so software WebGL renders it in seconds)."""
     image, reference = brain_crop(tmp_path_factory.mktemp("viewer"), size=64)
     with stack.client() as c:
-        resp = c.post(
-            "/v1/jobs",
-            data={"model": MODEL},
-            files={"image": image.open("rb"), "reference": reference.open("rb")},
-        )
-        assert resp.status_code == 202, resp.text
-        done = wait_job(c, resp.json()["id"])
-    assert done["status"] == "succeeded", done
+        done = run_job(c, MODEL, image, reference)
     return {"id": done["id"], "image": image, "reference": reference}
 
 

@@ -216,3 +216,17 @@ def wait_job(
         return body if body["status"] in final else None
 
     return dict(wait_for(done, timeout, f"job {job_id}", interval=0.5))
+
+
+def run_job(
+    client: httpx.Client, model: str, image: Path, reference: Path | None = None, timeout: float = 300
+) -> dict[str, Any]:
+    """POST a job (``image`` and, if given, ``reference`` as uploads), check it was accepted (202), wait
+    for it and check it succeeded; returns the finished job's JSON."""
+    with image.open("rb") as image_file, (reference or image).open("rb") as reference_file:
+        files = {"image": image_file, **({"reference": reference_file} if reference else {})}
+        resp = client.post("/v1/jobs", data={"model": model}, files=files)
+    assert resp.status_code == 202, resp.text
+    done = wait_job(client, resp.json()["id"], timeout=timeout)
+    assert done["status"] == "succeeded", (done.get("error"), done)
+    return done
