@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
+from models.bundle.inversion import fuse_invert_argmax
 from models.bundle.padding import infer_prepadded
 from models.bundle.regrid import labels_on_grid, onto_grid, to_label_map
 from models.bundle.stitching import label_steps, stitched_pred
@@ -196,9 +197,11 @@ def run_case(
         pred = pred.float()
     batch.update({"label": batch.get("label"), "pred": pred})
     item = decollate_batch(batch, detach=True)[0]
+    steps = post_transforms(pipeline)[replaced or 0 :]
+    fused = fuse_invert_argmax(steps)  # Invertd + argmax in slabs (models.bundle.inversion)
     with torch.no_grad():
-        if replaced:
-            for step in post_transforms(pipeline)[replaced:]:
+        if replaced or len(fused) < len(steps):
+            for step in fused:
                 item = apply_transform(step, item)
             out = item
         else:
