@@ -44,7 +44,18 @@ from monai.transforms import SpatialResample
 
 from models.bundle.regrid import slab_grid
 
-SLAB_VOXELS = 1 << 20  # output voxels per slab (about 56 MiB of float64 grids)
+SLAB_VOXELS = 1 << 20  # output voxels per slab (about 56 MiB of float64 grids), and input voxels it reads
+# dtypes whose every value float32 holds exactly: converting them to float64 directly or through float32
+# gives the same numbers
+_EXACT_IN_FLOAT32 = (
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.uint16,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+)
 
 
 def _box(grid: torch.Tensor, in_size: tuple[int, int, int], border: bool) -> tuple[slice, slice, slice]:
@@ -88,23 +99,29 @@ def resample_slabs(
     out = torch.empty((1 if argmax else channels, *out_size), dtype=torch.float32)
     count = channels * in_size[0] * in_size[1] * in_size[2]
     itemsize = torch.empty((), dtype=dtype).element_size()
+    # the source's values convert to ``dtype`` exactly as through load_dtype: one copy, no temporary
+    direct = load_dtype is None or source.dtype in _EXACT_IN_FLOAT32
     memory = mmap.mmap(-1, max(count * itemsize, 1))
     try:
         buffer = torch.frombuffer(memory, dtype=dtype, count=count).view(1, channels, *in_size)
         step = max(1, SLAB_VOXELS // max(1, out_size[1] * out_size[2]))
-        for start in range(0, out_size[0], step):
+        start = 0
+        while start < out_size[0]:
             stop = min(start + step, out_size[0])
             grid = slab_grid(theta, out_size, start, stop)
             box = _box(grid, in_size, padding_mode == "border")
+            read = channels * int(np.prod([b.stop - b.start for b in box]))
+            if read > SLAB_VOXELS and stop - start > 1:  # a slab reads at most SLAB_VOXELS input voxels
+                step = max(1, (stop - start) // 2)
+                continue
             part = source[(slice(None), *box)]
-            if load_dtype is not None:
-                part = part.to(load_dtype)
-            buffer[(0, slice(None), *box)] = part.to(dtype)
+            buffer[(0, slice(None), *box)].copy_(part if direct else part.to(load_dtype))
             values = F.grid_sample(buffer, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
             slab = values[0].to(torch.float32)
             out[:, start:stop] = torch.argmax(slab, dim=0, keepdim=True) if argmax else slab
-            del values, slab, part
+            del values, slab, part, grid
             memory.madvise(mmap.MADV_DONTNEED)  # the written pages are given back (zero when read again)
+            start = stop
         del buffer
     finally:
         memory.close()
@@ -232,7 +249,7 @@ class SlabSpatialResample(SpatialResample):
         self.argmax_taken = 0
         self._inverting = False
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         img: torch.Tensor,
         dst_affine: torch.Tensor | None = None,
@@ -262,7 +279,7 @@ class SlabSpatialResample(SpatialResample):
             self.argmax and self._inverting,
         )
         self.argmax_taken += int(taken)
-        return out  # type: ignore[no-any-return]
+        return out
 
     def get_transform_info(self) -> dict[str, Any]:
         """MONAI's record of this transform, under MONAI's class name (what SpatialResample records)."""
