@@ -141,7 +141,12 @@ def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.
         array = array[0]
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"model {model_id} returned a {array.shape} label map for a {tuple(shape)} input")
-    values = np.rint(array)
-    if values.size and (values.min() < 0 or values.max() > 65535):
+    # rint is monotonic, so these are the extremes of the rounded values (NaN included, as np.min gives it)
+    low, high = (np.rint(array.min()), np.rint(array.max())) if array.size else (0.0, 0.0)
+    if array.size and (low < 0 or high > 65535):
         raise ValueError(f"model {model_id} returned label values outside 0..65535")
-    return values.astype(np.uint8 if values.size == 0 or values.max() < 256 else np.uint16)
+    out = np.empty(array.shape, dtype=np.uint8 if array.size == 0 or high < 256 else np.uint16)
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(array.shape[1:]))))
+    for start in range(0, array.shape[0], step):  # rounded a slab at a time: no float copy of the whole
+        out[start : start + step] = np.rint(array[start : start + step])
+    return out

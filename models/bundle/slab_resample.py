@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import SpatialResample
 
-from models.bundle.regrid import slab_grid
+from models.bundle.regrid import _linspace, slab_grid
 
 SLAB_VOXELS = 1 << 20  # output voxels per slab (about 56 MiB of float64 grids), and input voxels it reads
 # dtypes whose every value float32 holds exactly: converting them to float64 directly or through float32
@@ -58,17 +58,25 @@ _EXACT_IN_FLOAT32 = (
 )
 
 
-def _box(grid: torch.Tensor, in_size: tuple[int, int, int], border: bool) -> tuple[slice, slice, slice]:
-    """Input index ranges (first spatial axis first) holding every voxel grid_sample reads for ``grid``
-    (bilinear or nearest, align_corners False): the corners ``floor(i)`` and ``floor(i) + 1`` of each
-    unnormalised coordinate ``i = ((g + 1) * n - 1) / 2`` (clipped to [0, n - 1] for ``border`` padding, as
-    grid_sample clips it), widened by one voxel either side for rounding."""
+def _box(
+    theta: torch.Tensor,
+    out_size: tuple[int, int, int],
+    planes: tuple[int, int],
+    in_size: tuple[int, int, int],
+    border: bool,
+) -> tuple[slice, slice, slice]:
+    """Input index ranges (first spatial axis first) holding every voxel grid_sample reads for the output
+    ``planes`` [start, stop) (bilinear or nearest, align_corners False): the corners ``floor(i)`` and
+    ``floor(i) + 1`` of each unnormalised coordinate ``i = ((g + 1) * n - 1) / 2`` (clipped to [0, n - 1]
+    for ``border`` padding, as grid_sample clips it), widened by one voxel either side for rounding. The
+    grid is affine in the output index, so its extremes over the slab lie at the slab's 8 corners."""
+    axes = [_linspace(n, torch.float64) for n in reversed(out_size)]  # x (last axis), y, z as affine_grid
+    ends = [(a[0], a[-1]) for a in axes[:2]] + [(axes[2][planes[0]], axes[2][planes[1] - 1])]
+    corners = torch.tensor([[x, y, z, 1.0] for x in ends[0] for y in ends[1] for z in ends[2]])
+    grid = corners @ theta[0].to(torch.float64).T  # (8, 3): x, y, z = reversed input axes
     box = []
     for axis, n in enumerate(in_size):
-        coords = grid[..., 2 - axis]  # grid's last dimension is (x, y, z) = reversed input axes
-        if coords.numel() == 0:
-            box.append(slice(0, 0))
-            continue
+        coords = grid[:, 2 - axis]
         low = ((float(coords.min()) + 1.0) * n - 1.0) / 2.0
         high = ((float(coords.max()) + 1.0) * n - 1.0) / 2.0
         if border:
@@ -108,12 +116,12 @@ def resample_slabs(
         start = 0
         while start < out_size[0]:
             stop = min(start + step, out_size[0])
-            grid = slab_grid(theta, out_size, start, stop)
-            box = _box(grid, in_size, padding_mode == "border")
+            box = _box(theta, out_size, (start, stop), in_size, padding_mode == "border")
             read = channels * int(np.prod([b.stop - b.start for b in box]))
             if read > SLAB_VOXELS and stop - start > 1:  # a slab reads at most SLAB_VOXELS input voxels
                 step = max(1, (stop - start) // 2)
                 continue
+            grid = slab_grid(theta, out_size, start, stop)
             part = source[(slice(None), *box)]
             buffer[(0, slice(None), *box)].copy_(part if direct else part.to(load_dtype))
             values = F.grid_sample(buffer, grid, mode=mode, padding_mode=padding_mode, align_corners=False)

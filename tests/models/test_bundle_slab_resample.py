@@ -55,7 +55,7 @@ def _preprocessing(axcodes: str, pixdim: tuple[float, ...], scale_first: bool = 
 def test_spacingd_and_invertd_in_slabs_equal_monai_on_a_real_ct(
     axcodes: str, pixdim: tuple[float, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slab_resample, "SLAB_VOXELS", 50_000)  # many slabs, several input boxes each
+    monkeypatch.setattr(slab_resample, "SLAB_VOXELS", 200_000)  # many slabs, several input boxes each
     theirs_pre, ours_pre = _preprocessing(axcodes, pixdim), _preprocessing(axcodes, pixdim)
     (resampler,) = use_slab_resampling(ours_pre)
     assert resampler.load_dtype == torch.float32  # LoadImaged keeps the int16
