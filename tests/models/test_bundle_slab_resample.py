@@ -145,3 +145,27 @@ def test_unsupported_options_run_monai_itself() -> None:
     for kwargs in ({"mode": 1}, {"padding_mode": "reflection"}, {"align_corners": True}):
         theirs_t = SpatialResample(**kwargs)
         _assert_same(SlabSpatialResample(theirs_t)(image, dst, (6, 6, 5)), theirs_t(image, dst, (6, 6, 5)))
+
+
+def test_fused_argmax_falls_back_to_asdiscreted_where_monai_does_not_resample() -> None:
+    """An unchanged grid: MONAI's own function runs (no slabs), so AsDiscreted takes the argmax."""
+    pre = Compose([Spacingd("image", pixdim=(2.0, 2.0, 2.0), mode="bilinear")])
+    (resampler,) = use_slab_resampling(pre)
+    image = MetaTensor(torch.rand(1, 6, 7, 8), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    data = pre({"image": image})
+    probabilities = torch.softmax(torch.randn(3, 6, 7, 8, generator=torch.Generator().manual_seed(1)), 0)
+    steps = [Invertd("pred", transform=pre, orig_keys="image"), AsDiscreted("pred", argmax=True)]
+    (fused,) = fuse_invert_argmax(steps)
+    out = fused({"pred": MetaTensor(probabilities, meta=data["image"].meta), "image": data["image"]})["pred"]
+    assert resampler.argmax_taken == 0
+    assert out.shape == (1, 6, 7, 8) and torch.equal(out.as_tensor()[0], probabilities.argmax(0).float())
+
+
+def test_not_fused_after_another_invertible_step() -> None:
+    """A crop's inverse pads: not a step the fusion allows, so Invertd and AsDiscreted stay as they are."""
+    from monai.transforms import SpatialPadd
+
+    pre = Compose([Spacingd("image", pixdim=(2.0, 2.0, 2.0)), SpatialPadd("image", (9, 9, 9))])
+    use_slab_resampling(pre)
+    steps = [Invertd("pred", transform=pre, orig_keys="image"), AsDiscreted("pred", argmax=True)]
+    assert fuse_invert_argmax(steps) == steps
