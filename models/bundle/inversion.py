@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from models.bundle.slab_resample import SlabSpatialResample
-from models.bundle.stitching import PRED, _is_argmax
+from models.bundle.stitching import PRED, is_argmax
 
 _INDEX_ONLY = ("Orientationd",)  # invertible steps whose inverse only moves voxels
 
@@ -51,7 +51,7 @@ def _resampler(invert: Any) -> SlabSpatialResample | None:
 def _fusable(invert: Any, discrete: Any) -> SlabSpatialResample | None:
     import torch
 
-    if type(invert).__name__ != "Invertd" or tuple(invert.keys) != (PRED,) or not _is_argmax(discrete):
+    if type(invert).__name__ != "Invertd" or tuple(invert.keys) != (PRED,) or not is_argmax(discrete):
         return None
     kwargs = getattr(getattr(discrete, "converter", None), "kwargs", {})
     if any(f is not None for f in invert.post_func) or kwargs.get("dtype", torch.float) != torch.float32:

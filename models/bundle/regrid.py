@@ -35,7 +35,7 @@ from segserve.imaging.volume import Volume
 SLAB_VOXELS = 1 << 20  # output voxels per slab (4 planes of 512 x 512: about 70 MiB of grids and values)
 
 
-def _linspace(n: int, dtype: torch.dtype) -> torch.Tensor:
+def grid_linspace(n: int, dtype: torch.dtype) -> torch.Tensor:
     """ATen's ``linspace_from_neg_one`` without align_corners."""
     if n <= 1:
         return torch.zeros(1, dtype=dtype)
@@ -47,9 +47,9 @@ def slab_grid(theta: torch.Tensor, size: tuple[int, int, int], start: int, stop:
     """``F.affine_grid(theta, [1, 1, *size], align_corners=False)[:, start:stop]``, built for those planes."""
     depth, height, width = size
     base = torch.empty((1, stop - start, height, width, 4), dtype=theta.dtype)
-    base[..., 0].copy_(_linspace(width, theta.dtype))
-    base[..., 1].copy_(_linspace(height, theta.dtype).unsqueeze(-1))
-    base[..., 2].copy_(_linspace(depth, theta.dtype)[start:stop].unsqueeze(-1).unsqueeze(-1))
+    base[..., 0].copy_(grid_linspace(width, theta.dtype))
+    base[..., 1].copy_(grid_linspace(height, theta.dtype).unsqueeze(-1))
+    base[..., 2].copy_(grid_linspace(depth, theta.dtype)[start:stop].unsqueeze(-1).unsqueeze(-1))
     base[..., 3].fill_(1)
     return base.view(1, -1, 4).bmm(theta.transpose(1, 2)).view(1, stop - start, height, width, 3)
 

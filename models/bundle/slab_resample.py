@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import SpatialResample
 
-from models.bundle.regrid import _linspace, slab_grid
+from models.bundle.regrid import grid_linspace, slab_grid
 
 SLAB_VOXELS = 1 << 20  # output voxels per slab (about 56 MiB of float64 grids), and input voxels it reads
 # dtypes whose every value float32 holds exactly: converting them to float64 directly or through float32
@@ -70,7 +70,7 @@ def _box(
     ``floor(i) + 1`` of each unnormalised coordinate ``i = ((g + 1) * n - 1) / 2`` (clipped to [0, n - 1]
     for ``border`` padding, as grid_sample clips it), widened by one voxel either side for rounding. The
     grid is affine in the output index, so its extremes over the slab lie at the slab's 8 corners."""
-    axes = [_linspace(n, torch.float64) for n in reversed(out_size)]  # x (last axis), y, z as affine_grid
+    axes = [grid_linspace(n, torch.float64) for n in reversed(out_size)]  # x (last axis), y, z as affine_grid
     ends = [(a[0], a[-1]) for a in axes[:2]] + [(axes[2][planes[0]], axes[2][planes[1] - 1])]
     corners = torch.tensor([[x, y, z, 1.0] for x in ends[0] for y in ends[1] for z in ends[2]])
     grid = corners @ theta[0].to(torch.float64).T  # (8, 3): x, y, z = reversed input axes
