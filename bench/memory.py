@@ -27,8 +27,9 @@ process, and reports that process's VmHWM:
 - ``seg``: the input as a DICOM series (one int16 file per slice, on a real CT slice's header) read, those
   labels written and ``segserve.scans.seg_export.export_job_seg``.
 ``--max-voxels-nnunet`` / ``-bundle`` / ``-seg`` skip the larger rows of the slow paths; they default to
-512x512x400 (at 512x512x1500 nnU-Net's row takes about 8 minutes and 2.3 GB, the bundle's 3 minutes and 6 GB;
-``--max-voxels-nnunet 393216000`` runs it; the code before the memory work needed 13 and 23 GB there).
+512x512x400 (at 512x512x1500 nnU-Net's row takes about 8 minutes and 2.3 GB, the bundle's 4.5 minutes and
+2.7 GiB, bundle-invert's 8.5 minutes and 3.2 GiB under load; ``--max-voxels-nnunet 393216000`` runs it; the
+code before the memory work needed 13 and 23 GB there).
 
 The model's own working set (weights plus activations) does not grow with the input, so it is measured in
 the same run: the same path on a small input (64^3; for MeshNet its own 256^3 1 mm LIA grid, on which its
