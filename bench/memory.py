@@ -18,6 +18,8 @@ process, and reports that process's VmHWM:
   shared CTs, target spacing ``--nnunet-spacing``, 1 fold) through ``NnunetPredictor``, labels written;
 - ``bundle``: read, a MONAI bundle made by ``models.testing.make_bundle`` (a seeded UNet, 4 mm, 64^3 window)
   through the bundle predictor (its labels put on the input grid by models.bundle.regrid), labels written;
+- ``bundle-invert``: the same with the Zoo spleen bundle's post-processing (softmax, Invertd of the
+  probabilities back onto the input's grid through Spacingd, bilinear; then the argmax);
 - ``evaluate``: read, then a label map and its reference read (``read_labels``) and
   ``evaluation.report.evaluate_case`` (overlap and surface metrics): HU bands of the input (air, fat, soft
   tissue, bone) on a 4-voxel block grid, so regions have smooth borders as a model's do, and the same
@@ -25,8 +27,9 @@ process, and reports that process's VmHWM:
 - ``seg``: the input as a DICOM series (one int16 file per slice, on a real CT slice's header) read, those
   labels written and ``segserve.scans.seg_export.export_job_seg``.
 ``--max-voxels-nnunet`` / ``-bundle`` / ``-seg`` skip the larger rows of the slow paths; they default to
-512x512x400 (at 512x512x1500 nnU-Net's row takes about 8 minutes and 2.3 GB, the bundle's 3 minutes and 6 GB;
-``--max-voxels-nnunet 393216000`` runs it; the code before the memory work needed 13 and 23 GB there).
+512x512x400 (at 512x512x1500 nnU-Net's row takes about 8 minutes and 2.3 GB, the bundle's 4.5 minutes and
+2.7 GiB, bundle-invert's 8.5 minutes and 3.2 GiB under load; ``--max-voxels-nnunet 393216000`` runs it; the
+code before the memory work needed 13 and 23 GB there).
 
 The model's own working set (weights plus activations) does not grow with the input, so it is measured in
 the same run: the same path on a small input (64^3; for MeshNet its own 256^3 1 mm LIA grid, on which its
@@ -53,7 +56,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING_MM = 0.8
-PATHS = ("read", "meshnet", "nnunet", "bundle", "evaluate", "seg")
+PATHS = ("read", "meshnet", "nnunet", "bundle", "bundle-invert", "evaluate", "seg")
+BUNDLES = ("bundle", "bundle-invert")
 
 
 def _vm_hwm_bytes() -> int:
@@ -124,7 +128,7 @@ def child(args: argparse.Namespace) -> None:
 
     volume = read_image([Path(args.image)])
     labels: np.ndarray | None = None
-    if args.child in ("meshnet", "nnunet", "bundle"):
+    if args.child in ("meshnet", "nnunet", *BUNDLES):
         import torch
 
         from models.catalog import Catalog
@@ -254,16 +258,19 @@ def _setup_models(work: Path, paths: list[str], args: argparse.Namespace) -> dic
         install_models(folder, models_dir, options=InstallOptions(folds=(0,)))
         model_id = next(p.name for p in (models_dir / "nnunet").iterdir() if not p.name.startswith("."))
         extra["nnunet"] = ["--models-dir", str(models_dir), "--model-id", model_id]
-    if "bundle" in paths:
+    for row in BUNDLES:
+        if row not in paths:
+            continue
         from models.formats import InstallOptions
         from models.install import install_models
         from models.testing.make_bundle import write_unet_bundle
 
-        bundle = work / "ct_unet_bundle"
-        write_unet_bundle(bundle, pixdim=(4.0, 4.0, 4.0), roi_size=(64, 64, 64))
-        models_dir = work / "models-bundle"
+        invert = row == "bundle-invert"
+        bundle = work / ("ct_unet_invert_bundle" if invert else "ct_unet_bundle")
+        write_unet_bundle(bundle, pixdim=(4.0, 4.0, 4.0), roi_size=(64, 64, 64), invert=invert)
+        models_dir = work / f"models-{row}"
         install_models(bundle, models_dir, cards=[], options=InstallOptions(trust_code=True))
-        extra["bundle"] = ["--models-dir", str(models_dir), "--model-id", bundle.name]
+        extra[row] = ["--models-dir", str(models_dir), "--model-id", bundle.name]
     return extra
 
 
@@ -327,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _run_child(path, base_input, work, base_extra)
             model_peak[path] = int(result.get("vm_hwm", 0))
             print(f"model working set, {path}: {model_peak[path] / 2**20:.0f} MiB {result.get('error', '')}")
-        header = f"{'input':>14} {'MiB in':>7} {'path':>9} {'peak MiB':>9} {'model':>6} {'ratio':>6} {'s':>6}"
+        header = f"{'input':>14} {'MiB in':>7} {'path':>13} {'peak MiB':>9} {'model':>6} {'ratio':>6}"
+        header += f" {'s':>6}"
         if args.baseline:
             header += f" {'baseline MiB':>12} {'ratio':>6} {'s':>6} {'labels':>7}"
         print(header, flush=True)
@@ -340,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             for path in paths:
                 voxels = int(np.prod(size))
                 limits = {"nnunet": args.max_voxels_nnunet, "seg": args.max_voxels_seg}
-                limit = {**limits, "bundle": args.max_voxels_bundle}.get(path)
+                limit = {**limits, **dict.fromkeys(BUNDLES, args.max_voxels_bundle)}.get(path)
                 label = "x".join(map(str, size))
                 if limit is not None and voxels > limit:
                     print(
-                        f"{label:>14} {n_bytes / 2**20:7.0f} {path:>9}   skipped (over --max-voxels-{path})"
+                        f"{label:>14} {n_bytes / 2**20:7.0f} {path:>13}   skipped "
+                        f"(over --max-voxels-{path.split('-')[0]})"
                     )
                     continue
                 row_extra = list(extra.get(path, []))
@@ -358,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                     row_extra += ["--series", str(series)]
                 result = _run_child(path, image, work, row_extra)
                 if "error" in result:
-                    print(f"{label:>14} {n_bytes / 2**20:7.0f} {path:>9}   failed: {result['error']}")
+                    print(f"{label:>14} {n_bytes / 2**20:7.0f} {path:>13}   failed: {result['error']}")
                     continue
                 peak = int(result["vm_hwm"])
                 ratio = (peak - model_peak.get(path, 0)) / n_bytes
                 line = (
-                    f"{label:>14} {n_bytes / 2**20:7.0f} {path:>9} {peak / 2**20:9.0f} "
+                    f"{label:>14} {n_bytes / 2**20:7.0f} {path:>13} {peak / 2**20:9.0f} "
                     f"{model_peak.get(path, 0) / 2**20:6.0f} {ratio:6.2f} {result['seconds']:6.1f}"
                 )
                 if args.baseline and voxels > args.baseline_max_voxels:
@@ -397,7 +406,8 @@ def _make_conformed(path: Path) -> None:
     from models.meshnet.conform import LIA_DIRECTIONS
 
     make_input(path, (256, 256, 256), 1.0)
-    data = np.asarray(nib.load(path).dataobj).copy()  # a copy: the file is written over below
+    nifti: Any = nib.load(path)
+    data = np.asarray(nifti.dataobj).copy()  # a copy: the file is written over below
     affine = np.eye(4)
     affine[:3, :3] = LIA_DIRECTIONS
     affine[:3, 3] = -LIA_DIRECTIONS @ np.full(3, 128.0)

@@ -34,6 +34,7 @@ from monai.transforms import Compose
 from torch import nn
 
 from models.bundle.config import WEIGHTS_PT, WEIGHTS_TS, BundleError, BundleInfo, load_config, read_bundle
+from models.bundle.slab_resample import use_slab_resampling
 from models.bundle.trust import (
     Scan,
     join_value,
@@ -262,6 +263,7 @@ def _build(directory: Path, device: str, trusted: bool) -> Pipeline:
         raise BundleError(f"{info.config_path} has no network_def for the weights {file.name}")
     network = load_weights(network, file, key, torch.device(device))
     preprocessing = _parsed(parser, "preprocessing") if "preprocessing" in config else Compose([])
+    use_slab_resampling(preprocessing)  # Spacingd (and its inverse) in slabs: MONAI's values, less memory
     if "inferer" in config:
         inferer = _parsed(parser, "inferer")
     else:

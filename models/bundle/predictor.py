@@ -3,13 +3,15 @@
 One case, as MONAI's ``SupervisedEvaluator`` runs one batch of the bundle's own inference config:
     the job's volumes -> temporary NIfTI files (array and affine as given; one per input channel, in the
     order of ``channel_def``, read by the bundle's own LoadImaged as a list, as in its datalist)
-    -> the bundle's preprocessing (MONAI Compose from the config) -> collate to a batch of one
+    -> the bundle's preprocessing (MONAI Compose from the config; its Spacingd resamples in slabs with
+       MONAI's values, models.bundle.slab_resample) -> collate to a batch of one
     -> the bundle's inferer (e.g. MONAI's SlidingWindowInferer: its windows, blending mode, padding) on the
        network, or, where that is exact, the memory-bounded label path (models.bundle.stitching), under
        ``torch.no_grad`` (and CUDA autocast where the evaluator has ``amp`` and the device
        is a GPU); progress is reported and cancellation checked between windows
     -> decollate -> the bundle's postprocessing without SaveImaged (Activationsd, Invertd back onto the
-       input grid, AsDiscreted, Lambdad, KeepLargestConnectedComponentd, ... exactly as configured)
+       input grid, AsDiscreted, Lambdad, KeepLargestConnectedComponentd, ... exactly as configured; an
+       Invertd followed by the argmax takes it slab by slab, models.bundle.inversion)
     -> the ``pred`` label map, channel axis dropped: the bundle's own output values (e.g. BraTS 1/2/4).
 A bundle with an evaluator of its own (VISTA-3D: ``scripts.evaluator.Vista3dEvaluator`` makes the
 everything-prompt and calls its inferer with it) is run by that evaluator instead, over a loader of the
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from models.bundle.build import IMAGE_KEY, Pipeline, build, post_transforms
+from models.bundle.inversion import fuse_invert_argmax
 from models.bundle.padding import infer_prepadded
 from models.bundle.regrid import labels_on_grid, onto_grid, to_label_map
 from models.bundle.stitching import label_steps, stitched_pred
@@ -196,9 +199,11 @@ def run_case(
         pred = pred.float()
     batch.update({"label": batch.get("label"), "pred": pred})
     item = decollate_batch(batch, detach=True)[0]
+    steps = post_transforms(pipeline)[replaced or 0 :]
+    fused = fuse_invert_argmax(steps)  # Invertd + argmax in slabs (models.bundle.inversion)
     with torch.no_grad():
-        if replaced:
-            for step in post_transforms(pipeline)[replaced:]:
+        if replaced or len(fused) < len(steps):
+            for step in fused:
                 item = apply_transform(step, item)
             out = item
         else:

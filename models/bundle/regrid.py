@@ -35,7 +35,7 @@ from segserve.imaging.volume import Volume
 SLAB_VOXELS = 1 << 20  # output voxels per slab (4 planes of 512 x 512: about 70 MiB of grids and values)
 
 
-def _linspace(n: int, dtype: torch.dtype) -> torch.Tensor:
+def grid_linspace(n: int, dtype: torch.dtype) -> torch.Tensor:
     """ATen's ``linspace_from_neg_one`` without align_corners."""
     if n <= 1:
         return torch.zeros(1, dtype=dtype)
@@ -47,9 +47,9 @@ def slab_grid(theta: torch.Tensor, size: tuple[int, int, int], start: int, stop:
     """``F.affine_grid(theta, [1, 1, *size], align_corners=False)[:, start:stop]``, built for those planes."""
     depth, height, width = size
     base = torch.empty((1, stop - start, height, width, 4), dtype=theta.dtype)
-    base[..., 0].copy_(_linspace(width, theta.dtype))
-    base[..., 1].copy_(_linspace(height, theta.dtype).unsqueeze(-1))
-    base[..., 2].copy_(_linspace(depth, theta.dtype)[start:stop].unsqueeze(-1).unsqueeze(-1))
+    base[..., 0].copy_(grid_linspace(width, theta.dtype))
+    base[..., 1].copy_(grid_linspace(height, theta.dtype).unsqueeze(-1))
+    base[..., 2].copy_(grid_linspace(depth, theta.dtype)[start:stop].unsqueeze(-1).unsqueeze(-1))
     base[..., 3].fill_(1)
     return base.view(1, -1, 4).bmm(theta.transpose(1, 2)).view(1, stop - start, height, width, 3)
 
@@ -141,7 +141,12 @@ def to_label_map(pred: torch.Tensor, shape: Sequence[int], model_id: str) -> np.
         array = array[0]
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"model {model_id} returned a {array.shape} label map for a {tuple(shape)} input")
-    values = np.rint(array)
-    if values.size and (values.min() < 0 or values.max() > 65535):
+    # rint is monotonic, so these are the extremes of the rounded values (NaN included, as np.min gives it)
+    low, high = (np.rint(array.min()), np.rint(array.max())) if array.size else (0.0, 0.0)
+    if array.size and (low < 0 or high > 65535):
         raise ValueError(f"model {model_id} returned label values outside 0..65535")
-    return values.astype(np.uint8 if values.size == 0 or values.max() < 256 else np.uint16)
+    out = np.empty(array.shape, dtype=np.uint8 if array.size == 0 or high < 256 else np.uint16)
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(array.shape[1:]))))
+    for start in range(0, array.shape[0], step):  # rounded a slab at a time: no float copy of the whole
+        out[start : start + step] = np.rint(array[start : start + step])
+    return out

@@ -46,7 +46,7 @@ def _is_softmax(step: Any) -> bool:
     )
 
 
-def _is_argmax(step: Any) -> bool:
+def is_argmax(step: Any) -> bool:
     kwargs = getattr(step.converter, "kwargs", {}) if hasattr(step, "converter") else {}
     return (
         type(step).__name__ == "AsDiscreted"
@@ -71,7 +71,7 @@ def label_steps(pipeline: Pipeline) -> int | None:
         return None
     steps = post_transforms(pipeline)
     start = 1 if steps and _is_softmax(steps[0]) else 0
-    if len(steps) > start and _is_argmax(steps[start]):
+    if len(steps) > start and is_argmax(steps[start]):
         return start + 1
     return None
 

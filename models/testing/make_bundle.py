@@ -76,6 +76,7 @@ def write_unet_bundle(
     sw_batch_size: int = 1,
     mode: str = "gaussian",
     largest_component: Sequence[int] | None = None,
+    invert: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None,
     wrap_state: bool = False,
     seed: int = 0,
@@ -88,6 +89,8 @@ def write_unet_bundle(
         pixdim / axcodes / window: Spacingd, Orientationd, ScaleIntensityRanged (HU -> [0, 1], clipped);
             None leaves the transform out.
         largest_component: labels for a KeepLargestConnectedComponentd post-transform (None: none).
+        invert: the Zoo spleen bundle's post-processing instead of the argmax on the model grid: softmax,
+            Invertd of the probabilities back through the pre-processing (bilinear), then the argmax.
         state_dict: weights to save (default: :func:`build_unet` with ``seed``); ``wrap_state`` saves
             ``{"model": state_dict}`` as some Zoo bundles do.
     """
@@ -161,6 +164,16 @@ def write_unet_bundle(
         {"_target_": "Activationsd", "keys": "pred", "softmax": True},
         {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
     ]
+    if invert:  # as spleen_ct_segmentation: Invertd of the softmax probabilities, then the argmax
+        inverse = {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": False,
+            "to_tensor": True,
+        }
+        post.insert(1, inverse)
     if largest_component is not None:
         post.append(
             {

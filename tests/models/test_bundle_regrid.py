@@ -67,3 +67,16 @@ def test_slab_grids_equal_affine_grid_of_the_whole(size: tuple, dtype: torch.dty
     for start in range(0, size[0], step):
         stop = min(start + step, size[0])
         assert torch.equal(regrid.slab_grid(theta, size, start, stop), whole[:, start:stop])
+
+
+@pytest.mark.parametrize("high", [5.0, 400.0])
+def test_label_map_rounded_in_slabs_equals_rint_of_the_whole(
+    high: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(regrid, "SLAB_VOXELS", 7 * 9 * 2)  # two planes a slab
+    values = np.random.default_rng(0).uniform(0, high, (1, 11, 7, 9)).astype(np.float32)
+    expected = np.rint(values[0]).astype(np.uint8 if high < 255 else np.uint16)
+    got = to_label_map(torch.from_numpy(values), (11, 7, 9), "m")
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="outside"):
+        to_label_map(torch.from_numpy(values - 1.0), (11, 7, 9), "m")
