@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python -m bench.interactive                 # the classical engine, 10 clicks per target
     .venv/bin/python -m bench.interactive --engine NAME   # any engine of models.interactive.engines
     .venv/bin/python -m bench.interactive --no-256        # without the 256³ latency run
+    .venv/bin/python -m bench.interactive --trace         # also each click: where, and what the mask did
 
 Targets (../shared/data, real manual or challenge masks): the brain tumour (MR, 0.78x0.78x6.5 mm), the
 spleen (CT, 0.79x0.79x5 mm), the LiTS liver (liver and tumour labels together; CT at 128³, spacing not
@@ -32,7 +33,8 @@ import numpy as np
 from scipy import ndimage
 
 from models.interactive.engines import engine_names, get_engine
-from models.interactive.simulated_user import simulate
+from models.interactive.prompts import Click
+from models.interactive.simulated_user import Step, simulate
 from segserve.imaging.nifti import read_nifti
 from segserve.imaging.nrrd import read_nrrd
 
@@ -97,6 +99,30 @@ def resampled_256(target: Target) -> Target:
     return Target(f"{target.name} at 256³", image, (spacing[0], spacing[1], spacing[2]), reference > 0)
 
 
+def trace(steps: list[Step], reference: np.ndarray) -> list[str]:
+    """One line per click: its number, kind (+ foreground, - background, box or slice), voxel index
+    (I, J, K), the Dice after it, the mask's true and false positives and misses (voxels), the voxels it
+    added and removed (how many of them in the reference) and the seconds ``segment`` took."""
+    lines = []
+    previous = np.zeros(reference.shape, dtype=bool)
+    for s in steps:
+        mask, prompt = s.mask, s.prompt
+        if isinstance(prompt, Click):
+            kind, where = ("+" if prompt.foreground else "-"), f" at {prompt.point}"
+        else:
+            kind, where = type(prompt).__name__, ""
+        added, removed = mask & ~previous, previous & ~mask
+        tp, fp, fn = (int(n.sum()) for n in (mask & reference, mask & ~reference, reference & ~mask))
+        lines.append(
+            f"  click {s.clicks:2d} {kind}{where}: Dice {s.dice:.3f}, tp {tp} fp {fp} fn {fn}; "
+            f"added {int(added.sum())} ({int((added & reference).sum())} in the reference), "
+            f"removed {int(removed.sum())} ({int((removed & reference).sum())} in the reference); "
+            f"{s.seconds:.2f} s"
+        )
+        previous = mask
+    return lines
+
+
 def run(engine_name: str, target: Target, n_clicks: int) -> dict[str, object]:
     engine = get_engine(engine_name)
     start = time.perf_counter()
@@ -120,6 +146,7 @@ def run(engine_name: str, target: Target, n_clicks: int) -> dict[str, object]:
         "p95": p95,
         "prepare": prepare_s,
         "clicks": "".join("+" if getattr(s.prompt, "foreground", True) else "-" for s in steps),
+        "trace": trace(steps, target.reference),
     }
 
 
@@ -129,6 +156,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--no-256", dest="big", action="store_false")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--trace", action="store_true", help="print each click and what the mask did")
     args = parser.parse_args()
     rows = targets(args.data)
     if args.big:
@@ -152,6 +180,9 @@ def main() -> None:
             f"| {p50 / prep:.2f} | {r['clicks']} |",
             flush=True,
         )
+        lines = r["trace"]
+        if args.trace and isinstance(lines, list):
+            print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
