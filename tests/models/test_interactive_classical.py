@@ -67,16 +67,51 @@ def test_brain_tumour_first_click(tumour: Case) -> None:
 
 def test_brain_tumour_more_clicks_do_not_collapse(tumour: Case) -> None:
     """Across its 6.5 mm slices a click on the tumour's darker part leaked into the brain (Dice 0.72 after
-    9 clicks, 0.37 after the 10th) until slice steps counted as edges (``anisotropy_cap``). Measured now,
-    with each click's own component (``click_tolerance``): 0.78 after 3 clicks, 0.83 after 5, at least
-    0.72 after any of the 10, 0.78 after the 10th."""
+    9 clicks, 0.37 after the 10th) until slice steps counted as edges (``anisotropy_cap``). With each
+    click's own component (``click_tolerance``) it was 0.78 after 3 clicks, 0.83 after 5 and 0.78 after
+    the 10th (a rim click leaked across the slices); measured now, with corrections on their slice
+    (``corrections_on_slice``): 0.795 after 3, 0.845 after 5, 0.865 after 10, never below the first's 0.72."""
     image, spacing, reference = tumour
     engine = ClassicalEngine()
     steps = simulate(engine, engine.prepare(image, spacing), reference, spacing, 10)
-    assert steps[2].dice > 0.76
-    assert steps[4].dice > 0.8
-    assert min(s.dice for s in steps) > 0.68
-    assert steps[-1].dice > 0.75
+    assert steps[2].dice > 0.78
+    assert steps[4].dice > 0.83
+    assert min(s.dice for s in steps) > 0.7
+    assert steps[-1].dice > 0.85
+
+
+def test_a_correcting_click_on_a_thick_slice_scan_adds_on_its_slice(tumour: Case) -> None:
+    """The protocol's 6th click on the brain tumour is a foreground click on its darker rim, next to the
+    structure: grown in 3D it added 1,714 voxels over several 6.5 mm slices (217 of them tumour) and Dice
+    fell from 0.83 to 0.72; now it adds only on its own slice, and the mask is better for it."""
+    image, spacing, reference = tumour
+    engine = ClassicalEngine()
+    prepared = engine.prepare(image, spacing)
+    prompts = [s.prompt for s in simulate(engine, prepared, reference, spacing, 6)]
+    click = prompts[5]
+    assert isinstance(click, Click) and click.foreground
+    before = engine.segment(prepared, prompts[:5])
+    after = engine.segment(prepared, prompts)
+    added = np.nonzero(after & ~before)
+    assert added[0].size > 0 and set(added[2].tolist()) == {click.point[2]}
+    in_3d = ClassicalEngine(corrections_on_slice=False).segment(prepared, prompts)
+    assert len(set(np.nonzero(in_3d & ~before)[2].tolist())) > 1
+    assert dice(after, reference) > dice(in_3d, reference) + 0.05
+
+
+def test_a_click_apart_from_the_structure_still_grows_in_3d() -> None:
+    """Two bright blocks over five 5 mm slices, apart: a click on the second one is no correction of the
+    first, so it grows across the slices as the first click did."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 5.0, (64, 64, 10)).astype(np.float32)
+    image[8:24, 8:24, 2:7] += 100.0
+    image[40:56, 40:56, 2:7] += 100.0
+    engine = ClassicalEngine()
+    prepared = engine.prepare(image, (1.0, 1.0, 5.0))
+    mask = engine.segment(prepared, [Click((16, 16, 4)), Click((48, 48, 4))])
+    for block in ((slice(8, 24), slice(8, 24)), (slice(40, 56), slice(40, 56))):
+        per_slice = mask[block].sum(axis=(0, 1))
+        assert (per_slice[2:7] > 128).all()  # measured 178-187 of 256 (the blocks' rims are smoothed)
 
 
 def test_a_click_on_the_darker_part_claims_it(tumour: Case) -> None:
