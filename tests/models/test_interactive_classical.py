@@ -58,7 +58,7 @@ def test_spleen_three_clicks(spleen: Case, spleen_prepared: ClassicalPrepared) -
 
 
 def test_brain_tumour_first_click(tumour: Case) -> None:
-    """Measured: 0.72 after the first click (the heterogeneous tumour needs more; see the README)."""
+    """Measured: 0.726 after the first click (the heterogeneous tumour needs more; see the README)."""
     image, spacing, reference = tumour
     engine = ClassicalEngine()
     steps = simulate(engine, engine.prepare(image, spacing), reference, spacing, 1)
@@ -69,15 +69,19 @@ def test_brain_tumour_more_clicks_do_not_collapse(tumour: Case) -> None:
     """Across its 6.5 mm slices a click on the tumour's darker part leaked into the brain (Dice 0.72 after
     9 clicks, 0.37 after the 10th) until slice steps counted as edges (``anisotropy_cap``). With each
     click's own component (``click_tolerance``) it was 0.78 after 3 clicks, 0.83 after 5 and 0.78 after
-    the 10th (a rim click leaked across the slices); measured now, with corrections on their slice
-    (``corrections_on_slice``): 0.795 after 3, 0.845 after 5, 0.865 after 10, never below the first's 0.72."""
+    the 10th (a rim click leaked across the slices); with corrections on their slice
+    (``corrections_on_slice``) 0.795 after 3, 0.845 after 5, 0.865 after 10; measured now, with small holes
+    filled on each slice (``fill_slice_holes``): 0.808 after 3, 0.857 after 5, 0.876 after 10, never below
+    the first's 0.726."""
     image, spacing, reference = tumour
     engine = ClassicalEngine()
     steps = simulate(engine, engine.prepare(image, spacing), reference, spacing, 10)
-    assert steps[2].dice > 0.78
-    assert steps[4].dice > 0.83
+    assert steps[2].dice > 0.8
+    assert steps[4].dice > 0.84
     assert min(s.dice for s in steps) > 0.7
-    assert steps[-1].dice > 0.85
+    assert steps[-1].dice > 0.86
+    lone = ClassicalEngine(fill_slice_holes=False)
+    assert simulate(lone, lone.prepare(image, spacing), reference, spacing, 3)[2].dice < steps[2].dice
 
 
 def test_a_correcting_click_on_a_thick_slice_scan_adds_on_its_slice(tumour: Case) -> None:
@@ -220,3 +224,22 @@ def test_registry() -> None:
 
 def test_prepared_reports_its_bytes(spleen_prepared: ClassicalPrepared) -> None:
     assert spleen_prepared.nbytes == 2 * 4 * 164 * 166 * 26
+
+
+def test_small_holes_on_thick_slices_are_filled_unless_a_background_click_is_in_them() -> None:
+    """A bright block over five 5 mm slices with a darker 3x3-pixel core through all of them: in 3D the
+    core is a tunnel open at the block's ends, so only the per-slice filling closes it; a background
+    click in the core keeps it open on every slice it runs through."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 2.0, (48, 48, 9)).astype(np.float32)
+    image[12:36, 12:36, 2:7] += 100.0
+    image[23:26, 23:26, :] -= 100.0
+    spacing = (1.0, 1.0, 5.0)
+    engine = ClassicalEngine()
+    prepared = engine.prepare(image, spacing)
+    click = Click((16, 16, 4))
+    core = (slice(23, 26), slice(23, 26), slice(2, 7))
+    assert not ClassicalEngine(fill_slice_holes=False).segment(prepared, [click])[core].any()
+    assert engine.segment(prepared, [click])[core].all()
+    kept_open = engine.segment(prepared, [click, Click((24, 24, 4), foreground=False)])
+    assert not kept_open[core].any()
