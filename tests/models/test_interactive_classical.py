@@ -80,6 +80,10 @@ def test_brain_tumour_more_clicks_do_not_collapse(tumour: Case) -> None:
     assert steps[4].dice > 0.84
     assert min(s.dice for s in steps) > 0.7
     assert steps[-1].dice > 0.86
+    for n, step in enumerate(steps):  # every click keeps its label in every later mask
+        for earlier in steps[: n + 1]:
+            click = earlier.prompt
+            assert isinstance(click, Click) and step.mask[click.point] == click.foreground
     lone = ClassicalEngine(fill_slice_holes=False)
     assert simulate(lone, lone.prepare(image, spacing), reference, spacing, 3)[2].dice < steps[2].dice
 
