@@ -14,16 +14,6 @@ What a prompt set means:
 - each foreground click and each box grows its own region (with all background clicks competing) and
   the mask is their union, so a further foreground click can only add: a click on a darker part of a
   heterogeneous structure does not re-weigh the rest;
-- on a thick-slice scan (a slice step over ``anisotropy_cap`` times the finest spacing), a foreground
-  click whose region meets what the earlier seeds grew corrects that structure on the slice the user
-  sees: only its region on the click's own slice is added (``corrections_on_slice``). Its growth across
-  the thick slices is where a click on a part without an edge leaked (the brain tumour's darker rim:
-  a click there added 1,714 voxels over 6 slices, 217 of them tumour). A click whose region stays apart
-  from the structure (another lesion) still grows in 3D, as the first seed and boxes do;
-- on a thick-slice scan, a hole in the mask on one slice no larger than the disc the statistics come
-  from (pi x ``stats_radius_mm``^2, 79 mm^2) is filled (``fill_slice_holes``): darker texture inside a
-  structure, below the scale of the engine's intensity model, which the 3D hole filling leaves when the
-  hole opens through the next slice 6.5 mm away; a hole reaching a background click stays open;
 - painted slices (:class:`SliceMask`) are filled between (:mod:`models.interactive.fill`) and added to the
   mask as painted; background clicks steer the growth from clicks and boxes only.
 The mask is a function of the prompt set alone (no state between calls), so undo is segmenting again
@@ -65,7 +55,6 @@ from skimage.segmentation import watershed
 
 from models.interactive.fill import fill_between_slices
 from models.interactive.prompts import Box, Click, Prompt, PromptError, SliceMask, check_prompts
-from models.interactive.thick_slices import fill_small_holes_on_slices, thick_axes
 
 Index3 = tuple[int, int, int]
 
@@ -114,8 +103,6 @@ class ClassicalEngine:
     edge_step: float = 0.02
     anisotropy_cap: float = 2.0
     click_tolerance: float = 1.25
-    corrections_on_slice: bool = True
-    fill_slice_holes: bool = True
 
     def prepare(
         self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
@@ -177,44 +164,14 @@ class ClassicalEngine:
             background = [p for p in working if isinstance(p, Click) and not p.foreground]
             for seed in working:
                 if isinstance(seed, Box) or seed.foreground:
-                    region = self._grow(prepared, [seed, *background])
-                    if isinstance(seed, Click) and self._corrects(prepared, region, grown):
-                        region &= self._slab(prepared, seed.point)
-                    grown |= region
+                    grown |= self._grow(prepared, [seed, *background])
         else:
             grown = self._grow(prepared, working)
-        thick = thick_axes(prepared.spacing_mm, self.anisotropy_cap)
-        if self.fill_slice_holes and any(thick):
-            keep_open = np.zeros(prepared.shape, dtype=bool)
-            for p in working:
-                if isinstance(p, Click) and not p.foreground:
-                    keep_open[p.point] = True
-            area = np.pi * self.stats_radius_mm**2
-            grown = fill_small_holes_on_slices(grown, prepared.spacing_mm, thick, area, keep_open)
         if step != (1, 1, 1):
             for axis, f in enumerate(step):
                 grown = np.repeat(grown, f, axis=axis)
             grown = grown[: shape[0], : shape[1], : shape[2]]
         return mask | grown
-
-    def _corrects(self, prepared: ClassicalPrepared, region: np.ndarray, earlier: np.ndarray) -> bool:
-        """Whether a foreground click's ``region`` (bool, working grid) corrects the structure the earlier
-        seeds grew (``earlier``, same shape): the scan has a thick-slice axis, and the region overlaps or
-        touches (face connectivity) the earlier structure."""
-        thick = thick_axes(prepared.spacing_mm, self.anisotropy_cap)
-        if not self.corrections_on_slice or not any(thick) or not earlier.any():
-            return False
-        return bool((ndimage.binary_dilation(earlier) & region).any())
-
-    def _slab(self, prepared: ClassicalPrepared, point: Index3) -> np.ndarray:
-        """The click's own slice along each thick-slice axis (bool, working grid)."""
-        slab = tuple(
-            slice(c, c + 1) if thick else slice(None)
-            for c, thick in zip(point, thick_axes(prepared.spacing_mm, self.anisotropy_cap), strict=True)
-        )
-        out = np.zeros(prepared.shape, dtype=bool)
-        out[slab] = True
-        return out
 
     def _grow(self, prepared: ClassicalPrepared, prompts: Sequence[Click | Box]) -> np.ndarray:
         shape, spacing = prepared.shape, prepared.spacing_mm
@@ -324,9 +281,10 @@ class ClassicalEngine:
         ball = _ball_slices(local, self.stats_radius_mm, spacing, smoothed.shape)
         sample = smoothed[ball]
         # Only the click's slab is labelled (its slice along each thick axis): the rest is never kept.
+        finest = min(spacing)
         slab = tuple(
-            slice(c, c + 1) if thick else slice(None)
-            for c, thick in zip(local, thick_axes(spacing, self.anisotropy_cap), strict=True)
+            slice(c, c + 1) if s > self.anisotropy_cap * finest else slice(None)
+            for c, s in zip(local, spacing, strict=True)
         )
         labels, _ = ndimage.label(self._in_range(smoothed[slab], sample, self.click_tolerance))
         at = tuple(0 if sl.start is not None else c for c, sl in zip(local, slab, strict=True))

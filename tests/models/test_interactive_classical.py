@@ -58,7 +58,7 @@ def test_spleen_three_clicks(spleen: Case, spleen_prepared: ClassicalPrepared) -
 
 
 def test_brain_tumour_first_click(tumour: Case) -> None:
-    """Measured: 0.726 after the first click (the heterogeneous tumour needs more; see the README)."""
+    """Measured: 0.72 after the first click (the heterogeneous tumour needs more; see the README)."""
     image, spacing, reference = tumour
     engine = ClassicalEngine()
     steps = simulate(engine, engine.prepare(image, spacing), reference, spacing, 1)
@@ -67,59 +67,20 @@ def test_brain_tumour_first_click(tumour: Case) -> None:
 
 def test_brain_tumour_more_clicks_do_not_collapse(tumour: Case) -> None:
     """Across its 6.5 mm slices a click on the tumour's darker part leaked into the brain (Dice 0.72 after
-    9 clicks, 0.37 after the 10th) until slice steps counted as edges (``anisotropy_cap``). With each
-    click's own component (``click_tolerance``) it was 0.78 after 3 clicks, 0.83 after 5 and 0.78 after
-    the 10th (a rim click leaked across the slices); with corrections on their slice
-    (``corrections_on_slice``) 0.795 after 3, 0.845 after 5, 0.865 after 10; measured now, with small holes
-    filled on each slice (``fill_slice_holes``): 0.808 after 3, 0.857 after 5, 0.876 after 10, never below
-    the first's 0.726."""
+    9 clicks, 0.37 after the 10th) until slice steps counted as edges (``anisotropy_cap``). Measured now,
+    with each click's own component (``click_tolerance``): 0.78 after 3 clicks, 0.83 after 5, at least
+    0.72 after any of the 10, 0.78 after the 10th."""
     image, spacing, reference = tumour
     engine = ClassicalEngine()
     steps = simulate(engine, engine.prepare(image, spacing), reference, spacing, 10)
-    assert steps[2].dice > 0.8
-    assert steps[4].dice > 0.84
-    assert min(s.dice for s in steps) > 0.7
-    assert steps[-1].dice > 0.86
+    assert steps[2].dice > 0.76
+    assert steps[4].dice > 0.8
+    assert min(s.dice for s in steps) > 0.68
+    assert steps[-1].dice > 0.75
     for n, step in enumerate(steps):  # every click keeps its label in every later mask
         for earlier in steps[: n + 1]:
             click = earlier.prompt
             assert isinstance(click, Click) and step.mask[click.point] == click.foreground
-    lone = ClassicalEngine(fill_slice_holes=False)
-    assert simulate(lone, lone.prepare(image, spacing), reference, spacing, 3)[2].dice < steps[2].dice
-
-
-def test_a_correcting_click_on_a_thick_slice_scan_adds_on_its_slice(tumour: Case) -> None:
-    """The protocol's 6th click on the brain tumour is a foreground click on its darker rim, next to the
-    structure: grown in 3D it added 1,714 voxels over several 6.5 mm slices (217 of them tumour) and Dice
-    fell from 0.83 to 0.72; now it adds only on its own slice, and the mask is better for it."""
-    image, spacing, reference = tumour
-    engine = ClassicalEngine()
-    prepared = engine.prepare(image, spacing)
-    prompts = [s.prompt for s in simulate(engine, prepared, reference, spacing, 6)]
-    click = prompts[5]
-    assert isinstance(click, Click) and click.foreground
-    before = engine.segment(prepared, prompts[:5])
-    after = engine.segment(prepared, prompts)
-    added = np.nonzero(after & ~before)
-    assert added[0].size > 0 and set(added[2].tolist()) == {click.point[2]}
-    in_3d = ClassicalEngine(corrections_on_slice=False).segment(prepared, prompts)
-    assert len(set(np.nonzero(in_3d & ~before)[2].tolist())) > 1
-    assert dice(after, reference) > dice(in_3d, reference) + 0.05
-
-
-def test_a_click_apart_from_the_structure_still_grows_in_3d() -> None:
-    """Two bright blocks over five 5 mm slices, apart: a click on the second one is no correction of the
-    first, so it grows across the slices as the first click did."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(0.0, 5.0, (64, 64, 10)).astype(np.float32)
-    image[8:24, 8:24, 2:7] += 100.0
-    image[40:56, 40:56, 2:7] += 100.0
-    engine = ClassicalEngine()
-    prepared = engine.prepare(image, (1.0, 1.0, 5.0))
-    mask = engine.segment(prepared, [Click((16, 16, 4)), Click((48, 48, 4))])
-    for block in ((slice(8, 24), slice(8, 24)), (slice(40, 56), slice(40, 56))):
-        per_slice = mask[block].sum(axis=(0, 1))
-        assert (per_slice[2:7] > 128).all()  # measured 178-187 of 256 (the blocks' rims are smoothed)
 
 
 def test_a_click_on_the_darker_part_claims_it(tumour: Case) -> None:
@@ -228,22 +189,3 @@ def test_registry() -> None:
 
 def test_prepared_reports_its_bytes(spleen_prepared: ClassicalPrepared) -> None:
     assert spleen_prepared.nbytes == 2 * 4 * 164 * 166 * 26
-
-
-def test_small_holes_on_thick_slices_are_filled_unless_a_background_click_is_in_them() -> None:
-    """A bright block over five 5 mm slices with a darker 3x3-pixel core through all of them: in 3D the
-    core is a tunnel open at the block's ends, so only the per-slice filling closes it; a background
-    click in the core keeps it open on every slice it runs through."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(0.0, 2.0, (48, 48, 9)).astype(np.float32)
-    image[12:36, 12:36, 2:7] += 100.0
-    image[23:26, 23:26, :] -= 100.0
-    spacing = (1.0, 1.0, 5.0)
-    engine = ClassicalEngine()
-    prepared = engine.prepare(image, spacing)
-    click = Click((16, 16, 4))
-    core = (slice(23, 26), slice(23, 26), slice(2, 7))
-    assert not ClassicalEngine(fill_slice_holes=False).segment(prepared, [click])[core].any()
-    assert engine.segment(prepared, [click])[core].all()
-    kept_open = engine.segment(prepared, [click, Click((24, 24, 4), foreground=False)])
-    assert not kept_open[core].any()
