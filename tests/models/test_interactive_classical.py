@@ -77,6 +77,10 @@ def test_brain_tumour_more_clicks_do_not_collapse(tumour: Case) -> None:
     assert steps[4].dice > 0.8
     assert min(s.dice for s in steps) > 0.68
     assert steps[-1].dice > 0.75
+    for n, step in enumerate(steps):  # every click keeps its label in every later mask
+        for earlier in steps[: n + 1]:
+            click = earlier.prompt
+            assert isinstance(click, Click) and step.mask[click.point] == click.foreground
 
 
 def test_a_click_on_the_darker_part_claims_it(tumour: Case) -> None:
