@@ -223,3 +223,27 @@ def test_export_in_slabs_equals_whole_channels(
     expected = export.logits_to_labels(logits, plans, config, labels, properties)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
     assert len(np.unique(expected)) >= 2
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_zscore_labels_equal_with_nnunets_own_preprocessing(
+    root: Path, use_mask: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real (made) model z-scoring the skull-stripped brain MRI: the labels from the plane-wise
+    preprocessing are nnU-Net's own preprocessing's, voxel for voxel."""
+    from models.nnunet import predictor
+
+    path = DATA / "mri-brain" / "subject-a" / "norm.mgz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    runner = predictor.NnunetRunner(model_folder(root, "single"), [0], use_mirroring=False)
+    runner.predictor.configuration_manager.configuration["normalization_schemes"] = ["ZScoreNormalization"]
+    runner.predictor.configuration_manager.configuration["use_mask_for_norm"] = [use_mask]
+    volumes = read_channels([("t1", [path])])
+    got = runner.predict(volumes)
+    assert runner.last_preprocessing == "planes"
+    monkeypatch.setattr(predictor, "preprocess", lambda *_args: None)
+    expected = runner.predict(volumes)
+    assert runner.last_preprocessing == "nnunet"
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert len(np.unique(expected)) >= 2
