@@ -80,6 +80,8 @@ def _normalizers(configuration_manager: Any, intensity_properties: dict, channel
         scheme = configuration_manager.normalization_schemes[c]
         use_mask = configuration_manager.use_mask_for_norm[c]
         if scheme == "ZScoreNormalization":
+            if not zscore.numpy_order_holds():
+                return None
             out.append("zscore-masked" if use_mask else "zscore")
             continue
         if scheme not in classes:

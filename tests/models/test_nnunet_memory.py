@@ -139,12 +139,17 @@ def test_zscore_by_planes_equals_nnunet_on_brain_mri(root: Path, scan: str, use_
     assert abs(float(expected.mean())) < 3 and len(np.unique(expected)) > 100  # z-scored, not constant
 
 
-def test_preprocessing_falls_back_where_not_plane_wise(root: Path) -> None:
+def test_preprocessing_falls_back_where_not_plane_wise(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.nnunet import zscore
     from models.nnunet.preprocess import preprocess
 
     plans, config, _dataset = _managers(model_folder(root, "multi"))
-    config.configuration["normalization_schemes"] = ["CTNormalization", "RescaleTo01Normalization"]
     volumes = _cases(root, "multi")["abdomen"]
+    with monkeypatch.context() as patch:  # a numpy that sums in another order: nnU-Net's own path
+        patch.setattr(zscore, "numpy_order_holds", lambda: False)
+        assert preprocess(volumes, image_properties(volumes[0]), plans, config) is None
+    assert preprocess(volumes, image_properties(volumes[0]), plans, config) is not None
+    config.configuration["normalization_schemes"] = ["CTNormalization", "RescaleTo01Normalization"]
     assert preprocess(volumes, image_properties(volumes[0]), plans, config) is None
     plans, config, _dataset = _managers(model_folder(root, "single"))
     volumes = _cases(root, "single")["abdomen"]
@@ -178,6 +183,8 @@ def _reduction_sizes(view: np.ndarray) -> list[int]:
 
 def test_reduction_chunks_are_numpys_and_statistics_bit_equal() -> None:
     from models.nnunet import zscore
+
+    assert zscore.numpy_order_holds()
 
     rng = np.random.default_rng(11)
     shapes = [((40, 512, 512), (38, 480, 500)), ((30, 90, 91), (28, 90, 91)), ((4, 3, 20000), (4, 2, 19998))]
