@@ -144,8 +144,8 @@ def unmasked(plane: Callable[[int], np.ndarray], crop: Sequence[int], full: Sequ
     count = math.prod(int(n) for n in crop)
     values = Stream(plane(i).ravel() for i in range(int(crop[0])))
     total = np.float32(0.0)
-    for length in reduction_chunks(crop, full):
-        total = np.float32(total + np.add.reduce(values.take(length)))
+    for length in reduction_chunks(crop, full):  # a whole uncropped channel is one chunk: summed streamed
+        total = np.float32(total + pairwise_sum(values.take, length))
     mean = _divide(total, count)
 
     def squares(i: int) -> np.ndarray:
