@@ -254,3 +254,19 @@ def test_zscore_labels_equal_with_nnunets_own_preprocessing(
     assert runner.last_preprocessing == "nnunet"
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
     assert len(np.unique(expected)) >= 2
+
+
+def test_zscore_statistics_take_bounded_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An uncropped channel is one chunk of numpy's reduction: still summed LEAF values at a time."""
+    from models.nnunet import zscore
+
+    sizes: list[int] = []
+    take = zscore.Stream.take
+    monkeypatch.setattr(zscore.Stream, "take", lambda self, n: sizes.append(n) or take(self, n))
+    monkeypatch.setattr(zscore, "LEAF", 1000)
+    volume = (np.random.default_rng(4).standard_cauchy(size=(20, 30, 40)) * 30).astype(np.float32)
+    got = zscore.unmasked(lambda i: volume[i], volume.shape, volume.shape)
+    assert (got.mean, got.std) == (volume.mean(), volume.std())
+    got = zscore.masked(lambda i: volume[i], volume > -10)
+    assert (got.mean, got.std) == (volume[volume > -10].mean(), volume[volume > -10].std())
+    assert max(sizes) <= 1000 and sum(sizes) > 3 * volume.size
