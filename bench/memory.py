@@ -1,6 +1,6 @@
 """Benchmark: a worker's peak memory (VmHWM) per model path against the input's bytes, on large CTs.
 
-Run from the repository root (rows one at a time, each in a fresh process; about 40 minutes on 2 cores):
+Run from the repository root (rows one at a time, each in a fresh process; about an hour on 2 cores):
 
     .venv/bin/python -m bench.memory --baseline ../main    # also each row with the code of another checkout
     .venv/bin/python -m bench.memory --sizes 256,256,256 --paths read,meshnet   # quicker
