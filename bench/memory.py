@@ -1,6 +1,6 @@
 """Benchmark: a worker's peak memory (VmHWM) per model path against the input's bytes, on large CTs.
 
-Run from the repository root (rows one at a time, each in a fresh process; about 40 minutes on 2 cores):
+Run from the repository root (rows one at a time, each in a fresh process; about an hour on 2 cores):
 
     .venv/bin/python -m bench.memory --baseline ../main    # also each row with the code of another checkout
     .venv/bin/python -m bench.memory --sizes 256,256,256 --paths read,meshnet   # quicker
@@ -16,6 +16,8 @@ process, and reports that process's VmHWM:
   worker's CPU path (SEGSERVE_CPU_PRECISION, default auto: bf16 where the model's calibration passes);
 - ``nnunet``: read, a real nnU-Net v2 model made by ``models.testing.make_nnunet`` (nnU-Net's planner on the
   shared CTs, target spacing ``--nnunet-spacing``, 1 fold) through ``NnunetPredictor``, labels written;
+  ``nnunet-z``: the same with make_nnunet's ``zscore`` model (ZScoreNormalization, as MR models have), and
+  ``nnunet-zmask`` with ``use_mask_for_norm`` too (on these CTs every voxel is non-zero: the mask is whole);
 - ``bundle``: read, a MONAI bundle made by ``models.testing.make_bundle`` (a seeded UNet, 4 mm, 64^3 window)
   through the bundle predictor (its labels put on the input grid by models.bundle.regrid), labels written;
 - ``bundle-invert``: the same with the Zoo spleen bundle's post-processing (softmax, Invertd of the
@@ -56,8 +58,24 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING_MM = 0.8
-PATHS = ("read", "meshnet", "nnunet", "bundle", "bundle-invert", "evaluate", "seg")
+PATHS = (
+    "read",
+    "meshnet",
+    "nnunet",
+    "nnunet-z",
+    "nnunet-zmask",
+    "bundle",
+    "bundle-invert",
+    "evaluate",
+    "seg",
+)
 BUNDLES = ("bundle", "bundle-invert")
+# nnU-Net rows: make_nnunet's kind and options
+NNUNET = {
+    "nnunet": ("single", []),
+    "nnunet-z": ("zscore", []),
+    "nnunet-zmask": ("zscore", ["--mask-for-norm"]),
+}
 
 
 def _vm_hwm_bytes() -> int:
@@ -128,7 +146,7 @@ def child(args: argparse.Namespace) -> None:
 
     volume = read_image([Path(args.image)])
     labels: np.ndarray | None = None
-    if args.child in ("meshnet", "nnunet", *BUNDLES):
+    if args.child in ("meshnet", *NNUNET, *BUNDLES):
         import torch
 
         from models.catalog import Catalog
@@ -239,25 +257,26 @@ def _setup_models(work: Path, paths: list[str], args: argparse.Namespace) -> dic
     extra: dict[str, list[str]] = {}
     if "meshnet" in paths:
         extra["meshnet"] = ["--models-dir", str(WEIGHTS), "--model-id", args.meshnet_model]
-    if "nnunet" in paths:
+    for path in (p for p in paths if p in NNUNET):
         from models.formats import InstallOptions
         from models.install import install_models
 
+        kind, flags = NNUNET[path]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        options = ["--kinds", "single", "--folds", "0", "--spacing", args.nnunet_spacing]
+        options = ["--kinds", kind, "--folds", "0", "--spacing", args.nnunet_spacing, *flags]
         options += ["--patch", args.nnunet_patch]
         subprocess.run(
-            [sys.executable, "-m", "models.testing.make_nnunet", str(work / "nnunet"), *options],
+            [sys.executable, "-m", "models.testing.make_nnunet", str(work / path), *options],
             cwd=REPO,
             env=env,
             capture_output=True,
             check=True,
         )
-        folder = work / "nnunet" / "results" / "Dataset991_TinyCT" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-        models_dir = work / "models-nnunet"
+        folder = next((work / path / "results").iterdir()) / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+        models_dir = work / f"models-{path}"
         install_models(folder, models_dir, options=InstallOptions(folds=(0,)))
         model_id = next(p.name for p in (models_dir / "nnunet").iterdir() if not p.name.startswith("."))
-        extra["nnunet"] = ["--models-dir", str(models_dir), "--model-id", model_id]
+        extra[path] = ["--models-dir", str(models_dir), "--model-id", model_id]
     for row in BUNDLES:
         if row not in paths:
             continue
@@ -347,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             n_bytes = int(np.prod(size)) * 2
             for path in paths:
                 voxels = int(np.prod(size))
-                limits = {"nnunet": args.max_voxels_nnunet, "seg": args.max_voxels_seg}
+                limits = {**dict.fromkeys(NNUNET, args.max_voxels_nnunet), "seg": args.max_voxels_seg}
                 limit = {**limits, **dict.fromkeys(BUNDLES, args.max_voxels_bundle)}.get(path)
                 label = "x".join(map(str, size))
                 if limit is not None and voxels > limit:

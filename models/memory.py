@@ -51,7 +51,12 @@ _PATHS: dict[str, _PathCost] = {
     # models.nnunet.preprocess) and the export in slabs: the label map, nnU-Net's un-cropping and the
     # transposed copy; measured 0.0 (256^3), 1.1 (512x512x400) and 1.7 (512x512x1500) (2026-11-28)
     "nnunet": _PathCost(GIB, 3.0),
-    # nnU-Net's own preprocessing (z-score and other schemes with statistics of the case): its float32 copy
+    # the same with a z-scored channel (ZScoreNormalization, models.nnunet.zscore): the statistics from planes
+    # add nothing per voxel, but with use_mask_for_norm (not on the card, so always counted) the filled
+    # non-zero mask is held (1 byte per cropped voxel) and scipy's binary_fill_holes needs about 3.3 more
+    # while it runs (mask and fill measured 4.3 bytes a voxel on a 512x512x400 brain-shaped mask, 2026-11-28)
+    "nnunet-zscore": _PathCost(GIB, 6.0),
+    # nnU-Net's own preprocessing (other schemes, e.g. RescaleTo01Normalization): its float32 copy
     # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
     "nnunet-own": _PathCost(GIB, 34.0),
     # TotalSegmentator's part models merged (models/totalseg): not re-measured, kept at nnU-Net's old figure
@@ -64,6 +69,7 @@ _PATHS: dict[str, _PathCost] = {
     "bundle": _PathCost(GIB, 60.0),
 }
 _PLANE_WISE_NORMALIZATION = ("CTNormalization", "NoNormalization")
+_ZSCORE = "ZScoreNormalization"
 _REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + the metrics' edge bit masks (<= 1 byte a voxel)
 _METRICS_BYTES = 160 << 20  # numba and the metrics' compiled loops, loaded at the first metrics (~135 MiB)
 _SEG_PER_VOXEL = 2.0  # labels read back + frames of the structures found (uint8 / bit-packed)
@@ -98,14 +104,19 @@ def path_of(card: ModelCard) -> str:
 
 
 def _cost_key(card: ModelCard) -> str:
-    """The card's row of _PATHS: its path, "nnunet-own" for nnU-Net models that take nnU-Net's own
-    preprocessing (a channel not CT-normalised nor unnormalised, or no normalisation recorded)."""
+    """The card's row of _PATHS: its path; for nnU-Net models "nnunet-zscore" where a channel is z-scored
+    and every other one CT-normalised or unnormalised (plane-wise too), "nnunet-own" where nnU-Net's own
+    preprocessing runs (another scheme, or no normalisation recorded)."""
     path = path_of(card)
     if path != "nnunet":
         return path
     schemes = card.input.get("normalization") if isinstance(card.input, dict) else None
-    if isinstance(schemes, list) and schemes and all(s in _PLANE_WISE_NORMALIZATION for s in schemes):
+    if not isinstance(schemes, list) or not schemes:
+        return "nnunet-own"
+    if all(s in _PLANE_WISE_NORMALIZATION for s in schemes):
         return "nnunet"
+    if all(s in (*_PLANE_WISE_NORMALIZATION, _ZSCORE) for s in schemes):
+        return "nnunet-zscore"
     return "nnunet-own"
 
 

@@ -17,10 +17,11 @@ sliding-window step (each fold's) is reported as progress, and ``is_cancelled`` 
 when it says stop, the remaining steps are skipped without running the network and
 :class:`models.card.Cancelled` is raised once nnU-Net's window loop has ended (so its producer thread ends).
 
-Memory: for CT-style models (DefaultPreprocessor, CTNormalization or no normalisation, order-3 resampling,
-also split by axis for anisotropic spacings) the preprocessing works from views of the scan, without
-nnU-Net's float32 and float64 copies of the whole scan; other models take nnU-Net's own preprocessing (its
-float32 copy of the image, float64 resampling at full resolution). nnU-Net keeps the logits of every output
+Memory: for models with DefaultPreprocessor, order-3 resampling (also split by axis for anisotropic
+spacings) and CTNormalization, no normalisation or ZScoreNormalization (with or without use_mask_for_norm:
+MR models) the preprocessing works from views of the scan, without nnU-Net's float32 and float64 copies of
+the whole scan; other models take nnU-Net's own preprocessing (its float32 copy of the image, float64
+resampling at full resolution). nnU-Net keeps the logits of every output
 channel on the model's grid (on the CPU unless the device is CUDA). The export holds the label map and a
 slab of planes per channel; ``bench/nnunet.py`` and ``bench/memory.py`` measure the peak.
 """

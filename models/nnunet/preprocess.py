@@ -9,9 +9,12 @@ volumes (no copy of the scan):
 
 - the box: filling holes adds only voxels enclosed by the mask, inside its bounding box, so the box of the
   filled mask is the box of the mask itself, found here plane by plane (``acvl_utils``' half-open box);
-- normalisation: nnU-Net's own normaliser objects, run on each float32 plane; taken only for the schemes that
-  work voxel by voxel with no statistics of the case (``CTNormalization``, ``NoNormalization``) and without
-  ``use_mask_for_norm``;
+- normalisation: nnU-Net's own normaliser objects, run on each float32 plane, for the schemes that work
+  voxel by voxel with no statistics of the case (``CTNormalization``, ``NoNormalization``; both ignore
+  ``use_mask_for_norm``); ``ZScoreNormalization`` with the case's mean and std computed from planes in
+  numpy's order of summation, so bit for bit nnU-Net's (:mod:`models.nnunet.zscore`), with or without
+  ``use_mask_for_norm``. With it the filled non-zero mask of the crop is held (bool, 1 byte per cropped
+  voxel; scipy's ``binary_fill_holes`` as nnU-Net calls it, about 3 bytes more per voxel while it runs);
 - resampling: :func:`models.nnunet.resample.zoom_cubic_planes`, then skimage's clip to the channel's range
   and the float32 assignment nnU-Net makes; for anisotropic spacings (nnU-Net's separate-z resampling, with
   nearest neighbour across the slices) each slice's in-plane resize, as each output slice needs it; without
@@ -30,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from models.nnunet import zscore
 from models.nnunet.resample import zoom_cubic_planes, zoom_shape
+from models.nnunet.zscore import ZScore
 from segserve.imaging.volume import Volume
 
 
@@ -61,23 +66,46 @@ def _box(planes: Sequence[np.ndarray], dtype: np.dtype) -> list[list[int]] | Non
 
 
 def _normalizers(configuration_manager: Any, intensity_properties: dict, channels: int) -> list[Any] | None:
-    """nnU-Net's normaliser per channel (as its _normalize makes them), or None: not a plane-wise scheme."""
+    """Per channel nnU-Net's normaliser (as its _normalize makes it) for the voxel-by-voxel schemes, which
+    ignore the mask, or ``"zscore"`` / ``"zscore-masked"`` (ZScoreNormalization without / with
+    use_mask_for_norm, see models.nnunet.zscore); None: another scheme."""
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
         CTNormalization,
         NoNormalization,
     )
 
     classes = {"CTNormalization": CTNormalization, "NoNormalization": NoNormalization}
-    out = []
+    out: list[Any] = []
     for c in range(channels):
         scheme = configuration_manager.normalization_schemes[c]
         use_mask = configuration_manager.use_mask_for_norm[c]
-        if scheme not in classes or use_mask:
+        if scheme == "ZScoreNormalization":
+            if not zscore.numpy_order_holds():
+                return None
+            out.append("zscore-masked" if use_mask else "zscore")
+            continue
+        if scheme not in classes:
             return None
         out.append(
             classes[scheme](use_mask_for_norm=use_mask, intensityproperties=intensity_properties.get(str(c)))
         )
     return out
+
+
+def _filled_mask(planes: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """nnU-Net's non-zero mask of the cropped channels ((d0, d1, d2) views): ``binary_fill_holes`` of
+    ``any(channel != 0)`` (its create_nonzero_mask; filling in the crop is filling in the whole image: the
+    crop's faces border background or the image's faces), bool (d0, d1, d2)."""
+    from scipy.ndimage import binary_fill_holes
+
+    mask = np.zeros(planes[0].shape, dtype=bool)
+    for i in range(int(planes[0].shape[0])):
+        for channel in planes:
+            mask[i] |= np.asarray(channel[i], dtype=dtype).astype(np.float32) != 0
+    if mask.all():
+        return mask
+    filled: np.ndarray = binary_fill_holes(mask)
+    return filled
 
 
 def _resampling(configuration_manager: Any) -> dict[str, Any] | None:
@@ -118,6 +146,41 @@ def _separate_z(
             values = plane(source).astype(np.float64)
             cached = (source, resize(values, in_plane, order, mode="edge", anti_aliasing=False))
         out[(slice(None),) * axis + (j,)] = cached[1]
+
+
+def _float_planes(volume: np.ndarray, dtype: np.dtype) -> Callable[[int], np.ndarray]:
+    """Plane ``i`` (first axis) of a 3D view as nnU-Net's float32 copy has it: via ``dtype``, then float32."""
+
+    def plane(i: int) -> np.ndarray:
+        return np.asarray(volume[i], dtype=dtype).astype(np.float32)
+
+    return plane
+
+
+def _zscores(
+    normalizers: Sequence[Any],
+    arrays: Sequence[np.ndarray],
+    cropped: Sequence[np.ndarray],
+    box: Sequence[Sequence[int]],
+    transpose_forward: Sequence[int],
+    dtype: np.dtype,
+) -> tuple[dict[int, ZScore], np.ndarray | None]:
+    """The z-scored channels' statistics (channel -> ZScore, as nnU-Net computes them) and the filled
+    non-zero mask (bool, the crop's transposed shape) where one of them uses it, else None.
+
+    ``arrays``: the (I, J, K) scans; ``cropped``: their transposed crops; ``box``: the crop in transposed
+    axes. The unmasked statistics follow the memory order of nnU-Net's C-contiguous (z, y, x) copy."""
+    mask = _filled_mask(cropped, dtype) if "zscore-masked" in normalizers else None
+    reader_box = [box[list(transpose_forward).index(axis)] for axis in range(3)]
+    out: dict[int, ZScore] = {}
+    for c, kind in enumerate(normalizers):
+        if kind == "zscore-masked" and mask is not None:
+            out[c] = zscore.masked(_float_planes(cropped[c], dtype), mask)
+        elif kind == "zscore":
+            zyx = arrays[c].transpose(2, 1, 0)
+            crop = zyx[tuple(slice(lo, hi) for lo, hi in reader_box)]
+            out[c] = zscore.unmasked(_float_planes(crop, dtype), crop.shape, zyx.shape)
+    return out, mask
 
 
 def preprocess(
@@ -170,10 +233,15 @@ def preprocess(
     if resample and not separate_z and zoom_shape(shape, new_shape)[0] != tuple(new_shape):
         return None
 
+    scores, mask = _zscores(normalizers, arrays, cropped, box, plans_manager.transpose_forward, dtype)
+
     def normalized(channel: int, axis: int = 0) -> Callable[[int], np.ndarray]:
         def plane(i: int) -> np.ndarray:
             where = (slice(None),) * axis + (i,)
             values = np.asarray(cropped[channel][where], dtype=dtype).astype(np.float32)
+            if channel in scores:
+                inside = mask[where] if mask is not None and normalizers[channel] == "zscore-masked" else None
+                return scores[channel].apply(values, inside)
             return np.asarray(normalizers[channel].run(values, None), dtype=np.float32)
 
         return plane

@@ -1,6 +1,7 @@
 """Small REAL nnU-Net v2 models, made here with nnU-Net's own tools, for tests and benches without internet.
 
-Run: ``python -m models.testing.make_nnunet OUT [--kinds single,multi,regions] [--folds 0,1]``
+Run: ``python -m models.testing.make_nnunet OUT [--kinds single,multi,regions,zscore] [--folds 0,1]
+[--mask-for-norm]``
 (nnU-Net reads its folders from environment variables at import, so this runs in its own process and sets
 ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` under OUT before importing it).
 
@@ -15,6 +16,11 @@ What it does, for each kind:
      first); same labels.
    - ``regions`` (Dataset993): region-based: "organ" = liver or tumour (values 1, 2), "tumour" = 2, with
      ``regions_class_order`` [1, 2]; the abdominal and spleen cases have no tumour.
+   - ``zscore`` (Dataset994, not built by default): as ``single``, its channel named "zscore", so nnU-Net's
+     planner gives it ZScoreNormalization (the scheme of MR and most non-CT models: the case's own mean and
+     std). ``--mask-for-norm`` sets ``use_mask_for_norm`` for every channel (nnU-Net's planner sets it
+     itself only where cropping to the non-zero region shrinks the images by a quarter, as for skull-stripped
+     MRIs).
 2. Plans and preprocesses it with nnU-Net's Python API (``extract_fingerprints``, ``plan_experiments``,
    ``preprocess``), after shrinking the planned 3d_fullres configuration to a CPU-sized one (target spacing
    6 mm unless ``--spacing``, patch 16x32x32, 3 stages, 4..16 features). Editing plans.json is how nnU-Net
@@ -43,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-KINDS = {"single": 991, "multi": 992, "regions": 993}
-NAMES = {"single": "TinyCT", "multi": "TinyCT2ch", "regions": "TinyCTRegions"}
+KINDS = {"single": 991, "multi": 992, "regions": 993, "zscore": 994}
+NAMES = {"single": "TinyCT", "multi": "TinyCT2ch", "regions": "TinyCTRegions", "zscore": "TinyCTZScore"}
 TRAINER_DIR = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 ITERATIONS = 4
 SPACING = (6.0, 6.0, 6.0)  # (z, y, x) mm: a few overlapping windows per case, seconds on 2 cores
@@ -108,8 +114,9 @@ def write_raw(kind: str, raw: Path, data: Path) -> Path:
         lab_header = image.header.copy()
         lab_header.set_data_dtype(np.uint8)
         nib.save(nib.Nifti1Image(labels, image.affine, lab_header), folder / "labelsTr" / f"{case}.nii.gz")
+    channel_names = {"multi": {"0": "CT", "1": "smoothed"}, "zscore": {"0": "zscore"}}
     dataset: dict[str, Any] = {
-        "channel_names": {"0": "CT", "1": "smoothed"} if kind == "multi" else {"0": "CT"},
+        "channel_names": channel_names.get(kind, {"0": "CT"}),
         "numTraining": len(cases),
         "file_ending": ".nii.gz",
         "name": NAMES[kind],
@@ -125,12 +132,17 @@ def write_raw(kind: str, raw: Path, data: Path) -> Path:
 
 
 def shrink_plans(
-    plans_file: Path, spacing: tuple[float, ...] = SPACING, patch: tuple[int, ...] = PATCH
+    plans_file: Path,
+    spacing: tuple[float, ...] = SPACING,
+    patch: tuple[int, ...] = PATCH,
+    mask_for_norm: bool = False,
 ) -> None:
     """A CPU-sized 3d_fullres: target spacing ``spacing`` (z, y, x) mm, patch ``patch`` (divisible by 4),
-    3 stages of 4/8/16 features, batch 2."""
+    3 stages of 4/8/16 features, batch 2; ``mask_for_norm``: ``use_mask_for_norm`` on for every channel."""
     plans = json.loads(plans_file.read_text())
     config = plans["configurations"]["3d_fullres"]
+    if mask_for_norm:
+        config["use_mask_for_norm"] = [True] * len(config["use_mask_for_norm"])
     config["spacing"] = [float(s) for s in spacing]
     config["patch_size"] = [int(p) for p in patch]
     config["batch_size"] = 2
@@ -231,6 +243,7 @@ def make(
     train: bool = False,
     spacing: tuple[float, ...] = SPACING,
     patch: tuple[int, ...] = PATCH,
+    mask_for_norm: bool = False,
 ) -> Path:
     """Build the model of ``kind`` under ``out`` (target spacing ``spacing``, z y x mm); returns its trained
     model folder."""
@@ -246,7 +259,7 @@ def make(
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
     plan_experiments([dataset_id])
     pre = Path(nnUNet_preprocessed) / raw.name
-    shrink_plans(pre / "nnUNetPlans.json", spacing, patch)
+    shrink_plans(pre / "nnUNetPlans.json", spacing, patch, mask_for_norm)
     model_folder = Path(nnUNet_results) / raw.name / TRAINER_DIR
     if not train:
         model_folder.mkdir(parents=True, exist_ok=True)
@@ -277,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="shared/data folder")
     parser.add_argument("--spacing", default="6,6,6", help="target spacing z,y,x in mm")
     parser.add_argument("--patch", default="16,32,32", help="patch size z,y,x (each divisible by 4)")
+    parser.add_argument("--mask-for-norm", action="store_true", help="use_mask_for_norm for every channel")
     parser.add_argument(
         "--train", action="store_true", help="train each fold (slow) instead of writing initial checkpoints"
     )
@@ -296,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--kinds: unknown kind {kind!r}, choose from {sorted(KINDS)}")
         spacing = tuple(float(v) for v in args.spacing.split(","))
         patch = tuple(int(v) for v in args.patch.split(","))
-        folder = make(kind, out, folds, args.data or shared_data(), args.train, spacing, patch)
+        data = args.data or shared_data()
+        folder = make(kind, out, folds, data, args.train, spacing, patch, args.mask_for_norm)
         print(f"{kind}\t{folder}")
     return 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from models.card import ModelCard
 from models.catalog import builtin_cards
 from models.memory import GIB, check_job_memory, estimate_job_bytes, path_of
 from segserve.config import Settings
@@ -73,12 +74,23 @@ def test_budget_from_settings_wins_and_api_ignores_its_cgroup() -> None:
 
 
 def test_nnunet_estimate_follows_its_preprocessing() -> None:
-    """CT-normalised nnU-Net models are preprocessed plane by plane (a few bytes a voxel); a z-scored
-    channel takes nnU-Net's own preprocessing (float32 and float64 copies of the scan)."""
+    """CT-normalised nnU-Net models are preprocessed plane by plane (a few bytes a voxel), z-scored channels
+    too (plus the filled mask of use_mask_for_norm); another scheme takes nnU-Net's own preprocessing
+    (float32 and float64 copies of the scan)."""
     ct = (512, 512, 400)
-    planes = replace(NNUNET, input={**NNUNET.input, "normalization": ["CTNormalization"]})
-    own = replace(NNUNET, input={**NNUNET.input, "normalization": ["CTNormalization", "ZScoreNormalization"]})
-    low, high = estimate_job_bytes(planes, ct, 2), estimate_job_bytes(own, ct, 2)
+    voxels = 512 * 512 * 400
+
+    def card(*schemes: str) -> ModelCard:
+        return replace(NNUNET, input={**NNUNET.input, "normalization": list(schemes)})
+
+    low = estimate_job_bytes(card("CTNormalization"), ct, 2)
+    zscored = estimate_job_bytes(card("CTNormalization", "ZScoreNormalization"), ct, 2, channels=2)
+    mr = estimate_job_bytes(card("ZScoreNormalization"), ct, 2)
+    high = estimate_job_bytes(card("ZScoreNormalization", "RescaleTo01Normalization"), ct, 2, channels=2)
     assert low.total_bytes <= low.input_bytes * 3 + low.model_bytes + GIB
-    assert high.total_bytes > low.total_bytes + 20 * 512 * 512 * 400
-    assert estimate_job_bytes(NNUNET, ct, 2).total_bytes == high.total_bytes  # nothing recorded: own path
+    # issue #17: within 4 x the input's bytes (+ process and model), and above the measured 4.3 a voxel
+    assert voxels * (2 + 4.3) < mr.total_bytes - mr.model_bytes - GIB // 2 <= mr.input_bytes * 4
+    assert zscored.total_bytes <= zscored.input_bytes * 4 + zscored.model_bytes + GIB // 2
+    assert high.total_bytes > zscored.total_bytes + 2 * 20 * voxels
+    assert estimate_job_bytes(NNUNET, ct, 2).total_bytes == estimate_job_bytes(card("X"), ct, 2).total_bytes
+    assert estimate_job_bytes(NNUNET, ct, 2).total_bytes > mr.total_bytes + 20 * voxels  # nothing recorded
