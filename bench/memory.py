@@ -196,7 +196,7 @@ def _seg_child(args: argparse.Namespace) -> np.ndarray:
     nifti = Path(args.out)
     write_labels_nifti(labels, volume, nifti)
     card = builtin_cards()[0]
-    export_job_seg(series, nifti, card, nifti.with_suffix(".dcm"), volume=volume)
+    export_job_seg(series, nifti, card, nifti.with_suffix(".dcm"), volume=volume, labels=labels)
     return labels
 
 

@@ -240,6 +240,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                     files.seg,
                     job_id=job.id,
                     volume=image,
+                    labels=labels,  # as written above: the label volume is not read back
                 )
                 if seg is not None and settings.dicomweb_push_url:
                     _push_seg(settings, seg, job)

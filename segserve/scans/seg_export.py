@@ -137,6 +137,7 @@ def export_job_seg(
     card: ModelCardLike,
     out_path: Path,
     volume: Volume | None = None,
+    labels: np.ndarray | None = None,
 ) -> Path:
     """Write the SEG of a finished job to `out_path` atomically and return `out_path`.
 
@@ -148,13 +149,16 @@ def export_job_seg(
         out_path: where the SEG goes (`JobFiles.seg`).
         volume: the input as `read_image(job_files_image_paths)` returned it, when the caller has it
             (only the headers are then read again).
+        labels: the label array written to `labels_path`, when the caller still holds it (only the
+            NIfTI's header is then read: no second copy of the label volume in memory).
 
     Raises:
         ImageError (re-reading the input), SegExportError / EmptySegmentation, OSError.
     """
     volume, datasets = read_dicom_volume_and_datasets(job_files_image_paths, volume)
     image = nib.load(str(labels_path))
-    labels = np.asarray(image.dataobj)  # type: ignore[attr-defined]
+    if labels is None:
+        labels = np.asarray(image.dataobj)  # type: ignore[attr-defined]
     if labels.shape != volume.shape:
         raise SegExportError(
             f"the result's shape {labels.shape} is not the series' shape {volume.shape}", code="grid_mismatch"
@@ -184,11 +188,12 @@ def try_export_job_seg(
     *,
     job_id: str = "",
     volume: Volume | None = None,
+    labels: np.ndarray | None = None,
 ) -> Path | None:
     """`export_job_seg`, but never raising: on failure it logs (no patient data) and records the reason
     next to `out_path` (`<out_path>.error.json`: {"code", "detail"}) for `seg_result_path`; returns None."""
     try:
-        return export_job_seg(job_files_image_paths, labels_path, card, out_path, volume)
+        return export_job_seg(job_files_image_paths, labels_path, card, out_path, volume, labels)
     except Exception as exc:
         from celery.exceptions import SoftTimeLimitExceeded
 

@@ -41,3 +41,25 @@ def test_export_with_the_read_volume_reads_headers_only(tmp_path: Path) -> None:
     assert int(seg.NumberOfFrames) == 3 and seg.SegmentSequence[0].SegmentLabel == "liver"
     with pytest.raises(ImageError):
         export_job_seg(paths, tmp_path / "labels.nii.gz", _Card(), tmp_path / "again.dcm")
+
+
+def test_export_with_the_written_labels_reads_only_the_nifti_header(tmp_path: Path) -> None:
+    """Given the label array it wrote, the export takes the grid from the NIfTI's header and the voxels
+    from the array: a label file whose voxel data is gone still exports, and the SEG holds those labels."""
+    require_shared()
+    paths = []
+    for n, ds in enumerate(ct_series()):
+        ds.save_as(tmp_path / f"{n}.dcm")
+        paths.append(tmp_path / f"{n}.dcm")
+    volume = read_image(paths)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[200:300, 150:250, 1:] = 1
+    nifti = tmp_path / "labels.nii"
+    write_labels_nifti(labels, volume, nifti)
+    nifti.write_bytes(nifti.read_bytes()[:352])  # the header alone: reading the voxels cannot succeed
+
+    out = export_job_seg(paths, nifti, _Card(), tmp_path / "seg.dcm", volume, labels)
+    seg = hd.seg.segread(out)
+    assert int(seg.NumberOfFrames) == 2  # the two slices that hold the structure
+    with pytest.raises(Exception):  # noqa: B017 - nibabel's own error for the missing voxels
+        export_job_seg(paths, nifti, _Card(), tmp_path / "again.dcm", volume)
