@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import SpatialResample
 
-from models.bundle.regrid import grid_linspace, slab_grid
+from models.bundle.regrid import GridBuffers, grid_linspace, slab_grid
 
 SLAB_VOXELS = 1 << 20  # output voxels per slab (about 56 MiB of float64 grids), and input voxels it reads
 # dtypes whose every value float32 holds exactly: converting them to float64 directly or through float32
@@ -113,6 +113,7 @@ def resample_slabs(
     try:
         buffer = torch.frombuffer(memory, dtype=dtype, count=count).view(1, channels, *in_size)
         step = max(1, SLAB_VOXELS // max(1, out_size[1] * out_size[2]))
+        grids = GridBuffers(out_size, step, theta.dtype)  # one pair of grids for every slab
         start = 0
         while start < out_size[0]:
             stop = min(start + step, out_size[0])
@@ -121,7 +122,7 @@ def resample_slabs(
             if read > SLAB_VOXELS and stop - start > 1:  # a slab reads at most SLAB_VOXELS input voxels
                 step = max(1, (stop - start) // 2)
                 continue
-            grid = slab_grid(theta, out_size, start, stop)
+            grid = slab_grid(theta, out_size, start, stop, grids)
             part = source[(slice(None), *box)]
             buffer[(0, slice(None), *box)].copy_(part if direct else part.to(load_dtype))
             values = F.grid_sample(buffer, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
@@ -130,7 +131,7 @@ def resample_slabs(
             del values, slab, part, grid
             memory.madvise(mmap.MADV_DONTNEED)  # the written pages are given back (zero when read again)
             start = stop
-        del buffer
+        del buffer, grids
     finally:
         memory.close()
     return out

@@ -64,9 +64,26 @@ def test_slab_grids_equal_affine_grid_of_the_whole(size: tuple, dtype: torch.dty
     theta = torch.tensor(matrix, dtype=dtype)[None]
     whole = F.affine_grid(theta, [1, 1, *size], align_corners=False)
     step = 7
+    buffers = regrid.GridBuffers(size, step, dtype)  # reused by every slab, the last one shorter
     for start in range(0, size[0], step):
         stop = min(start + step, size[0])
         assert torch.equal(regrid.slab_grid(theta, size, start, stop), whole[:, start:stop])
+        assert torch.equal(regrid.slab_grid(theta, size, start, stop, buffers), whole[:, start:stop])
+    for start in (size[0] - 1, 0):  # backwards, one plane: the buffers keep nothing of earlier slabs
+        assert torch.equal(
+            regrid.slab_grid(theta, size, start, start + 1, buffers), whole[:, start : start + 1]
+        )
+
+
+def test_slab_grid_refuses_buffers_that_do_not_fit() -> None:
+    theta = torch.eye(3, 4, dtype=torch.float64)[None]
+    buffers = regrid.GridBuffers((10, 4, 5), 2, torch.float64)
+    with pytest.raises(ValueError, match="do not fit"):
+        regrid.slab_grid(theta, (10, 4, 5), 0, 3, buffers)
+    with pytest.raises(ValueError, match="do not fit"):
+        regrid.slab_grid(theta, (10, 4, 6), 0, 2, buffers)
+    with pytest.raises(ValueError, match="do not fit"):
+        regrid.slab_grid(theta.float(), (10, 4, 5), 0, 2, buffers)
 
 
 @pytest.mark.parametrize("high", [5.0, 400.0])
