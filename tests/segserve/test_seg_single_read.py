@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from segserve.imaging.errors import ImageError
+from segserve.imaging.volume import Volume
 from segserve.imaging.writers import write_labels_nifti
 from segserve.scans.readers import read_image
 from segserve.scans.seg_export import export_job_seg
@@ -23,13 +24,18 @@ class _Card:
     id, version, labels, colors = "m", "1", {0: "background", 1: "liver"}, {1: (200, 80, 60)}
 
 
-def test_export_with_the_read_volume_reads_headers_only(tmp_path: Path) -> None:
+def _saved_series(folder: Path) -> tuple[list[Path], Volume]:
+    """The 3-slice real CT series saved as files in `folder`, and the volume read from them."""
     require_shared()
     paths = []
     for n, ds in enumerate(ct_series()):
-        ds.save_as(tmp_path / f"{n}.dcm")
-        paths.append(tmp_path / f"{n}.dcm")
-    volume = read_image(paths)
+        ds.save_as(folder / f"{n}.dcm")
+        paths.append(folder / f"{n}.dcm")
+    return paths, read_image(paths)
+
+
+def test_export_with_the_read_volume_reads_headers_only(tmp_path: Path) -> None:
+    paths, volume = _saved_series(tmp_path)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[200:300, 150:250, :] = 1
     write_labels_nifti(labels, volume, tmp_path / "labels.nii.gz")
@@ -46,12 +52,7 @@ def test_export_with_the_read_volume_reads_headers_only(tmp_path: Path) -> None:
 def test_export_with_the_written_labels_reads_only_the_nifti_header(tmp_path: Path) -> None:
     """Given the label array it wrote, the export takes the grid from the NIfTI's header and the voxels
     from the array: a label file whose voxel data is gone still exports, and the SEG holds those labels."""
-    require_shared()
-    paths = []
-    for n, ds in enumerate(ct_series()):
-        ds.save_as(tmp_path / f"{n}.dcm")
-        paths.append(tmp_path / f"{n}.dcm")
-    volume = read_image(paths)
+    paths, volume = _saved_series(tmp_path)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     labels[200:300, 150:250, 1:] = 1
     nifti = tmp_path / "labels.nii"
