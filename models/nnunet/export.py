@@ -107,16 +107,13 @@ def logits_to_labels(
     Same arguments and result as nnU-Net's
     ``convert_predicted_logits_to_segmentation_with_correct_shape(..., return_probabilities=False)``.
     """
-    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
-
     transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
     target_shape = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
     spacing = configuration_manager.spacing
     current = spacing if len(spacing) == len(target_shape) else [transposed[0], *spacing]
     data = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    dtype = np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
-    segmentation = np.zeros(target_shape, dtype=np.uint16 if label_manager.has_regions else dtype)
-    order = _slab_order(configuration_manager, target_shape, current, transposed)
+    segmentation = empty_labels(label_manager, target_shape)
+    order = export_order(configuration_manager, plans_manager, properties)
     if (
         order is not None
         and len(target_shape) == 3
@@ -133,11 +130,42 @@ def logits_to_labels(
             data, target_shape, configuration_manager, current, transposed
         ):
             best = _label_channel(segmentation, best, channel, resampled, label_manager)
-    out = np.zeros(properties["shape_before_cropping"], dtype=dtype)
+    return uncrop(segmentation, plans_manager, label_manager, properties)
+
+
+def export_order(configuration_manager: Any, plans_manager: Any, properties: dict) -> int | None:
+    """The spline order of the probabilities' resampling where the export can run in slabs, else None."""
+    transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    target_shape = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
+    spacing = configuration_manager.spacing
+    current = spacing if len(spacing) == len(target_shape) else [transposed[0], *spacing]
+    return _slab_order(configuration_manager, target_shape, current, transposed)
+
+
+def empty_labels(label_manager: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The export's label map on the cropped grid before any slab is labelled (uint16 for region models)."""
+    return np.zeros(shape, dtype=np.uint16 if label_manager.has_regions else _labels_dtype(label_manager))
+
+
+def label_slab(segmentation: np.ndarray, logits: np.ndarray, label_manager: Any) -> None:
+    """Labels of planes whose (C, n, ...) logits are already on the original grid, into ``segmentation`` (a
+    view of those n planes): the export's labelling where no resampling is needed."""
+    _label(segmentation, (logits[c] for c in range(len(logits))), label_manager)
+
+
+def uncrop(segmentation: np.ndarray, plans_manager: Any, label_manager: Any, properties: dict) -> np.ndarray:
+    """nnU-Net's ``insert_crop_into_image`` into the uncropped shape, then its ``transpose_backward``."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+    out = np.zeros(properties["shape_before_cropping"], dtype=_labels_dtype(label_manager))
     out = insert_crop_into_image(out, segmentation, properties["bbox_used_for_cropping"])
     if isinstance(out, torch.Tensor):
         out = out.cpu().numpy()
     return np.asarray(out).transpose(plans_manager.transpose_backward)
+
+
+def _labels_dtype(label_manager: Any) -> type:
+    return np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16
 
 
 def _label(segmentation: np.ndarray, planes: Iterator[np.ndarray], label_manager: Any) -> None:

@@ -41,9 +41,10 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from models.calibration import installed_records, precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
-from models.nnunet.export import logits_to_labels
+from models.nnunet.export import empty_labels, export_order, label_slab, logits_to_labels, uncrop
 from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
 from models.nnunet.preprocess import preprocess
+from models.nnunet.streaming import stream_labels, streams
 from segserve.imaging.volume import Volume
 
 # Share of the progress bar before the windows (preprocessing) and after them (export).
@@ -119,6 +120,7 @@ class NnunetRunner:
         # the preprocessing, nnU-Net's logit accumulation and the export are the same as in fp32.
         self.precision = "fp32"
         self.last_preprocessing = ""  # "planes" or "nnunet": which preprocessing the last case took
+        self.last_logits = ""  # "slabs" (models.nnunet.streaming) or "whole": the last case's logits
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -197,25 +199,42 @@ class NnunetRunner:
         threads = torch.get_num_threads()
         try:
             case = self._preprocess(volumes)
-            bf16 = self.precision == "bf16" and self.device.type == "cpu"
-            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-                logits = runner.predict_logits_from_preprocessed_data(case["data"]).cpu()
-            del case["data"]
-            if stop():
-                raise Cancelled()
-            labels = logits_to_labels(
-                logits,
-                runner.plans_manager,
-                runner.configuration_manager,
-                runner.label_manager,
-                case["data_properties"],
-            )
+            labels = self._labels(case)
         finally:
             torch.set_num_threads(threads)  # nnU-Net changes it and does not restore it on an exception
             runner.on_step, runner.is_cancelled = (lambda _d, _t: None), (lambda: False)
         out = labels_to_volume_grid(labels)
         report(1.0)
         return out
+
+    def _labels(self, case: dict[str, Any]) -> np.ndarray:
+        """nnU-Net's label map (its (z, y, x) order, uncropped) for a preprocessed case; ``case["data"]`` is
+        dropped on the way. Logits finished a slab at a time where the export needs no resampling
+        (:mod:`models.nnunet.streaming`), else nnU-Net's whole-grid logits and the export in slabs."""
+        runner = self.predictor
+        properties = case["data_properties"]
+        bf16 = self.precision == "bf16" and self.device.type == "cpu"
+        target = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
+        order = export_order(runner.configuration_manager, runner.plans_manager, properties)
+        self.last_logits = "slabs" if streams(runner, tuple(case["data"].shape), target, order) else "whole"
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            if self.last_logits == "slabs":
+                segmentation = empty_labels(runner.label_manager, target)
+                stream_labels(
+                    runner,
+                    case.pop("data"),
+                    lambda planes, logits: label_slab(segmentation[planes], logits, runner.label_manager),
+                    lambda: runner.stopped,
+                )
+                if runner.stopped or runner.is_cancelled():
+                    raise Cancelled()
+                return uncrop(segmentation, runner.plans_manager, runner.label_manager, properties)
+            logits = runner.predict_logits_from_preprocessed_data(case.pop("data")).cpu()
+        if runner.stopped or runner.is_cancelled():
+            raise Cancelled()
+        return logits_to_labels(
+            logits, runner.plans_manager, runner.configuration_manager, runner.label_manager, properties
+        )
 
 
 class NnunetPredictor:
