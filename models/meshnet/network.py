@@ -8,7 +8,6 @@ yields after every step so a caller can report progress and stop early.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Generator
 
@@ -49,58 +48,135 @@ def _conv3d(layer: Conv3DLayer) -> nn.Conv3d:
     return conv
 
 
-# Dilation from which a bf16 step's convolution runs as an undilated one on space-to-batch blocks: oneDNN's
-# bf16 kernels for large dilations are several times slower than for dilation 1 (measured on an AMX Xeon with
-# torch 2.13, 30 channels on 128^3: dilation 8 2.13 s direct vs 0.38 s as blocks, 16: 8.73 vs 0.64; dilation
-# 4 about equal, 2 faster direct); fp32 kernels are not (dilation 8 1.58 s direct vs 2.25 s as blocks).
-BLOCK_DILATION = 8
+# Dilation from which a bf16 step's convolution runs on space-to-batch blocks (SpaceToBatchConv3d), and the
+# blocks' base: oneDNN's bf16 kernels slow down steeply with the dilation (AMX Xeon, torch 2.13, 30 channels
+# on 128^3: dilation 1 0.34 s, 2 0.49 s, 4 0.70 s, 8 2.13 s, 16 8.73 s); fp32 kernels do not (dilation 8
+# 1.58 s direct, 2.25 s as blocks), so only the bf16 twin uses them. brain-mri-structures' bf16 forward on
+# subject-a: 12.64 s direct, 3.67 s with base 8, 3.42 s with base 4 (dilations 4, 8, 16, 8, 4 run as 1, 2, 4,
+# 2, 1 on one set of 4^3 blocks); labels the same in all three (2026-11-28).
+BLOCK_DILATION = 4
+
+
+_ELEMENTWISE = (nn.ELU, nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh)
+
+
+class BlockGrid:
+    """The full grid's spatial size, shared by the steps of one run of :class:`SpaceToBatchConv3d`: set by the
+    run's first step (the one that makes the blocks), read by the later ones. One forward at a time."""
+
+    size: tuple[int, int, int] = (0, 0, 0)
 
 
 class SpaceToBatchConv3d(nn.Module):
-    """A stride-1 Conv3d with equal dilation ``d`` on every axis and "same" padding, computed as an undilated
-    convolution (padding 1) of the ``d^3`` interleaved sub-grids ``x[..., a::d, b::d, c::d]`` stacked as a
-    batch, then put back in place (TensorFlow's ``space_to_batch`` way of running atrous convolutions).
+    """A stride-1 3x3x3 Conv3d with dilation ``d`` (a multiple of ``base``) and "same" padding, computed on
+    the ``base^3`` interleaved sub-grids ``x[..., a::base, b::base, c::base]`` stacked as a batch, as a
+    convolution with dilation ``d / base`` (TensorFlow's ``space_to_batch`` way of running atrous
+    convolutions); oneDNN's bf16 kernels are much faster at small dilations.
 
     Each output voxel is the same sum of the same products (weights and input voxels), the zero padding too;
-    only the kernel that sums them differs. Sizes not divisible by ``d`` are zero-padded at their far end
-    (the convolution's own zero padding) and the output cropped. Input (1, C, D, H, W), channels_last_3d
-    preferred (one copy each way); output (1, C_out, D, H, W), a channels-last view.
+    only the kernel that sums them differs. Sizes not divisible by ``base`` are zero-padded at their far end
+    (the convolution's own zero padding). Consecutive steps share the blocks: the first of a run (``enter``)
+    takes (1, C, D, H, W) (channels_last_3d preferred: one copy) and makes (base^3, C, D', H', W'), every
+    later one first zeroes the padding voxels (the previous step's activation made them non-zero), the last
+    (``leave``) puts the output back, (1, C_out, D, H, W), a channels-last view. Between steps of a run only
+    elementwise activations may act on the blocks.
     """
 
-    def __init__(self, conv: nn.Conv3d) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv3d,
+        base: int,
+        *,
+        enter: bool = True,
+        leave: bool = True,
+        grid: BlockGrid | None = None,
+    ) -> None:
         super().__init__()
         d = conv.dilation[0]
         if set(conv.dilation) != {d} or conv.stride != (1, 1, 1) or conv.kernel_size != (3, 3, 3):
             raise ValueError(f"needs a stride-1 3x3x3 convolution with one dilation, got {conv}")
         if conv.padding != (d, d, d):
             raise ValueError(f"needs 'same' padding {d}, got {conv.padding}")
-        self.dilation = d
+        if d % base:
+            raise ValueError(f"dilation {d} is not a multiple of the blocks' base {base}")
+        self.base, self.inner, self.enter, self.leave = base, d // base, enter, leave
+        self.grid = grid if grid is not None else BlockGrid()
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.dilation
+        conv = self.conv
+        blocks = self._blocks(x) if self.enter else self._zero_padding(x)
+        del x
+        out = F.conv3d(blocks, conv.weight, conv.bias, 1, self.inner, self.inner)
+        del blocks
+        return self._unblock(out) if self.leave else out
+
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.base
         n, c, *size = x.shape
         if n != 1:
-            return self.conv(x)
-        conv = self.conv
-        shape = [-(-s // d) for s in size]  # sub-grid sizes; the input is zero-padded at the far ends to
-        full = [s * d for s in shape]  # whole multiples of d, which is the convolution's own zero padding
+            raise ValueError(f"takes a batch of one, got {n}")
+        self.grid.size = (size[0], size[1], size[2])
+        shape = [-(-s // b) for s in size]
+        full = [s * b for s in shape]
         if full != size:
             padded = x.new_zeros((1, c, *full)).contiguous(memory_format=torch.channels_last_3d)
             padded[:, :, : size[0], : size[1], : size[2]] = x
             x = padded
-        # (1, C, D, H, W) -> (D', d, H', d, W', d, C) -> (d, d, d, D', H', W', C): one copy; channels last
-        blocks = x.permute(0, 2, 3, 4, 1).reshape(shape[0], d, shape[1], d, shape[2], d, c)
-        del x
-        blocks = blocks.permute(1, 3, 5, 0, 2, 4, 6).reshape(d**3, *shape, c).permute(0, 4, 1, 2, 3)
-        out = F.conv3d(blocks, conv.weight, conv.bias, 1, 1, 1)
-        del blocks
-        channels = out.shape[1]
-        out = out.permute(0, 2, 3, 4, 1).reshape(d, d, d, *shape, channels)
+        # (1, C, D, H, W) -> (D', b, H', b, W', b, C) -> (b, b, b, D', H', W', C): one copy; channels last
+        blocks = x.permute(0, 2, 3, 4, 1).reshape(shape[0], b, shape[1], b, shape[2], b, c)
+        blocks = blocks.permute(1, 3, 5, 0, 2, 4, 6).reshape(b**3, *shape, c)
+        return blocks.permute(0, 4, 1, 2, 3)
+
+    def _zero_padding(self, blocks: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        view = blocks.view(b, b, b, *blocks.shape[1:])  # (b, b, b, C, D', H', W')
+        for axis, size in enumerate(self.grid.size):
+            first = size - (view.shape[4 + axis] - 1) * b  # offsets >= first are padding in the last plane
+            if first < b:
+                index: list[slice | int] = [slice(None)] * 7
+                index[axis], index[4 + axis] = slice(first, None), -1
+                view[tuple(index)] = 0
+        return blocks
+
+    def _unblock(self, out: torch.Tensor) -> torch.Tensor:
+        b, size = self.base, self.grid.size
+        channels, shape = out.shape[1], out.shape[2:]
+        full = [s * b for s in shape]
+        out = out.permute(0, 2, 3, 4, 1).reshape(b, b, b, *shape, channels)
         out = out.permute(3, 0, 4, 1, 5, 2, 6).reshape(1, *full, channels).permute(0, 4, 1, 2, 3)
-        if full != size:
+        if list(size) != full:
             out = out[:, :, : size[0], : size[1], : size[2]]
         return out
+
+
+def _block_runs(steps: list[nn.Sequential]) -> None:
+    """Replace the convolutions of ``steps`` dilated by BLOCK_DILATION or more by SpaceToBatchConv3d, runs of
+    consecutive such steps (activations elementwise) sharing one set of blocks."""
+    run: list[nn.Sequential] = []
+    for step in [*steps, None]:
+        conv = step[0] if step is not None and len(step) else None
+        fits = (
+            isinstance(conv, nn.Conv3d)
+            and set(conv.dilation) == {conv.dilation[0]}
+            and conv.dilation[0] >= BLOCK_DILATION
+            and conv.dilation[0] % BLOCK_DILATION == 0
+            and conv.kernel_size == (3, 3, 3)
+            and conv.stride == (1, 1, 1)
+            and conv.padding == conv.dilation
+        )
+        if fits and step is not None:
+            run.append(step)
+            if all(isinstance(m, _ELEMENTWISE) for m in list(step)[1:]):
+                continue  # the next step may share the blocks
+        grid = BlockGrid()
+        for index, member in enumerate(run):
+            conv = member[0]
+            assert isinstance(conv, nn.Conv3d)
+            member[0] = SpaceToBatchConv3d(
+                conv, BLOCK_DILATION, enter=index == 0, leave=index == len(run) - 1, grid=grid
+            )
+        run = []
 
 
 class MeshNet(nn.Module):
@@ -150,13 +226,8 @@ class MeshNet(nn.Module):
         bf16 kernels).
         """
         twin = copy.deepcopy(self)
-        for index in range(1, len(twin.steps) - 1):
-            step = twin.steps[index].to(torch.bfloat16)
-            assert isinstance(step, nn.Sequential)
-            conv = step[0] if len(step) else None
-            if isinstance(conv, nn.Conv3d) and min(conv.dilation) >= BLOCK_DILATION:
-                with contextlib.suppress(ValueError):  # another shape of convolution: runs dilated
-                    step[0] = SpaceToBatchConv3d(conv)
+        inner = [twin.steps[index].to(torch.bfloat16) for index in range(1, len(twin.steps) - 1)]
+        _block_runs([step for step in inner if isinstance(step, nn.Sequential)])
         twin.eval()
         return twin
 
