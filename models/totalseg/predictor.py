@@ -3,16 +3,20 @@
 What TotalSegmentator does in ``nnunet.nnUNet_predict_image`` for its ``total`` / ``total_mr`` tasks, step
 by step, with its own functions where it has them:
 
-1. the scan as a float64 NIfTI, then ``alignment.as_closest_canonical`` (RAS);
+1. ``alignment.as_closest_canonical`` (RAS), here on the scan as stored (nibabel's flips and transposes:
+   views), not on TotalSegmentator's float64 copy of it;
 2. ``resampling.change_spacing`` to the task's spacing (1.5 mm, or 3 / 6 mm for --fast / --fastest;
-   order 1, int32), written as TotalSegmentator writes it for nnU-Net;
-3. each part model through nnU-Net's ``nnUNetPredictor`` exactly as ``nnunet.nnUNetv2_predict`` sets it up
-   (Gaussian weighting, tile step 0.8 for these tasks, no test-time mirroring, fold 0), reading and writing
-   with the reader/writer the plans name, as ``predict_from_files`` does;
+   order 1, int32): the same zoom factors and values, computed in float64 slabs into int32
+   (:mod:`models.totalseg.resampling`);
+3. each part model through nnU-Net's predictor as ``nnunet.nnUNetv2_predict`` sets it up (Gaussian
+   weighting, tile step 0.8 for these tasks, no test-time mirroring, fold 0), in memory with
+   :class:`models.nnunet.predictor.NnunetRunner` on the resampled scan with the spacing SimpleITK reads
+   from the file TotalSegmentator writes for it (its header's pixdim), instead of that file round trip;
 4. the merge: each part's labels mapped by class name to the task's labels
    (``map_to_binary.class_map_5_parts`` / ``class_map_parts_mr``), later parts overwriting earlier ones
    where they are not background;
-5. ``change_spacing`` back to the canonical grid (order 0, ``force_affine``) and ``undo_canonical``.
+5. ``change_spacing`` back to the canonical grid (order 0, ``force_affine``: its zoom, on the uint8 labels
+   into uint8) and ``undo_canonical`` (views; one contiguous uint8 copy where the scan is not RAS).
 
 Not reproduced: TotalSegmentator's split of inputs over 512*512*900 resampled voxels into three z-slabs
 (for the 1.5 mm task that is a scan over ~768 x 768 x 1350 mm), and its optional outputs (statistics,
