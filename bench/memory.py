@@ -22,6 +22,9 @@ process, and reports that process's VmHWM:
   through the bundle predictor (its labels put on the input grid by models.bundle.regrid), labels written;
 - ``bundle-invert``: the same with the Zoo spleen bundle's post-processing (softmax, Invertd of the
   probabilities back onto the input's grid through Spacingd, bilinear; then the argmax);
+- ``totalseg``: read, TotalSegmentator's ``total`` task (1.5 mm, five part models with the real class counts)
+  as stand-in weights (tiny real nnU-Net networks, ``bench/memory_setup.py``) through ``TotalSegPredictor``,
+  labels written (``--max-voxels-totalseg``);
 - ``evaluate``: read, then a label map and its reference read (``read_labels``) and
   ``evaluation.report.evaluate_case`` (overlap and surface metrics): HU bands of the input (air, fat, soft
   tissue, bone) on a 4-voxel block grid, so regions have smooth borders as a model's do, and the same
@@ -66,6 +69,7 @@ PATHS = (
     "nnunet-zmask",
     "bundle",
     "bundle-invert",
+    "totalseg",
     "evaluate",
     "seg",
 )
@@ -112,32 +116,6 @@ def make_input(path: Path, size: tuple[int, int, int], spacing_mm: float = SPACI
     nib.save(nifti, path)
 
 
-def threshold_labels(array: np.ndarray) -> np.ndarray:
-    """uint8 labels from HU bands: 0 air (< -500), 1 fat (< -30), 2 soft tissue (< 200), 3 bone."""
-    out = np.zeros(array.shape, dtype=np.uint8)
-    for value, low in ((1, -500), (2, -30), (3, 200)):
-        out[array >= low] = value
-    return out
-
-
-def write_label_pair(image: Path, prediction: Path, reference: Path, block: int = 4) -> None:
-    """A "prediction" and a "reference" for the metrics: HU-band labels of the input taken on every
-    ``block``-th voxel and repeated (regions with smooth borders, as a model's are, not the voxel noise of a
-    threshold), and the same shifted by 2 voxels along each axis. uint8 NIfTI on the input's grid."""
-    import nibabel as nib
-
-    nifti: Any = nib.load(image)
-    data = np.asarray(nifti.dataobj)
-    coarse = threshold_labels(data[::block, ::block, ::block])
-    index = np.ix_(*(np.arange(n) // block for n in data.shape))
-    labels = coarse[index]
-    del data
-    nib.save(nib.Nifti1Image(labels, nifti.affine), prediction)
-    shifted = np.zeros_like(labels)
-    shifted[2:, 2:, 2:] = labels[:-2, :-2, :-2]
-    nib.save(nib.Nifti1Image(shifted, nifti.affine), reference)
-
-
 def child(args: argparse.Namespace) -> None:
     """One row in this process: prints a JSON line (seconds, VmHWM bytes, labels checksum)."""
     start = time.perf_counter()
@@ -146,7 +124,7 @@ def child(args: argparse.Namespace) -> None:
 
     volume = read_image([Path(args.image)])
     labels: np.ndarray | None = None
-    if args.child in ("meshnet", *NNUNET, *BUNDLES):
+    if args.child in ("meshnet", *NNUNET, *BUNDLES, "totalseg"):
         import torch
 
         from models.catalog import Catalog
@@ -200,42 +178,6 @@ def _seg_child(args: argparse.Namespace) -> np.ndarray:
     return labels
 
 
-def _write_series(image: Path, folder: Path) -> None:
-    """The NIfTI ``image`` as a CT DICOM series, one int16 file per k slice, on a real CT slice's header
-    (``dicom/ct-3slice/01.dcm``; fresh UIDs). Slice k holds ``volume[:, :, k].T`` (rows J, columns I)."""
-    import copy
-
-    import nibabel as nib
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    from tests.support.paths import DATA
-
-    nifti: Any = nib.load(image)
-    data = np.asarray(nifti.dataobj)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(nifti.affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    row_cos, col_cos = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
-    base = pydicom.dcmread(DATA / "dicom" / "ct-3slice" / "01.dcm")
-    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(data.shape[2]):
-        ds = copy.deepcopy(base)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.FrameOfReferenceUID = frame_of_reference
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = k + 1
-        ds.Rows, ds.Columns = int(data.shape[1]), int(data.shape[0])
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
-        ds.ImageOrientationPatient = [float(v) for v in (*row_cos, *col_cos)]
-        ds.ImagePositionPatient = [float(v) for v in (lps @ np.array([0.0, 0.0, k, 1.0]))[:3]]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        ds.PixelData = np.ascontiguousarray(data[:, :, k].T).astype(np.int16).tobytes()
-        ds.save_as(folder / f"{k:04d}.dcm")
-
-
 def _run_child(row: str, image: Path, work: Path, extra: list[str], code: Path = REPO) -> dict[str, Any]:
     """One row in a fresh process, with the service's code from ``code`` (this checkout, or --baseline)."""
     argv = ["--child", row, "--image", str(image), "--out", str(work / f"{row}-labels.nii"), *extra]
@@ -255,6 +197,10 @@ def _setup_models(work: Path, paths: list[str], args: argparse.Namespace) -> dic
     from tests.support.paths import WEIGHTS
 
     extra: dict[str, list[str]] = {}
+    if "totalseg" in paths:  # bench.memory_setup: parent only (a --baseline child lacks the module)
+        from bench.memory_setup import install_totalseg
+
+        extra["totalseg"] = install_totalseg(work)
     if "meshnet" in paths:
         extra["meshnet"] = ["--models-dir", str(WEIGHTS), "--model-id", args.meshnet_model]
     for path in (p for p in paths if p in NNUNET):
@@ -303,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-voxels-nnunet", type=int, default=512 * 512 * 400, help="skip larger rows")
     parser.add_argument("--max-voxels-seg", type=int, default=512 * 512 * 400, help="skip larger seg rows")
     parser.add_argument("--max-voxels-bundle", type=int, default=512 * 512 * 400, help="skip larger rows")
+    parser.add_argument("--max-voxels-totalseg", type=int, default=512 * 512 * 400, help="skip larger rows")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
     parser.add_argument(
         "--baseline", type=Path, help="a checkout of the code before a change: each row run with it too"
@@ -326,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown paths {unknown}; choose from {PATHS}")
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
+    from bench.memory_setup import write_label_pair, write_series
+
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -339,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         # The model's working set: the same path on a small input (MeshNet: its own 256^3 grid).
         model_peak: dict[str, int] = {}
         if "seg" in paths:
-            _write_series(small, work / "small-series")
+            write_series(small, work / "small-series")
         if "seg" in paths or "evaluate" in paths:
             write_label_pair(small, work / "small-pred.nii.gz", work / "small-ref.nii.gz")
         for path in paths:
@@ -367,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in paths:
                 voxels = int(np.prod(size))
                 limits = {**dict.fromkeys(NNUNET, args.max_voxels_nnunet), "seg": args.max_voxels_seg}
+                limits["totalseg"] = args.max_voxels_totalseg
                 limit = {**limits, **dict.fromkeys(BUNDLES, args.max_voxels_bundle)}.get(path)
                 label = "x".join(map(str, size))
                 if limit is not None and voxels > limit:
@@ -382,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 if path == "seg":
                     series = work / "series"
                     shutil.rmtree(series, ignore_errors=True)
-                    _write_series(image, series)
+                    write_series(image, series)
                     row_extra += ["--series", str(series)]
                 result = _run_child(path, image, work, row_extra)
                 if "error" in result:

@@ -59,8 +59,13 @@ _PATHS: dict[str, _PathCost] = {
     # nnU-Net's own preprocessing (other schemes, e.g. RescaleTo01Normalization): its float32 copy
     # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
     "nnunet-own": _PathCost(GIB, 34.0),
-    # TotalSegmentator's part models merged (models/totalseg): not re-measured, kept at nnU-Net's old figure
-    "totalseg": _PathCost(GIB, 34.0),
+    # TotalSegmentator's tasks (models/totalseg): measured 23.0 (256^3) and 25.5 (512x512x400) bytes a voxel
+    # on 0.8 mm CTs, 1.5 mm task, stand-in weights with the real class counts (bench.memory totalseg row,
+    # 2026-11-28; 31.0 and 31.0 before, with TotalSegmentator's float64 copies). Almost all of it is on the
+    # task's resampled grid (nnU-Net's logits of a part, up to 27 channels, and its export in NnunetRunner:
+    # about 160 bytes a resampled voxel; the resampling, merge and labels back add under 1 byte an input
+    # voxel), so it scales with (input voxel volume / 1.5^3 mm^3): inputs coarser than 0.8 mm need more.
+    "totalseg": _PathCost(GIB, 30.0),
     # MONAI bundles with the resampling in slabs (models.bundle.slab_resample: Spacingd and the inverse in
     # Invertd; models.bundle.inversion fuses Invertd + argmax): measured 3.0 (512x512x400) and 3.7
     # (512x512x1500) for a made UNet bundle, 5.5 and 5.0 with a spleen-style Invertd (2026-11-28). Counted

@@ -3,16 +3,20 @@
 What TotalSegmentator does in ``nnunet.nnUNet_predict_image`` for its ``total`` / ``total_mr`` tasks, step
 by step, with its own functions where it has them:
 
-1. the scan as a float64 NIfTI, then ``alignment.as_closest_canonical`` (RAS);
+1. ``alignment.as_closest_canonical`` (RAS), here on the scan as stored (nibabel's flips and transposes:
+   views), not on TotalSegmentator's float64 copy of it;
 2. ``resampling.change_spacing`` to the task's spacing (1.5 mm, or 3 / 6 mm for --fast / --fastest;
-   order 1, int32), written as TotalSegmentator writes it for nnU-Net;
-3. each part model through nnU-Net's ``nnUNetPredictor`` exactly as ``nnunet.nnUNetv2_predict`` sets it up
-   (Gaussian weighting, tile step 0.8 for these tasks, no test-time mirroring, fold 0), reading and writing
-   with the reader/writer the plans name, as ``predict_from_files`` does;
+   order 1, int32): the same zoom factors and values, computed in float64 slabs into int32
+   (:mod:`models.totalseg.resampling`);
+3. each part model through nnU-Net's predictor as ``nnunet.nnUNetv2_predict`` sets it up (Gaussian
+   weighting, tile step 0.8 for these tasks, no test-time mirroring, fold 0), in memory with
+   :class:`models.nnunet.predictor.NnunetRunner` on the resampled scan with the spacing SimpleITK reads
+   from the file TotalSegmentator writes for it (its header's pixdim), instead of that file round trip;
 4. the merge: each part's labels mapped by class name to the task's labels
    (``map_to_binary.class_map_5_parts`` / ``class_map_parts_mr``), later parts overwriting earlier ones
    where they are not background;
-5. ``change_spacing`` back to the canonical grid (order 0, ``force_affine``) and ``undo_canonical``.
+5. ``change_spacing`` back to the canonical grid (order 0, ``force_affine``: its zoom, on the uint8 labels
+   into uint8) and ``undo_canonical`` (views; one contiguous uint8 copy where the scan is not RAS).
 
 Not reproduced: TotalSegmentator's split of inputs over 512*512*900 resampled voxels into three z-slabs
 (for the 1.5 mm task that is a scan over ~768 x 768 x 1350 mm), and its optional outputs (statistics,
@@ -24,8 +28,6 @@ usage statistics). The tests check that the labels equal ``python_api.totalsegme
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,74 +35,38 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from totalsegmentator import map_to_binary
 from totalsegmentator.alignment import as_closest_canonical, undo_canonical
-from totalsegmentator.resampling import change_spacing
 
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
+from models.nnunet.predictor import NnunetRunner
 from models.totalseg import tasks
+from models.totalseg.resampling import (
+    back_zoom,
+    forward_zoom,
+    resampled_affine,
+    zoom_linear_int32,
+    zoom_nearest_uint8,
+)
 from segserve.imaging.volume import Volume
 
 # nnUNet_predict_image: step_size 0.8 for "total", "total_v3" and "total_mr", else 0.5.
 STEP_SIZE = {"total": 0.8, "total_v3": 0.8, "total_mr": 0.8}
 
 
-class _PartPredictor(nnUNetPredictor):
-    """nnU-Net's predictor with a per-tile hook: reports progress and, once cancelled, skips the network.
-
-    Raising inside nnU-Net's tile loop would leave its producer thread blocked on a full queue, so a
-    cancelled prediction runs the remaining tiles as zeros and raises :class:`Cancelled` afterwards.
-    """
-
-    on_tile: Callable[[int, int], None] | None = None
-    is_cancelled: Callable[[], bool] | None = None
-    _tiles_done = 0
-    _tiles_total = 1
-    _stop = False
-
-    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> Any:
-        patch = self.configuration_manager.patch_size
-        padded = [max(s, p) for s, p in zip(input_image.shape[1:], patch, strict=True)]
-        self._tiles_total = max(1, len(self._internal_get_sliding_window_slicers(tuple(padded))))
-        self._tiles_done = 0
-        logits = super().predict_sliding_window_return_logits(input_image)
-        if self._stop:
-            raise Cancelled("TotalSegmentator prediction cancelled")
-        return logits
-
-    def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._stop and self.is_cancelled is not None and self.is_cancelled():
-            self._stop = True
-        if self._stop:
-            heads = self.label_manager.num_segmentation_heads
-            return torch.zeros((x.shape[0], heads, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        out = super()._internal_maybe_mirror_and_predict(x)
-        self._tiles_done += 1
-        if self.on_tile is not None:
-            self.on_tile(self._tiles_done, self._tiles_total)
-        return out
-
-
-def load_part(card: ModelCard, models_dir: Path, part: dict[str, Any], device: str) -> _PartPredictor:
-    """One part model, set up as TotalSegmentator's ``nnUNetv2_predict`` sets it up."""
-    folder = tasks.model_folder(models_dir, card, part)
-    predictor = _PartPredictor(
+def load_part(card: ModelCard, models_dir: Path, part: dict[str, Any], device: str) -> NnunetRunner:
+    """One part model, set up as TotalSegmentator's ``nnUNetv2_predict`` sets it up: Gaussian weighting, the
+    task's tile step, no test-time mirroring (``tta=False``), the task's folds. nnU-Net's
+    ``perform_everything_on_device`` is on for CUDA only (TotalSegmentator asks for it; nnU-Net turns it off
+    on anything else)."""
+    return NnunetRunner(
+        tasks.model_folder(models_dir, card, part),
+        tasks.folds(card),
+        device,
         tile_step_size=STEP_SIZE.get(str(card.params["totalseg_task"]), 0.5),
-        use_gaussian=True,
-        use_mirroring=False,  # TotalSegmentator runs with tta=False
-        # TotalSegmentator asks for True; nnU-Net turns it off (with a print) on anything but CUDA.
-        perform_everything_on_device=torch.device(device).type == "cuda",
-        device=torch.device(device),
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
+        use_mirroring=False,
     )
-    predictor.initialize_from_trained_model_folder(
-        str(folder), use_folds=tasks.folds(card), checkpoint_name="checkpoint_final.pth"
-    )
-    return predictor
 
 
 def validate_staged(card: ModelCard, staged_models_dir: Path) -> None:
@@ -133,14 +99,15 @@ def _part_luts(card: ModelCard) -> list[np.ndarray]:
     return luts
 
 
-def _part_progress(report: Callable[[float], None], index: int, n_parts: int, done: int, total: int) -> None:
-    report(min(1.0, (index + done / total) / n_parts))
+def _scaled(report: Callable[[float], None], index: int, n_parts: int) -> Callable[[float], None]:
+    """Part ``index``'s own progress (0..1) as a share of the whole task's."""
+    return lambda fraction: report(min(1.0, (index + fraction) / n_parts))
 
 
 class TotalSegPredictor:
     """A pulled TotalSegmentator task, loaded once (every part), then asked to segment many volumes."""
 
-    def __init__(self, card: ModelCard, parts: list[_PartPredictor]) -> None:
+    def __init__(self, card: ModelCard, parts: list[NnunetRunner]) -> None:
         self.card = card
         self.parts = parts
         self.network = torch.nn.ModuleList([p.network for p in parts])
@@ -165,55 +132,55 @@ class TotalSegPredictor:
         on_progress: Callable[[float], None] | None = None,
         is_cancelled: Callable[[], bool] | None = None,
     ) -> np.ndarray:
-        """Labels (uint8, the task's class values) on ``volume``'s own grid, shape ``volume.shape``."""
-        vol = volume[0] if isinstance(volume, list) else volume
-        img_in_orig = nib.Nifti1Image(np.asarray(vol.array), np.asarray(vol.affine, dtype=np.float64))
-        img_in = nib.Nifti1Image(img_in_orig.get_fdata(), img_in_orig.affine)
-        img_in = as_closest_canonical(img_in)
-        img_in_shape = img_in.shape
-        img_in_rsp = change_spacing(img_in, self.resample, order=1, dtype=np.int32, nr_cpus=1)
-        n = len(self.parts)
-        with tempfile.TemporaryDirectory(prefix="segserve_totalseg_") as tmp:
-            tmp_dir = Path(tmp)
-            nib.save(img_in_rsp, tmp_dir / "s01_0000.nii.gz")
-            combined = np.zeros(img_in_rsp.shape, dtype=np.uint8)
-            for index, (part, lut) in enumerate(zip(self.parts, self.luts, strict=True)):
-                if is_cancelled is not None and is_cancelled():
-                    raise Cancelled("TotalSegmentator prediction cancelled")
-                part.is_cancelled = is_cancelled
-                part.on_tile = None
-                if on_progress is not None:
-                    part.on_tile = functools.partial(_part_progress, on_progress, index, n)
-                part._stop = False
-                seg = self._predict_part(part, tmp_dir)
-                if seg.size and seg.max() >= len(lut):
-                    lut = np.pad(lut, (0, int(seg.max()) + 1 - len(lut)))
-                mapped = lut[seg]
-                np.copyto(combined, mapped, where=mapped != 0)
-        img_pred = nib.Nifti1Image(combined, img_in_rsp.affine)
-        img_pred = change_spacing(
-            img_pred,
-            self.resample,
-            img_in_shape,
-            order=0,
-            dtype=np.uint8,
-            nr_cpus=1,
-            force_affine=img_in.affine,
-        )
-        img_pred = undo_canonical(img_pred, img_in_orig)
-        labels: np.ndarray = np.asarray(img_pred.dataobj).astype(np.uint8)
-        if labels.shape != vol.shape:
-            raise RuntimeError(f"TotalSegmentator result has shape {labels.shape}, the input {vol.shape}")
-        return labels
+        """Labels (uint8, the task's class values) on ``volume``'s own grid, shape ``volume.shape``.
 
-    @staticmethod
-    def _predict_part(part: _PartPredictor, tmp_dir: Path) -> np.ndarray:
-        """One part on the resampled image, read and written with the plans' reader as nnU-Net's
-        ``predict_from_files`` does; returns its labels as TotalSegmentator reads them back (nibabel)."""
-        reader = part.plans_manager.image_reader_writer_class()
-        data, props = reader.read_images([str(tmp_dir / "s01_0000.nii.gz")])
-        out = tmp_dir / "s01"
-        part.predict_single_npy_array(data, props, None, str(out), False)
-        seg = np.asanyarray(nib.load(tmp_dir / "s01.nii.gz").dataobj).astype(np.uint8)  # type: ignore[attr-defined]
-        (tmp_dir / "s01.nii.gz").unlink()
-        return seg
+        Memory beyond the input: the resampled scan (int32, plus one float64 slab while it is made), each
+        part's run on it (``NnunetRunner``), the merged labels (uint8) on the resampled grid, and the labels
+        on the input's grid (uint8; one more uint8 copy only where the input is not RAS-ordered).
+
+        Raises:
+            Cancelled: ``is_cancelled()`` returned True (checked before each part and at every window).
+        """
+        vol = volume[0] if isinstance(volume, list) else volume
+        # TotalSegmentator's float64 copy of the scan is not made: its values only feed scipy's zoom,
+        # which converts the input's own values to double itself (models.totalseg.resampling).
+        img_in_orig = nib.Nifti1Image(np.asarray(vol.array), np.asarray(vol.affine, dtype=np.float64))
+        img_in = as_closest_canonical(img_in_orig)  # nibabel's flips and transposes: views of the scan
+        canonical = np.asanyarray(img_in.dataobj)
+        img_in_shape = canonical.shape
+        zoom = forward_zoom(np.array(img_in.header.get_zooms())[:3], self.resample)
+        if zoom is None:  # change_spacing returns the image itself (float64 values of the scan's)
+            rsp_affine, rsp_header, rsp = img_in.affine, img_in.header, canonical
+        else:
+            rsp_affine = resampled_affine(img_in.affine, zoom)
+            rsp = zoom_linear_int32(canonical, zoom)
+            rsp_header = nib.Nifti1Image(rsp, rsp_affine).header  # as TotalSegmentator writes it for nnU-Net
+        del canonical
+        # nnU-Net reads TotalSegmentator's file with SimpleITK: spacing from the header's pixdim
+        # (models.nnunet.geometry), the voxels in the file's order.
+        resampled = Volume(array=rsp, affine=rsp_affine, source_format="nifti", header=rsp_header)
+        combined = np.zeros(rsp.shape, dtype=np.uint8)
+        n = len(self.parts)
+        for index, (part, lut) in enumerate(zip(self.parts, self.luts, strict=True)):
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("TotalSegmentator prediction cancelled")
+            report = None if on_progress is None else _scaled(on_progress, index, n)
+            seg = part.predict([resampled], on_progress=report, is_cancelled=is_cancelled)
+            if seg.size and seg.max() >= len(lut):
+                lut = np.pad(lut, (0, int(seg.max()) + 1 - len(lut)))
+            mapped = lut[seg]
+            del seg
+            np.copyto(combined, mapped, where=mapped != 0)
+            del mapped
+        del resampled, rsp
+        back = back_zoom(
+            combined.shape, img_in_shape, np.array(nib.Nifti1Image(combined, rsp_affine).header.get_zooms())
+        )
+        labels = combined if back is None else zoom_nearest_uint8(combined, back)
+        del combined
+        # undo_canonical reorders by views; the result is made C-contiguous (a copy only if reordered)
+        img_pred = undo_canonical(nib.Nifti1Image(labels, img_in.affine), img_in_orig)
+        out = np.ascontiguousarray(np.asanyarray(img_pred.dataobj), dtype=np.uint8)
+        if out.shape != vol.shape:
+            raise RuntimeError(f"TotalSegmentator result has shape {out.shape}, the input {vol.shape}")
+        return out
