@@ -20,7 +20,8 @@ at 0.8 mm. Here the same numbers are made with only the planes that windows stil
 Used only where that holds: CPU results, a 3D patch on a 3D image, and an export without resampling (the
 model's grid equals the cropped input's, e.g. a scan already at the plans' spacing, as TotalSegmentator
 resamples it before nnU-Net). Peak besides the image: per fold a buffer of one window's extent along the
-first axis (C x patch[0] x the padded plane, float16) and the label map.
+first axis (C x patch[0] x the padded plane, float16; planes still reached are moved to its front in place)
+and the label map.
 """
 
 from __future__ import annotations
@@ -50,19 +51,22 @@ class _Accumulator:
         self.logits = torch.zeros((heads, span, *plane_shape), dtype=torch.half)
         self.weights = torch.zeros((span, *plane_shape), dtype=torch.half)
 
-    def advance(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Planes ``[base, start)`` (logits, weights) as they stand; the buffer then begins at ``start``
-        (planes already reached by earlier windows keep their partial sums)."""
+    def finished(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Planes ``[base, start)`` (logits, weights) so far (views: final once no window reaches them)."""
         cut = start - self.base
-        done = (self.logits[:, :cut], self.weights[:cut])
-        logits = torch.zeros((self.heads, self.span, *self.plane_shape), dtype=torch.half)
-        weights = torch.zeros((self.span, *self.plane_shape), dtype=torch.half)
+        return self.logits[:, :cut], self.weights[:cut]
+
+    def shift(self, start: int) -> None:
+        """Move the buffer to begin at ``start``, once the planes before it are used: planes already reached
+        by earlier windows keep their partial sums (copied to the front), the rest is zeroed."""
+        cut = start - self.base
         keep = self.span - cut
         if keep > 0:
-            logits[:, :keep] = self.logits[:, cut:]
-            weights[:keep] = self.weights[cut:]
-        self.logits, self.weights, self.base = logits, weights, start
-        return done
+            self.logits[:, :keep] = self.logits[:, cut:].clone()
+            self.weights[:keep] = self.weights[cut:].clone()
+        self.logits[:, max(keep, 0) :] = 0
+        self.weights[max(keep, 0) :] = 0
+        self.base = start
 
     def add(self, window: tuple[Any, ...], prediction: torch.Tensor, gaussian: torch.Tensor) -> None:
         """nnU-Net's two additions for one window (``window``: its slicer on the padded (C, ...) grid)."""
@@ -118,7 +122,9 @@ def stream_labels(
             keep = (slice(None), *revert[1:])
             loaded: int | None = None
             for start in [*sorted(groups), int(padded.shape[1])]:
-                _finish([acc.advance(start) for acc in accumulators], start, keep, on_planes)
+                _finish([acc.finished(start) for acc in accumulators], start, keep, on_planes)
+                for acc in accumulators:
+                    acc.shift(start)
                 if start not in groups or stopped():
                     continue
                 for index, (fold, acc) in enumerate(zip(folds, accumulators, strict=True)):
