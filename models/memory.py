@@ -36,10 +36,12 @@ MESHNET_MAX_CHANNELS = 30
 
 @dataclass(frozen=True)
 class _PathCost:
-    """A model path's working set (bytes) and its bytes per input voxel beyond the input array."""
+    """A model path's working set (bytes), its bytes per input voxel beyond the input array, and per voxel of
+    the grid it resamples the scan to (TotalSegmentator's task spacing), where that is known."""
 
     working_set: int
     per_voxel: float
+    per_model_voxel: float = 0.0  # bytes per voxel of the model's own grid, where it resamples the scan
 
 
 # Bytes per input voxel beyond the input array, from bench/memory.py on 0.8 mm CTs (README):
@@ -59,13 +61,15 @@ _PATHS: dict[str, _PathCost] = {
     # nnU-Net's own preprocessing (other schemes, e.g. RescaleTo01Normalization): its float32 copy
     # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
     "nnunet-own": _PathCost(GIB, 34.0),
-    # TotalSegmentator's tasks (models/totalseg): measured 23.0 (256^3) and 25.5 (512x512x400) bytes a voxel
-    # on 0.8 mm CTs, 1.5 mm task, stand-in weights with the real class counts (bench.memory totalseg row,
-    # 2026-11-28; 31.0 and 31.0 before, with TotalSegmentator's float64 copies). Almost all of it is on the
-    # task's resampled grid (nnU-Net's logits of a part, up to 27 channels, and its export in NnunetRunner:
-    # about 160 bytes a resampled voxel; the resampling, merge and labels back add under 1 byte an input
-    # voxel), so it scales with (input voxel volume / 1.5^3 mm^3): inputs coarser than 0.8 mm need more.
-    "totalseg": _PathCost(GIB, 30.0),
+    # TotalSegmentator's tasks (models/totalseg): on the input grid the labels mapped back and a contiguous
+    # copy where the scan is not RAS (2); on the task's grid (per_model_voxel, voxels of the task's spacing:
+    # the scan's voxels x voxel volume / task voxel volume) the resampled int32 scan, nnU-Net's float32
+    # preprocessed copy, a part's and the merged labels, and nnU-Net's logits, finished a slab at a time
+    # (models.nnunet.streaming: C x patch[0] planes, float16). Measured (bench.memory totalseg row, 0.8 mm
+    # CTs, 1.5 mm task, stand-in weights with the real class counts, 2026-11-28): 5.9 (256^3) and 4.8
+    # (512x512x400) bytes an input voxel beyond the input, i.e. at most 25 bytes a task voxel after the
+    # input grid's 2; counted at 30. Before the streamed logits: 23.0 and 25.5 an input voxel.
+    "totalseg": _PathCost(GIB, 2.0, per_model_voxel=30.0),
     # MONAI bundles with the resampling in slabs (models.bundle.slab_resample: Spacingd and the inverse in
     # Invertd; models.bundle.inversion fuses Invertd + argmax): measured 3.0 (512x512x400) and 3.7
     # (512x512x1500) for a made UNet bundle, 5.5 and 5.0 with a spleen-style Invertd (2026-11-28). Counted
@@ -134,6 +138,7 @@ def estimate_job_bytes(
     channels: int = 1,
     reference: bool = False,
     dicom_seg: bool = False,
+    spacing_mm: Sequence[float] | None = None,
 ) -> MemoryEstimate:
     """Estimated peak bytes of a worker running ``card`` on an input of ``shape`` (I, J, K) voxels.
 
@@ -142,6 +147,9 @@ def estimate_job_bytes(
         channels: number of input volumes (multi-channel models), each of ``shape``.
         reference: a reference label map is evaluated against.
         dicom_seg: the input is a DICOM series, so a DICOM SEG is exported too.
+        spacing_mm: the voxel size along I, J, K in mm; for models that resample the scan to a spacing of
+            their own (TotalSegmentator) it gives their grid's size. None (not read yet): that grid is not
+            counted, which makes the estimate a lower bound.
     """
     if len(shape) != 3 or any(int(n) < 1 for n in shape):
         raise ValueError(f"shape must be three positive sizes, got {tuple(shape)}")
@@ -159,8 +167,22 @@ def estimate_job_bytes(
     if dicom_seg:
         per_voxel += _SEG_PER_VOXEL
     model = cost.working_set + weights
+    model_voxels = _model_voxels(card, shape, spacing_mm) if cost.per_model_voxel else 0.0
     total = PROCESS_BYTES + fixed + model + input_bytes + int(per_voxel * voxels)
+    total += int(cost.per_model_voxel * model_voxels)
     return MemoryEstimate(input_bytes=input_bytes, model_bytes=model, total_bytes=total)
+
+
+def _model_voxels(card: ModelCard, shape: Sequence[int], spacing_mm: Sequence[float] | None) -> float:
+    """Voxels of the grid the model resamples the scan to (``card.params["resample_mm"]``, x y z mm, as
+    TotalSegmentator's task spacing); 0 where the scan's spacing is not known yet."""
+    target = card.params.get("resample_mm") if isinstance(card.params, dict) else None
+    if spacing_mm is None or not isinstance(target, list) or len(target) != 3:
+        return 0.0
+    extent = 1.0
+    for n, have, want in zip(shape, spacing_mm, target, strict=True):
+        extent *= int(n) * float(have) / float(want)
+    return extent
 
 
 def check_job_memory(
@@ -172,13 +194,20 @@ def check_job_memory(
     channels: int = 1,
     reference: bool = False,
     dicom_seg: bool = False,
+    spacing_mm: Sequence[float] | None = None,
 ) -> MemoryEstimate:
     """Estimate the job's peak and raise ``segserve.memory.InsufficientMemory`` when it is over ``budget``
     (``segserve.memory.worker_budget``); the message names the input's and the worker's sizes."""
     from segserve.memory import check_fits
 
     estimate = estimate_job_bytes(
-        card, shape, itemsize, channels=channels, reference=reference, dicom_seg=dicom_seg
+        card,
+        shape,
+        itemsize,
+        channels=channels,
+        reference=reference,
+        dicom_seg=dicom_seg,
+        spacing_mm=spacing_mm,
     )
     grid = "x".join(str(int(n)) for n in shape)
     what = (

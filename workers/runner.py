@@ -192,7 +192,9 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
         channels = input_channels(card)  # a multi-channel model's inputs: input/image/<channel>/
         budget = worker_budget(settings)
 
-        def check_memory(shape: Sequence[int], itemsize: int) -> None:
+        def check_memory(
+            shape: Sequence[int], itemsize: int, spacing_mm: Sequence[float] | None = None
+        ) -> None:
             check_job_memory(
                 card,
                 shape,
@@ -201,6 +203,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
                 channels=max(1, len(channels)),
                 reference=bool(job.reference_files),
                 dicom_seg=job.input_format == "dicom",
+                spacing_mm=spacing_mm,
             )
 
         # Before reading, at 1 byte a voxel (the least any input takes): what cannot fit at all fails now;
@@ -209,7 +212,7 @@ def _execute(settings: Settings, job: Job, files: JobFiles, lease: _Lease, stage
         with _stage(stages, "read"):
             inputs = read_job_inputs(job, files, channels)
             volumes, image, reference = (inputs.volumes if channels else []), inputs.image, inputs.reference
-        check_memory(image.shape, image.array.dtype.itemsize)
+        check_memory(image.shape, image.array.dtype.itemsize, image.spacing_mm)
         if shutdown.stopping():
             raise _HandBack()
         lease.report(0.05)

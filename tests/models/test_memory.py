@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from models.card import ModelCard
+from models.card import ModelCard, card_from_dict
 from models.catalog import builtin_cards
 from models.memory import GIB, check_job_memory, estimate_job_bytes, path_of
 from segserve.config import Settings
@@ -36,6 +37,22 @@ def test_estimate_grows_with_the_input_and_its_extras() -> None:
     two = estimate_job_bytes(NNUNET, ct, 2, channels=2)
     assert two.input_bytes == 2 * base.input_bytes
     assert two.total_bytes > estimate_job_bytes(NNUNET, ct, 2).total_bytes
+
+
+def test_totalsegmentator_counts_its_task_grid() -> None:
+    """TotalSegmentator works on its task's 1.5 mm grid: a coarser scan of the same shape costs more."""
+    path = Path(__file__).parents[2] / "models" / "totalseg" / "cards" / "totalseg-total.json"
+    card = card_from_dict(json.loads(path.read_text()))
+    assert path_of(card) == "totalseg" and card.params["resample_mm"] == [1.5, 1.5, 1.5]
+    ct = (512, 512, 400)
+    unknown = estimate_job_bytes(card, ct, 2)
+    fine = estimate_job_bytes(card, ct, 2, spacing_mm=(0.8, 0.8, 0.8))
+    thick = estimate_job_bytes(card, ct, 2, spacing_mm=(0.8, 0.8, 3.0))
+    task_voxels = 512 * 0.8 / 1.5 * 512 * 0.8 / 1.5 * 400 * 3.0 / 1.5
+    assert unknown.total_bytes < fine.total_bytes < thick.total_bytes
+    assert thick.total_bytes - unknown.total_bytes == int(30.0 * task_voxels)
+    # at 0.8 mm (bench.memory's inputs) within the 4 x input target, with the headroom of the estimate
+    assert fine.total_bytes - fine.model_bytes - GIB // 2 <= 5 * fine.input_bytes
 
 
 @pytest.mark.parametrize("shape", [(0, 4, 4), (4, 4)])

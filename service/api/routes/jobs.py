@@ -299,6 +299,7 @@ async def _accept(
             channels=info.n_channels,
             reference=info.reference,
             dicom_seg=info.input_format == "dicom",
+            spacing_mm=info.spacing_mm,
         )
     except (ImageError, InsufficientMemory) as exc:
         raise Problem(exc.status, str(exc), code=exc.code) from None
