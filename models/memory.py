@@ -58,7 +58,7 @@ _PATHS: dict[str, _PathCost] = {
     # non-zero mask is held (1 byte per cropped voxel) and scipy's binary_fill_holes needs about 3.3 more
     # while it runs (mask and fill measured 4.3 bytes a voxel on a 512x512x400 brain-shaped mask, 2026-11-28)
     "nnunet-zscore": _PathCost(GIB, 6.0),
-    # nnU-Net's own preprocessing (other schemes, e.g. RescaleTo01Normalization): its float32 copy
+    # nnU-Net's own preprocessing (other schemes: a custom normalisation class): its float32 copy
     # and float64 resampling at full resolution; measured 26 (256^3) and 32.6 (512x512x400) before the change
     "nnunet-own": _PathCost(GIB, 34.0),
     # TotalSegmentator's tasks (models/totalseg): on the input grid the labels mapped back and a contiguous
@@ -78,7 +78,13 @@ _PATHS: dict[str, _PathCost] = {
     # Resamplings that MONAI does whole (align_corners=True, spline modes, reflection padding) can take more.
     "bundle": _PathCost(GIB, 12.0),
 }
-_PLANE_WISE_NORMALIZATION = ("CTNormalization", "NoNormalization")
+# schemes models.nnunet.preprocess runs plane by plane with no per-voxel state (RGB: when in 0..255)
+_PLANE_WISE_NORMALIZATION = (
+    "CTNormalization",
+    "NoNormalization",
+    "RescaleTo01Normalization",
+    "RGBTo01Normalization",
+)
 _ZSCORE = "ZScoreNormalization"
 _REFERENCE_PER_VOXEL = 2.0  # the reference (uint8) + the metrics' edge bit masks (<= 1 byte a voxel)
 _METRICS_BYTES = 160 << 20  # numba and the metrics' compiled loops, loaded at the first metrics (~135 MiB)

@@ -11,10 +11,13 @@ volumes (no copy of the scan):
   filled mask is the box of the mask itself, found here plane by plane (``acvl_utils``' half-open box);
 - normalisation: nnU-Net's own normaliser objects, run on each float32 plane, for the schemes that work
   voxel by voxel with no statistics of the case (``CTNormalization``, ``NoNormalization``; both ignore
-  ``use_mask_for_norm``); ``ZScoreNormalization`` with the case's mean and std computed from planes in
-  numpy's order of summation, so bit for bit nnU-Net's (:mod:`models.nnunet.zscore`), with or without
-  ``use_mask_for_norm``. With it the filled non-zero mask of the crop is held (bool, 1 byte per cropped
-  voxel; scipy's ``binary_fill_holes`` as nnU-Net calls it, about 3 bytes more per voxel while it runs);
+  ``use_mask_for_norm``); ``RescaleTo01Normalization`` and ``RGBTo01Normalization`` with the crop's float32
+  minimum and maximum (order-free; ``max(x - min)`` is ``max - min`` since a float32 subtraction of a
+  constant is monotone), then nnU-Net's own in-place operations per plane; ``ZScoreNormalization`` with
+  the case's mean and std computed from planes in numpy's order of summation, so bit for bit nnU-Net's
+  (:mod:`models.nnunet.zscore`), with or without ``use_mask_for_norm``. With it the filled non-zero mask
+  of the crop is held (bool, 1 byte per cropped voxel; scipy's ``binary_fill_holes`` as nnU-Net calls it,
+  about 3 bytes more per voxel while it runs);
 - resampling: :func:`models.nnunet.resample.zoom_cubic_planes`, then skimage's clip to the channel's range
   and the float32 assignment nnU-Net makes; for anisotropic spacings (nnU-Net's separate-z resampling, with
   nearest neighbour across the slices) each slice's in-plane resize, as each output slice needs it; without
@@ -65,10 +68,14 @@ def _box(planes: Sequence[np.ndarray], dtype: np.dtype) -> list[list[int]] | Non
     return box
 
 
+_RANGE_SCHEMES = {"RescaleTo01Normalization": "rescale01", "RGBTo01Normalization": "rgb01"}
+
+
 def _normalizers(configuration_manager: Any, intensity_properties: dict, channels: int) -> list[Any] | None:
     """Per channel nnU-Net's normaliser (as its _normalize makes it) for the voxel-by-voxel schemes, which
     ignore the mask, or ``"zscore"`` / ``"zscore-masked"`` (ZScoreNormalization without / with
-    use_mask_for_norm, see models.nnunet.zscore); None: another scheme."""
+    use_mask_for_norm, see models.nnunet.zscore), or ``"rescale01"`` / ``"rgb01"`` (RescaleTo01Normalization,
+    RGBTo01Normalization: they ignore the mask too); None: another scheme."""
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
         CTNormalization,
         NoNormalization,
@@ -83,6 +90,9 @@ def _normalizers(configuration_manager: Any, intensity_properties: dict, channel
             if not zscore.numpy_order_holds():
                 return None
             out.append("zscore-masked" if use_mask else "zscore")
+            continue
+        if scheme in _RANGE_SCHEMES:  # the crop's min and max (order-free), then voxel by voxel
+            out.append(_RANGE_SCHEMES[scheme])
             continue
         if scheme not in classes:
             return None
@@ -183,6 +193,16 @@ def _zscores(
     return out, mask
 
 
+def _range(plane: Callable[[int], np.ndarray], n: int) -> tuple[np.float32, np.float32]:
+    """The float32 minimum and maximum of a crop's planes ``0..n-1`` (what ``image.min()`` / ``.max()``
+    give on nnU-Net's float32 copy: min and max do not depend on the order)."""
+    low, high = np.float32(np.inf), np.float32(-np.inf)
+    for i in range(n):
+        values = plane(i)
+        low, high = min(low, values.min()), max(high, values.max())
+    return np.float32(low), np.float32(high)
+
+
 def preprocess(
     volumes: Sequence[Volume],
     properties: dict[str, Any],
@@ -234,6 +254,13 @@ def preprocess(
         return None
 
     scores, mask = _zscores(normalizers, arrays, cropped, box, plans_manager.transpose_forward, dtype)
+    ranges = {
+        c: _range(_float_planes(cropped[c], dtype), shape[0])
+        for c, k in enumerate(normalizers)
+        if k in _RANGE_SCHEMES.values()
+    }
+    if any(normalizers[c] == "rgb01" and (low < 0 or high > 255) for c, (low, high) in ranges.items()):
+        return None  # nnU-Net's own path: its assertion names the problem
 
     def normalized(channel: int, axis: int = 0) -> Callable[[int], np.ndarray]:
         def plane(i: int) -> np.ndarray:
@@ -242,6 +269,14 @@ def preprocess(
             if channel in scores:
                 inside = mask[where] if mask is not None and normalizers[channel] == "zscore-masked" else None
                 return scores[channel].apply(values, inside)
+            if normalizers[channel] == "rescale01":  # nnU-Net: image -= image.min(); image /= clip(max)
+                low, high = ranges[channel]
+                values -= low
+                values /= np.clip(high - low, a_min=1e-8, a_max=None)  # max(x - low) == high - low (monotone)
+                return values
+            if normalizers[channel] == "rgb01":
+                values /= 255.0
+                return values
             return np.asarray(normalizers[channel].run(values, None), dtype=np.float32)
 
         return plane

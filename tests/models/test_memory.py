@@ -103,7 +103,9 @@ def test_nnunet_estimate_follows_its_preprocessing() -> None:
     low = estimate_job_bytes(card("CTNormalization"), ct, 2)
     zscored = estimate_job_bytes(card("CTNormalization", "ZScoreNormalization"), ct, 2, channels=2)
     mr = estimate_job_bytes(card("ZScoreNormalization"), ct, 2)
-    high = estimate_job_bytes(card("ZScoreNormalization", "RescaleTo01Normalization"), ct, 2, channels=2)
+    high = estimate_job_bytes(card("ZScoreNormalization", "MyOwnNormalization"), ct, 2, channels=2)
+    rescaled = estimate_job_bytes(card("RescaleTo01Normalization"), ct, 2)
+    assert rescaled.total_bytes == low.total_bytes  # plane-wise too (models.nnunet.preprocess)
     assert low.total_bytes <= low.input_bytes * 3 + low.model_bytes + GIB
     # issue #17: within 4 x the input's bytes (+ process and model), and above the measured 4.3 a voxel
     assert voxels * (2 + 4.3) < mr.total_bytes - mr.model_bytes - GIB // 2 <= mr.input_bytes * 4

@@ -139,6 +139,23 @@ def test_zscore_by_planes_equals_nnunet_on_brain_mri(root: Path, scan: str, use_
     assert abs(float(expected.mean())) < 3 and len(np.unique(expected)) > 100  # z-scored, not constant
 
 
+@pytest.mark.parametrize("scheme", ["RescaleTo01Normalization", "RGBTo01Normalization"])
+def test_range_schemes_by_planes_equal_nnunet(root: Path, scheme: str) -> None:
+    """The per-case min/max schemes on the real CTs (RGB: the CT clipped to 0..255 as uint8), resampled."""
+    import dataclasses
+
+    plans, config, dataset = _managers(model_folder(root, "single"))
+    config.configuration["normalization_schemes"] = [scheme]
+    for case, volumes in _cases(root, "single").items():
+        if scheme == "RGBTo01Normalization":
+            volumes = [
+                dataclasses.replace(v, array=np.clip(np.asarray(v.array), 0, 255).astype(np.uint8))
+                for v in volumes
+            ]
+        expected = _assert_planes_equal_nnunet(volumes, plans, config, dataset, case)
+        assert float(expected.min()) >= 0.0 and float(expected.max()) <= 1.0 + 1e-6
+
+
 def test_preprocessing_falls_back_where_not_plane_wise(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from models.nnunet import zscore
     from models.nnunet.preprocess import preprocess
@@ -149,7 +166,9 @@ def test_preprocessing_falls_back_where_not_plane_wise(root: Path, monkeypatch: 
         patch.setattr(zscore, "numpy_order_holds", lambda: False)
         assert preprocess(volumes, image_properties(volumes[0]), plans, config) is None
     assert preprocess(volumes, image_properties(volumes[0]), plans, config) is not None
-    config.configuration["normalization_schemes"] = ["CTNormalization", "RescaleTo01Normalization"]
+    config.configuration["normalization_schemes"] = ["CTNormalization", "RGBTo01Normalization"]
+    assert preprocess(volumes, image_properties(volumes[0]), plans, config) is None  # HU are not 0..255
+    config.configuration["normalization_schemes"] = ["CTNormalization", "SomeoneElsesNormalization"]
     assert preprocess(volumes, image_properties(volumes[0]), plans, config) is None
     plans, config, _dataset = _managers(model_folder(root, "single"))
     volumes = _cases(root, "single")["abdomen"]
