@@ -59,7 +59,7 @@ def _both(runner, volumes: list[Volume], monkeypatch: pytest.MonkeyPatch) -> tup
     [
         ("single", [0, 1], True, (slice(3, 29), slice(0, 20), slice(2, 12))),  # smaller than the patch
         ("multi", [0], False, (slice(10, 70), slice(25, 90), slice(0, 30))),
-        ("regions", [0, 1], False, None),
+        ("regions", [0, 1], False, (slice(20, 80), slice(10, 60), slice(0, 30))),
     ],
 )
 def test_streamed_labels_equal_whole_logits(
@@ -81,7 +81,7 @@ def test_finished_logits_equal_nnunets(root: Path) -> None:
     from models.nnunet.streaming import stream_labels
 
     runner = NnunetRunner(model_folder(root, "single"), [0, 1], use_mirroring=False)
-    case = runner._preprocess(_at_model_spacing(root, "single"))
+    case = runner._preprocess(_at_model_spacing(root, "single", (slice(0, 50), slice(30, 70), slice(0, 30))))
     data = case["data"]
     expected = runner.predictor.predict_logits_from_preprocessed_data(data).cpu()
     seen: list[int] = []
@@ -99,7 +99,7 @@ def test_cancel_stops_between_windows(root: Path) -> None:
     from models.nnunet.predictor import NnunetRunner
 
     runner = NnunetRunner(model_folder(root, "single"), [0], use_mirroring=False)
-    volumes = _at_model_spacing(root, "single")
+    volumes = _at_model_spacing(root, "single", (slice(0, 60), slice(20, 80), slice(0, 30)))
     steps: list[float] = []
     with pytest.raises(Cancelled):
         runner.predict(volumes, on_progress=steps.append, is_cancelled=lambda: len(steps) > 3)
