@@ -26,6 +26,7 @@ Tests check the labels against ``nnUNetv2_predict`` (all voxels equal).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from typing import Any
 
@@ -190,3 +191,81 @@ def _label_channel(
     segmentation[better] = channel
     np.copyto(best, resampled, where=better)
     return best
+
+
+class StreamedExport:
+    """The export's slab path fed by finished planes of the model grid (:mod:`models.nnunet.streaming`), for
+    probabilities resampled with order 0 or 1 (nnU-Net's default for them is 1).
+
+    Each channel's planes go into a float32 array of the whole model grid backed by an anonymous memory map:
+    scipy's ``zoom_shift`` reads it exactly as it reads the export's whole channel, but only the pages of
+    planes written and not yet given back (``madvise(MADV_DONTNEED)`` once no later output plane needs them)
+    take memory. An output slab is made once every model plane it reads is finished. Without skimage's clip
+    to the channel's range (the range is only known at the end): for order <= 1 the interpolated double is a
+    convex combination of float16 logits to within a few double ulps, and the cast to float16 (the logits'
+    dtype) rounds it back into the range exactly as the clip would; the tests compare the labels with the
+    whole-grid export's.
+    """
+
+    def __init__(
+        self, label_manager: Any, heads: int, model_shape: tuple[int, ...], target: Any, order: int
+    ) -> None:
+        if order > 1:
+            raise ValueError(f"order {order}: the spline prefilter needs the whole channel")
+        self.label_manager, self.order = label_manager, order
+        self.model_shape, self.target = model_shape, tuple(int(n) for n in target)
+        self.segmentation = empty_labels(label_manager, self.target)
+        self.zoom = zoom_shape(model_shape, self.target)[1]
+        self.plane_bytes = int(np.prod(model_shape[1:])) * 4
+        self.channel_bytes = self.plane_bytes * int(model_shape[0])
+        self.memory = mmap.mmap(-1, max(1, heads * self.channel_bytes))
+        self.data = np.frombuffer(self.memory, dtype=np.float32).reshape(heads, *model_shape)
+        self.finished = 0  # model planes written so far
+        self.released = 0  # model planes given back
+        self.done = 0  # output planes labelled so far
+        self.step = max(1, SLAB_VOXELS // max(1, int(np.prod(self.target[1:]))))
+
+    def _reads(self, output_plane: int) -> tuple[int, int]:
+        """Model planes [lo, hi) that output plane ``output_plane`` interpolates from (grid mode)."""
+        coordinate = (output_plane + 0.5) * float(self.zoom[0]) - 0.5
+        lo = int(np.floor(coordinate))
+        n = int(self.model_shape[0])
+        return min(max(lo, 0), n - 1), min(max(lo + 2, 1), n)
+
+    def feed(self, planes: slice, logits: np.ndarray) -> None:
+        """Finished model planes ``planes`` (C, n, ...) float16; labels every output slab they complete."""
+        self.data[:, planes] = logits
+        self.finished = int(planes.stop)
+        self._emit(final=self.finished == self.model_shape[0])
+
+    def _emit(self, final: bool) -> None:
+        while self.done < self.target[0]:
+            stop = min(self.done + self.step, self.target[0])
+            if not final and self._reads(stop - 1)[1] > self.finished:
+                return
+            heads = len(self.data)
+            slabs = (
+                zoom_slab(self.data[c], self.target, self.order, self.done, stop, False).astype(np.float16)
+                for c in range(heads)
+            )
+            _label(self.segmentation[self.done : stop], slabs, self.label_manager)
+            self.done = stop
+            if self.done < self.target[0]:
+                self._release(self._reads(self.done)[0])
+
+    def _release(self, below: int) -> None:
+        """Give back the pages of model planes before ``below`` (whole pages only)."""
+        if below <= self.released:
+            return
+        page = mmap.PAGESIZE
+        for c in range(len(self.data)):
+            start = c * self.channel_bytes + self.released * self.plane_bytes
+            stop = c * self.channel_bytes + below * self.plane_bytes
+            start, stop = -(-start // page) * page, stop // page * page
+            if stop > start:
+                self.memory.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        self.released = below
+
+    def close(self) -> None:
+        del self.data
+        self.memory.close()

@@ -41,10 +41,17 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from models.calibration import installed_records, precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
-from models.nnunet.export import empty_labels, export_order, label_slab, logits_to_labels, uncrop
+from models.nnunet.export import (
+    StreamedExport,
+    empty_labels,
+    export_order,
+    label_slab,
+    logits_to_labels,
+    uncrop,
+)
 from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
 from models.nnunet.preprocess import preprocess
-from models.nnunet.streaming import stream_labels, streams
+from models.nnunet.streaming import stream_kind, stream_labels
 from segserve.imaging.volume import Volume
 
 # Share of the progress bar before the windows (preprocessing) and after them (export).
@@ -120,7 +127,7 @@ class NnunetRunner:
         # the preprocessing, nnU-Net's logit accumulation and the export are the same as in fp32.
         self.precision = "fp32"
         self.last_preprocessing = ""  # "planes" or "nnunet": which preprocessing the last case took
-        self.last_logits = ""  # "slabs" (models.nnunet.streaming) or "whole": the last case's logits
+        self.last_logits = ""  # "slabs-same", "slabs-resampled" (models.nnunet.streaming) or "whole"
         self.predictor = _SteppedPredictor(
             tile_step_size=tile_step_size,
             use_gaussian=True,
@@ -209,16 +216,17 @@ class NnunetRunner:
 
     def _labels(self, case: dict[str, Any]) -> np.ndarray:
         """nnU-Net's label map (its (z, y, x) order, uncropped) for a preprocessed case; ``case["data"]`` is
-        dropped on the way. Logits finished a slab at a time where the export needs no resampling
-        (:mod:`models.nnunet.streaming`), else nnU-Net's whole-grid logits and the export in slabs."""
+        dropped on the way. Logits finished a slab at a time where the export needs no resampling or resamples
+        with order <= 1 (:mod:`models.nnunet.streaming`), else nnU-Net's whole-grid logits and the export."""
         runner = self.predictor
         properties = case["data_properties"]
         bf16 = self.precision == "bf16" and self.device.type == "cpu"
         target = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
         order = export_order(runner.configuration_manager, runner.plans_manager, properties)
-        self.last_logits = "slabs" if streams(runner, tuple(case["data"].shape), target, order) else "whole"
+        kind = stream_kind(runner, case["data"], target, order)
+        self.last_logits = f"slabs-{kind}" if kind else "whole"
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            if self.last_logits == "slabs":
+            if kind == "same":
                 segmentation = empty_labels(runner.label_manager, target)
                 stream_labels(
                     runner,
@@ -229,6 +237,18 @@ class NnunetRunner:
                 if runner.stopped or runner.is_cancelled():
                     raise Cancelled()
                 return uncrop(segmentation, runner.plans_manager, runner.label_manager, properties)
+            if kind == "resampled" and order is not None:
+                data = case.pop("data")
+                heads = int(runner.label_manager.num_segmentation_heads)
+                export = StreamedExport(runner.label_manager, heads, tuple(data.shape[1:]), target, order)
+                try:
+                    stream_labels(runner, data, export.feed, lambda: runner.stopped)
+                    del data
+                    if runner.stopped or runner.is_cancelled():
+                        raise Cancelled()
+                    return uncrop(export.segmentation, runner.plans_manager, runner.label_manager, properties)
+                finally:
+                    export.close()
             logits = runner.predict_logits_from_preprocessed_data(case.pop("data")).cpu()
         if runner.stopped or runner.is_cancelled():
             raise Cancelled()

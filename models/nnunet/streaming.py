@@ -17,11 +17,12 @@ at 0.8 mm. Here the same numbers are made with only the planes that windows stil
 - the finished planes go to the export's own labelling (:func:`models.nnunet.export.label_slab`), which is
   what the export does for a model grid equal to the original one (no resampling of the probabilities).
 
-Used only where that holds: CPU results, a 3D patch on a 3D image, and an export without resampling (the
+Used where that holds: CPU results, a 3D patch on a 3D image, and an export without resampling (the
 model's grid equals the cropped input's, e.g. a scan already at the plans' spacing, as TotalSegmentator
-resamples it before nnU-Net). Peak besides the image: per fold a buffer of one window's extent along the
-first axis (C x patch[0] x the padded plane, float16; planes still reached are moved to its front in place)
-and the label map.
+resamples it before nnU-Net) or one that resamples the probabilities in slabs with order 0 or 1 (nnU-Net's
+default; :class:`models.nnunet.export.StreamedExport`). Peak besides the image: per fold a buffer of one
+window's extent along the first axis (C x patch[0] x the padded plane, float16; planes still reached are
+moved to its front in place) and the label map (and for "resampled", the model planes an output slab reads).
 """
 
 from __future__ import annotations
@@ -76,16 +77,26 @@ class _Accumulator:
         self.weights[local] += gaussian
 
 
-def streams(predictor: Any, data_shape: tuple[int, ...], target_shape: tuple[int, ...], order: Any) -> bool:
-    """Whether :func:`stream_labels` applies: CPU results, 3D, export without resampling (``order`` is the
-    export's slab order, None where the export takes nnU-Net's own resampling function)."""
-    return (
-        not (predictor.perform_everything_on_device and predictor.device.type != "cpu")
-        and len(data_shape) == 4
-        and len(predictor.configuration_manager.patch_size) == 3
-        and tuple(int(n) for n in data_shape[1:]) == tuple(target_shape)
-        and order is not None
-    )
+def stream_kind(predictor: Any, data: Any, target_shape: tuple[int, ...], order: Any) -> str | None:
+    """How :func:`stream_labels` can feed the export, or None (nnU-Net's whole-grid logits): "same" where
+    the model grid is the cropped input's (no resampling), "resampled" where the export resamples the
+    probabilities in slabs with order 0 or 1 (``order``: the export's slab order, None where it takes
+    nnU-Net's own resampling function). Needs CPU results, a 3D patch on a 3D image and float16 logits."""
+    from models.nnunet.resample import zoom_shape
+
+    shape = tuple(int(n) for n in data.shape[1:])
+    if (
+        (predictor.perform_everything_on_device and predictor.device.type != "cpu")
+        or len(data.shape) != 4
+        or len(predictor.configuration_manager.patch_size) != 3
+        or order is None
+    ):
+        return None
+    if shape == tuple(target_shape):
+        return "same"
+    if order <= 1 and zoom_shape(shape, target_shape)[0] == tuple(target_shape):
+        return "resampled"
+    return None
 
 
 def stream_labels(

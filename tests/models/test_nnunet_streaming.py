@@ -30,11 +30,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return nnunet_models(tmp_path_factory)
 
 
-def _at_model_spacing(root: Path, kind: str, crop: tuple[slice, ...] | None = None) -> list[Volume]:
-    """The abdominal CT's channels of ``kind`` with a 6 mm grid (the made models' spacing)."""
+def _at_model_spacing(
+    root: Path, kind: str, crop: tuple[slice, ...] | None = None, spacing: float = 6.0
+) -> list[Volume]:
+    """The abdominal CT's channels of ``kind`` on a grid of ``spacing`` mm (6: the made models' spacing, so
+    nothing is resampled; else nnU-Net resamples to 6 mm and the export back)."""
     channels = sorted(images_dir(root, kind).glob("abdomen_*.nii.gz"))
     volumes = read_channels([(p.name, [p]) for p in channels])
-    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    affine = np.diag([spacing, spacing, spacing, 1.0])
     out = []
     for volume in volumes:
         array = np.ascontiguousarray(volume.array[crop] if crop is not None else volume.array)
@@ -42,13 +45,15 @@ def _at_model_spacing(root: Path, kind: str, crop: tuple[slice, ...] | None = No
     return out
 
 
-def _both(runner, volumes: list[Volume], monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+def _both(
+    runner, volumes: list[Volume], monkeypatch: pytest.MonkeyPatch, kind: str = "same"
+) -> tuple[np.ndarray, np.ndarray]:
     from models.nnunet import predictor
 
     got = runner.predict(volumes)
-    assert runner.last_logits == "slabs"
+    assert runner.last_logits == f"slabs-{kind}"
     with monkeypatch.context() as patch:
-        patch.setattr(predictor, "streams", lambda *_args: False)
+        patch.setattr(predictor, "stream_kind", lambda *_args: None)
         expected = runner.predict(volumes)
     assert runner.last_logits == "whole"
     return got, expected
@@ -70,6 +75,37 @@ def test_streamed_labels_equal_whole_logits(
     runner = NnunetRunner(model_folder(root, kind), folds, use_mirroring=mirror)
     volumes = _at_model_spacing(root, kind, crop)
     got, expected = _both(runner, volumes, monkeypatch)
+    assert got.dtype == expected.dtype and got.shape == volumes[0].shape
+    assert np.array_equal(got, expected)
+    assert len(np.unique(expected)) >= 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "folds", "spacing", "crop"),
+    [
+        ("single", [0, 1], 3.0, None),  # the export upsamples 2x (order 1)
+        ("single", [0], 4.5, (slice(0, 100), slice(10, 90), slice(0, 30))),  # a zoom of 0.75
+        ("regions", [0], 7.3, None),  # the export downsamples
+        ("multi", [0], 2.0, (slice(20, 100), slice(0, 70), slice(0, 30))),
+    ],
+)
+def test_streamed_resampled_export_equals_whole_logits(
+    root: Path,
+    kind: str,
+    folds: list[int],
+    spacing: float,
+    crop: tuple | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Order-1 probabilities resampled to the input grid slab by slab from the finished model planes
+    (models.nnunet.export.StreamedExport) give the whole-grid export's labels, every voxel."""
+    from models.nnunet import export
+    from models.nnunet.predictor import NnunetRunner
+
+    runner = NnunetRunner(model_folder(root, kind), folds, use_mirroring=False)
+    volumes = _at_model_spacing(root, kind, crop, spacing)
+    monkeypatch.setattr(export, "SLAB_VOXELS", 4096)  # many output slabs, pages given back between them
+    got, expected = _both(runner, volumes, monkeypatch, "resampled")
     assert got.dtype == expected.dtype and got.shape == volumes[0].shape
     assert np.array_equal(got, expected)
     assert len(np.unique(expected)) >= 2
@@ -103,7 +139,7 @@ def test_cancel_stops_between_windows(root: Path) -> None:
     steps: list[float] = []
     with pytest.raises(Cancelled):
         runner.predict(volumes, on_progress=steps.append, is_cancelled=lambda: len(steps) > 3)
-    assert runner.last_logits == "slabs"
+    assert runner.last_logits == "slabs-same"
     assert 0 < steps[-1] < 0.5
     threads = torch.get_num_threads()
     again = runner.predict(volumes)
