@@ -81,7 +81,8 @@ def stream_kind(predictor: Any, data: Any, target_shape: tuple[int, ...], order:
     """How :func:`stream_labels` can feed the export, or None (nnU-Net's whole-grid logits): "same" where
     the model grid is the cropped input's (no resampling), "resampled" where the export resamples the
     probabilities in slabs with order 0 or 1 (``order``: the export's slab order, None where it takes
-    nnU-Net's own resampling function). Needs CPU results, a 3D patch on a 3D image and float16 logits."""
+    nnU-Net's own resampling function). Needs CPU results and a 3D patch on a 3D image (the logits are
+    float16, as in nnU-Net's accumulator, which the "resampled" export relies on)."""
     from models.nnunet.resample import zoom_shape
 
     shape = tuple(int(n) for n in data.shape[1:])
