@@ -108,13 +108,10 @@ def logits_to_labels(
     Same arguments and result as nnU-Net's
     ``convert_predicted_logits_to_segmentation_with_correct_shape(..., return_probabilities=False)``.
     """
-    transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
-    target_shape = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
-    spacing = configuration_manager.spacing
-    current = spacing if len(spacing) == len(target_shape) else [transposed[0], *spacing]
+    target_shape, current, transposed = _grids(configuration_manager, plans_manager, properties)
     data = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
     segmentation = empty_labels(label_manager, target_shape)
-    order = export_order(configuration_manager, plans_manager, properties)
+    order = _slab_order(configuration_manager, target_shape, current, transposed)
     if (
         order is not None
         and len(target_shape) == 3
@@ -134,13 +131,21 @@ def logits_to_labels(
     return uncrop(segmentation, plans_manager, label_manager, properties)
 
 
-def export_order(configuration_manager: Any, plans_manager: Any, properties: dict) -> int | None:
-    """The spline order of the probabilities' resampling where the export can run in slabs, else None."""
+def _grids(
+    configuration_manager: Any, plans_manager: Any, properties: dict
+) -> tuple[tuple[int, ...], Any, Any]:
+    """(the cropped original shape the export writes, the model grid's spacing, the original spacing), both
+    spacings in transposed axes, as nnU-Net's export computes them."""
     transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
     target_shape = tuple(int(n) for n in properties["shape_after_cropping_and_before_resampling"])
     spacing = configuration_manager.spacing
     current = spacing if len(spacing) == len(target_shape) else [transposed[0], *spacing]
-    return _slab_order(configuration_manager, target_shape, current, transposed)
+    return target_shape, current, transposed
+
+
+def export_order(configuration_manager: Any, plans_manager: Any, properties: dict) -> int | None:
+    """The spline order of the probabilities' resampling where the export can run in slabs, else None."""
+    return _slab_order(configuration_manager, *_grids(configuration_manager, plans_manager, properties))
 
 
 def empty_labels(label_manager: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -148,10 +153,30 @@ def empty_labels(label_manager: Any, shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=np.uint16 if label_manager.has_regions else _labels_dtype(label_manager))
 
 
-def label_slab(segmentation: np.ndarray, logits: np.ndarray, label_manager: Any) -> None:
-    """Labels of planes whose (C, n, ...) logits are already on the original grid, into ``segmentation`` (a
-    view of those n planes): the export's labelling where no resampling is needed."""
-    _label(segmentation, (logits[c] for c in range(len(logits))), label_manager)
+class SameGridExport:
+    """The export fed by finished planes (:mod:`models.nnunet.streaming`) where the model grid is the cropped
+    original one: each run of planes is labelled as the export labels it without resampling."""
+
+    def __init__(self, label_manager: Any, target: Any) -> None:
+        self.label_manager = label_manager
+        self.segmentation = empty_labels(label_manager, tuple(int(n) for n in target))
+
+    def feed(self, planes: slice, logits: np.ndarray) -> None:
+        """Finished planes ``planes`` (C, n, ...) float16 of the original grid, labelled now."""
+        _label(self.segmentation[planes], (logits[c] for c in range(len(logits))), self.label_manager)
+
+    def close(self) -> None:
+        """Nothing held beyond the label map."""
+
+
+def streamed_export(
+    kind: str, label_manager: Any, model_shape: tuple[int, ...], target: Any, order: int
+) -> SameGridExport | StreamedExport:
+    """The export for ``models.nnunet.streaming.stream_kind``'s ``kind`` ("same" or "resampled")."""
+    if kind == "same":
+        return SameGridExport(label_manager, target)
+    heads = int(label_manager.num_segmentation_heads)
+    return StreamedExport(label_manager, heads, model_shape, target, order)
 
 
 def uncrop(segmentation: np.ndarray, plans_manager: Any, label_manager: Any, properties: dict) -> np.ndarray:

@@ -41,14 +41,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from models.calibration import installed_records, precision_for
 from models.card import Cancelled, ModelCard, ModelUnavailable, check_card
 from models.cpu import FP32, CpuPath
-from models.nnunet.export import (
-    StreamedExport,
-    empty_labels,
-    export_order,
-    label_slab,
-    logits_to_labels,
-    uncrop,
-)
+from models.nnunet.export import export_order, logits_to_labels, streamed_export, uncrop
 from models.nnunet.geometry import image_properties, labels_to_volume_grid, nnunet_input
 from models.nnunet.preprocess import preprocess
 from models.nnunet.streaming import stream_kind, stream_labels
@@ -226,21 +219,9 @@ class NnunetRunner:
         kind = stream_kind(runner, case["data"], target, order)
         self.last_logits = f"slabs-{kind}" if kind else "whole"
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            if kind == "same":
-                segmentation = empty_labels(runner.label_manager, target)
-                stream_labels(
-                    runner,
-                    case.pop("data"),
-                    lambda planes, logits: label_slab(segmentation[planes], logits, runner.label_manager),
-                    lambda: runner.stopped,
-                )
-                if runner.stopped or runner.is_cancelled():
-                    raise Cancelled()
-                return uncrop(segmentation, runner.plans_manager, runner.label_manager, properties)
-            if kind == "resampled" and order is not None:
+            if kind is not None and order is not None:
                 data = case.pop("data")
-                heads = int(runner.label_manager.num_segmentation_heads)
-                export = StreamedExport(runner.label_manager, heads, tuple(data.shape[1:]), target, order)
+                export = streamed_export(kind, runner.label_manager, tuple(data.shape[1:]), target, order)
                 try:
                     stream_labels(runner, data, export.feed, lambda: runner.stopped)
                     del data

@@ -14,8 +14,9 @@ at 0.8 mm. Here the same numbers are made with only the planes that windows stil
   ``compute_gaussian``), then the same ``torch.div``; several folds keep one buffer each and are summed and
   divided as ``predict_logits_from_preprocessed_data`` does (the fold's weights are loaded per group of
   windows, windows within a fold in nnU-Net's order), so every finished logit equals nnU-Net's bit for bit;
-- the finished planes go to the export's own labelling (:func:`models.nnunet.export.label_slab`), which is
-  what the export does for a model grid equal to the original one (no resampling of the probabilities).
+- the finished planes go to the export's own labelling (:class:`models.nnunet.export.SameGridExport`),
+  which is what the export does for a model grid equal to the original one (no resampling), or to its slab
+  resampling (:class:`models.nnunet.export.StreamedExport`).
 
 Used where that holds: CPU results, a 3D patch on a 3D image, and an export without resampling (the
 model's grid equals the cropped input's, e.g. a scan already at the plans' spacing, as TotalSegmentator
