@@ -92,16 +92,27 @@ class SpaceToBatchConv3d(nn.Module):
         grid: BlockGrid | None = None,
     ) -> None:
         super().__init__()
+        reason = self.refusal(conv, base)
+        if reason is not None:
+            raise ValueError(reason)
         d = conv.dilation[0]
-        if set(conv.dilation) != {d} or conv.stride != (1, 1, 1) or conv.kernel_size != (3, 3, 3):
-            raise ValueError(f"needs a stride-1 3x3x3 convolution with one dilation, got {conv}")
-        if conv.padding != (d, d, d):
-            raise ValueError(f"needs 'same' padding {d}, got {conv.padding}")
-        if d % base:
-            raise ValueError(f"dilation {d} is not a multiple of the blocks' base {base}")
         self.base, self.inner, self.enter, self.leave = base, d // base, enter, leave
         self.grid = grid if grid is not None else BlockGrid()
         self.conv = conv
+
+    @staticmethod
+    def refusal(conv: nn.Module, base: int) -> str | None:
+        """Why ``conv`` cannot run on blocks of ``base``, or None when it can."""
+        if not isinstance(conv, nn.Conv3d):
+            return f"needs a Conv3d, got {type(conv).__name__}"
+        d = conv.dilation[0]
+        if set(conv.dilation) != {d} or conv.stride != (1, 1, 1) or conv.kernel_size != (3, 3, 3):
+            return f"needs a stride-1 3x3x3 convolution with one dilation, got {conv}"
+        if conv.padding != (d, d, d):
+            return f"needs 'same' padding {d}, got {conv.padding}"
+        if d % base:
+            return f"dilation {d} is not a multiple of the blocks' base {base}"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
@@ -158,12 +169,8 @@ def _block_runs(steps: list[nn.Sequential]) -> None:
         conv = step[0] if step is not None and len(step) else None
         fits = (
             isinstance(conv, nn.Conv3d)
-            and set(conv.dilation) == {conv.dilation[0]}
             and conv.dilation[0] >= BLOCK_DILATION
-            and conv.dilation[0] % BLOCK_DILATION == 0
-            and conv.kernel_size == (3, 3, 3)
-            and conv.stride == (1, 1, 1)
-            and conv.padding == conv.dilation
+            and SpaceToBatchConv3d.refusal(conv, BLOCK_DILATION) is None
         )
         if fits and step is not None:
             run.append(step)
