@@ -32,7 +32,7 @@ import torch
 
 from models.calibration import label_agreement, record_key, verdict, write_record
 from models.catalog import Catalog
-from models.cpu import cpu_flags, select_cpu_path
+from models.cpu import CpuPath, cpu_flags, select_cpu_path
 from models.meshnet.predictor import MeshNetPredictor
 from segserve.scans.readers import read_image
 from tests.support.paths import DATA, WEIGHTS
@@ -58,11 +58,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def calibrate(model_id: str, scans: dict[str, list[Path]]) -> dict[str, dict[str, float]]:
-    """Per scan: agreement_network, agreement_volume, voxels_network and the two forwards' seconds."""
+def calibrate(model_id: str, scans: dict[str, list[Path]], path: CpuPath) -> dict[str, dict[str, float]]:
+    """Per scan: agreement_network, agreement_volume, voxels_network and the two forwards' seconds; the
+    bf16 twin as a worker on ``path`` builds it."""
     card = Catalog(WEIGHTS).card(model_id)
     fp32 = MeshNetPredictor.load(card, WEIGHTS)
-    bf16 = MeshNetPredictor(card, fp32.network.with_bf16_inner_steps(), precision="bf16")
+    twin = fp32.network.with_bf16_inner_steps(blocks=path.space_to_batch)
+    bf16 = MeshNetPredictor(card, twin, precision="bf16")
     results: dict[str, dict[str, float]] = {}
     for name, paths in scans.items():
         volume = read_image(paths)
@@ -115,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog(WEIGHTS)
     for model_id in args.models.split(","):
         print(f"{model_id} on {cpu_name()} ({path.isa}, torch {torch.__version__}, {args.threads} threads)")
-        scans = calibrate(model_id, SCANS)
+        scans = calibrate(model_id, SCANS, path)
         print(f"  {verdict(scans)}")
         print("  not part of the rule:")
-        others = calibrate(model_id, OTHER_SCANS)
+        others = calibrate(model_id, OTHER_SCANS, path)
         if not args.dry_run:
             extra = {
                 "other_scans": others,

@@ -54,7 +54,7 @@ import torch
 
 from models.calibration import label_agreement, use_bf16
 from models.catalog import Catalog
-from models.cpu import cpu_flags, select_cpu_path
+from models.cpu import CpuPath, cpu_flags, select_cpu_path
 from models.meshnet.conform import conform
 from models.meshnet.predictor import MEMORY_FORMAT, MeshNetPredictor
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise
@@ -78,7 +78,7 @@ def bare_input(predictor: MeshNetPredictor, volume: Volume) -> torch.Tensor:
 
 
 def bare_forward(
-    memory_format: torch.memory_format = MEMORY_FORMAT, bf16: bool = False
+    memory_format: torch.memory_format = MEMORY_FORMAT, bf16: CpuPath | None = None
 ) -> tuple[Callable[[], float], tuple[int, ...], Callable[[], torch.Tensor]]:
     """A function timing one bare forward pass (seconds), the input tensor's shape, and a function
     giving the labels (argmax of the logits) of one more pass.
@@ -91,7 +91,9 @@ def bare_forward(
     img = nibabel.load(SCAN)
     volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
     x = bare_input(predictor, volume).contiguous(memory_format=memory_format)
-    network = predictor.network.with_bf16_inner_steps() if bf16 else predictor.network
+    network = (
+        predictor.network.with_bf16_inner_steps(blocks=bf16.space_to_batch) if bf16 else predictor.network
+    )
     network.to(memory_format=memory_format)  # in place
 
     def run() -> float:
@@ -134,7 +136,7 @@ def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
             }
         if body["status"] in ("failed", "cancelled"):
             raise RuntimeError(f"job {job_id} ended {body['status']}: {body.get('error')}")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU path: {cpu.reason}")
     run_bare, shape, labels_bare = bare_forward()
     run_default = bare_forward(torch.contiguous_format)[0] if args.layout_baseline else None
-    fast = bare_forward(bf16=True) if cpu.precision == "bf16" else None
+    fast = bare_forward(bf16=cpu) if cpu.precision == "bf16" else None
     sides: dict[str, list[float]] = {"a": [], "a0": [], "f": []}
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {"b": [], "b32": []}
     stacks = [("b", "auto")] + ([("b32", "fp32")] if args.service_fp32 else [])

@@ -38,6 +38,18 @@ class CpuPath:
     isa: str | None
     reason: str
 
+    @property
+    def space_to_batch(self) -> bool:
+        """Whether MeshNet's bf16 twin runs its widely dilated steps on space-to-batch blocks here.
+
+        Only on AMX: there oneDNN's bf16 convolutions slow down steeply with the dilation (30 channels on
+        128³: dilation 1 0.34 s, 16 8.73 s), and blocks run them at dilation 1 to 4. With AVX512-BF16 alone
+        (AMD EPYC, 2026-11-28, 30 channels on subject-a's 137x143x186 box) the bf16 kernels take 0.49-0.52 s
+        at every dilation from 1 to 16, and the same step on blocks 0.86-0.99 s (the copies in and out), so
+        the twin's forward took 5.51 s direct against 6.12 s on blocks.
+        """
+        return self.isa == "amx_bf16"
+
 
 FP32 = CpuPath("fp32", None, "fp32 (default)")
 

@@ -8,7 +8,6 @@ yields after every step so a caller can report progress and stop early.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Generator
 
 import torch
@@ -57,7 +56,7 @@ def _conv3d(layer: Conv3DLayer) -> nn.Conv3d:
 BLOCK_DILATION = 4
 
 
-_ELEMENTWISE = (nn.ELU, nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh)
+ELEMENTWISE = (nn.ELU, nn.ReLU, nn.GELU, nn.Sigmoid, nn.Tanh)
 
 
 class BlockGrid:
@@ -161,7 +160,7 @@ class SpaceToBatchConv3d(nn.Module):
         return out
 
 
-def _block_runs(steps: list[nn.Sequential]) -> None:
+def block_runs(steps: list[nn.Sequential]) -> None:
     """Replace the convolutions of ``steps`` dilated by BLOCK_DILATION or more by SpaceToBatchConv3d, runs of
     consecutive such steps (activations elementwise) sharing one set of blocks."""
     run: list[nn.Sequential] = []
@@ -174,7 +173,7 @@ def _block_runs(steps: list[nn.Sequential]) -> None:
         )
         if fits and step is not None:
             run.append(step)
-            if all(isinstance(m, _ELEMENTWISE) for m in list(step)[1:]):
+            if all(isinstance(m, ELEMENTWISE) for m in list(step)[1:]):
                 continue  # the next step may share the blocks
         grid = BlockGrid()
         for index, member in enumerate(run):
@@ -221,22 +220,22 @@ class MeshNet(nn.Module):
         """Number of convolution steps (one progress tick each)."""
         return len(self.steps)
 
-    def with_bf16_inner_steps(self) -> MeshNet:
+    def with_bf16_inner_steps(self, *, blocks: bool) -> MeshNet:
         """A copy whose steps run in bfloat16, except the first and the last, which stay float32.
 
         Why those two: the first step reads the scan's intensities, which bf16's 8-bit mantissa would
         round to about 0.4 % (measured: labels then differ from fp32 on 0.12 % of subject-a's network
         voxels instead of 0.07 %); the last makes the logits that argmax compares, where near ties
         decide labels. Both are cheap (one input channel; a 1x1x1 convolution); the dilated 3x3x3 convolutions
-        in between hold nearly all the work. Input and output stay float32 tensors. Steps dilated by
-        ``BLOCK_DILATION`` or more run their convolution as :class:`SpaceToBatchConv3d` (same sums, faster
-        bf16 kernels).
+        in between hold nearly all the work. Input and output stay float32 tensors. With ``blocks``, steps
+        dilated by ``BLOCK_DILATION`` or more run their convolution as :class:`SpaceToBatchConv3d` (same
+        sums; faster where the CPU's bf16 kernels slow down with the dilation, see
+        ``models.cpu.CpuPath.space_to_batch``). The copy is a :class:`models.meshnet.twin.Bf16Twin`, whose
+        forward reuses its activation buffers.
         """
-        twin = copy.deepcopy(self)
-        inner = [twin.steps[index].to(torch.bfloat16) for index in range(1, len(twin.steps) - 1)]
-        _block_runs([step for step in inner if isinstance(step, nn.Sequential)])
-        twin.eval()
-        return twin
+        from models.meshnet.twin import Bf16Twin  # the twin's module builds on this one
+
+        return Bf16Twin.from_fp32(self, blocks=blocks)
 
     def step_dtypes(self) -> list[torch.dtype | None]:
         """Each step's compute dtype (that of its weights); None for a step without weights."""

@@ -106,7 +106,7 @@ class MeshNetPredictor:
             )
         network = MeshNet.from_tfjs(spec).to(device)
         if precision_for(card, cpu_path) == "bf16":
-            return cls(card, network.with_bf16_inner_steps(), device, "bf16")
+            return cls(card, network.with_bf16_inner_steps(blocks=cpu_path.space_to_batch), device, "bf16")
         return cls(card, network, device)
 
     def predict(
