@@ -9,7 +9,7 @@ Run from the repository root (about 2 minutes a model on 2 quiet cores):
 For each model and each real T1 scan of the calibration set (the T1 scans ../shared/data/README.md
 lists: subject-a's norm.mgz, t1-raw's chris_t1 and the 3-slice T1 MPRAGE DICOM series), the Predictor's
 labels on the conformed 256³ grid from the fp32 network and from its bf16 twin
-(``MeshNet.with_bf16_inner_steps``) are compared: ``agreement_network`` on the voxels the network labels
+(``models.meshnet.twin.bf16_twin``) are compared: ``agreement_network`` on the voxels the network labels
 (the rule: >= 99.9 % on every scan), and ``agreement_volume`` on the whole grid. One more scan is measured
 and recorded but is not part of the rule (``other_scans``): the brain-tumour MRI (256x256x25, 6.5 mm
 slices, with skull, not said to be a T1), an input the card does not expect. The result is written to
@@ -34,6 +34,7 @@ from models.calibration import label_agreement, record_key, verdict, write_recor
 from models.catalog import Catalog
 from models.cpu import CpuPath, cpu_flags, select_cpu_path
 from models.meshnet.predictor import MeshNetPredictor
+from models.meshnet.twin import bf16_twin
 from segserve.scans.readers import read_image
 from tests.support.paths import DATA, WEIGHTS
 
@@ -63,7 +64,7 @@ def calibrate(model_id: str, scans: dict[str, list[Path]], path: CpuPath) -> dic
     bf16 twin as a worker on ``path`` builds it."""
     card = Catalog(WEIGHTS).card(model_id)
     fp32 = MeshNetPredictor.load(card, WEIGHTS)
-    twin = fp32.network.with_bf16_inner_steps(blocks=path.space_to_batch)
+    twin = bf16_twin(fp32.network, blocks=path.space_to_batch)
     bf16 = MeshNetPredictor(card, twin, precision="bf16")
     results: dict[str, dict[str, float]] = {}
     for name, paths in scans.items():

@@ -14,7 +14,7 @@ Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LI
   (a0) the same in PyTorch's default (contiguous) layout: what channels-last saves (skip with
       ``--no-layout-baseline``).
   (f) fast bare: the same forward through the bf16 twin the worker may use on a CPU with avx512_bf16 or
-      amx_bf16 (``MeshNet.with_bf16_inner_steps``: first and last step fp32, the rest bf16), with the share
+      amx_bf16 (``models.meshnet.twin.bf16_twin``: first and last step fp32, the rest bf16), with the share
       of voxels whose labels equal (a)'s (the agreement rule; the 3-scan check is ``python -m
       bench.calibrate``). Not run on a CPU without native bf16.
   (b) service: ``segserve api`` + ``segserve worker`` subprocesses (tests.support.stack, an embedded Redis
@@ -58,6 +58,7 @@ from models.cpu import CpuPath, cpu_flags, select_cpu_path
 from models.meshnet.conform import conform
 from models.meshnet.predictor import MEMORY_FORMAT, MeshNetPredictor
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise
+from models.meshnet.twin import bf16_twin
 from segserve.broker import EmbeddedRedis
 from segserve.imaging.volume import Volume
 from tests.support.paths import DATA, WEIGHTS
@@ -91,9 +92,7 @@ def bare_forward(
     img = nibabel.load(SCAN)
     volume = Volume(np.asanyarray(img.dataobj), img.affine, "mgz")  # type: ignore[attr-defined]
     x = bare_input(predictor, volume).contiguous(memory_format=memory_format)
-    network = (
-        predictor.network.with_bf16_inner_steps(blocks=bf16.space_to_batch) if bf16 else predictor.network
-    )
+    network = bf16_twin(predictor.network, blocks=bf16.space_to_batch) if bf16 else predictor.network
     network.to(memory_format=memory_format)  # in place
 
     def run() -> float:
@@ -109,15 +108,15 @@ def bare_forward(
     return run, tuple(x.shape), labels
 
 
-def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
-    """POST subject-a, poll every 0.1 s until succeeded.
+def _job_seconds(client: httpx.Client, scan: Path = SCAN) -> tuple[float, dict[str, float]]:
+    """POST ``scan`` (subject-a), poll every 50 ms until succeeded.
 
     Returns seconds from POST to result ready, and a breakdown: the POST itself, queue (accepted ->
     claimed by the worker, from the job's timestamps) and run (claimed -> finished).
     """
     start = time.perf_counter()
-    with SCAN.open("rb") as fh:
-        response = client.post("/v1/jobs", data={"model": MODEL}, files={"image": ("norm.mgz", fh)})
+    with scan.open("rb") as fh:
+        response = client.post("/v1/jobs", data={"model": MODEL}, files={"image": (scan.name, fh)})
     posted = time.perf_counter() - start
     if response.status_code != 202:
         raise RuntimeError(f"POST /v1/jobs answered {response.status_code}: {response.text}")
@@ -140,9 +139,9 @@ def _job_seconds(client: httpx.Client) -> tuple[float, dict[str, float]]:
 
 
 @contextmanager
-def service_stack(threads: int, precision: str = "auto") -> Iterator[httpx.Client]:
+def service_stack(threads: int, precision: str = "auto", device: str = "cpu") -> Iterator[httpx.Client]:
     """A fresh api + worker stack (embedded broker, SQLite) and an admin client for it; ``precision``
-    is the worker's SEGSERVE_CPU_PRECISION."""
+    is the worker's SEGSERVE_CPU_PRECISION, ``device`` its SEGSERVE_DEVICE."""
     tmp = Path(tempfile.mkdtemp(prefix="segserve-bench-"))
     broker = EmbeddedRedis(tmp / "broker")
     broker.start()
@@ -153,6 +152,7 @@ def service_stack(threads: int, precision: str = "auto") -> Iterator[httpx.Clien
             "SEGSERVE_MODELS_DIR": str(WEIGHTS),
             "SEGSERVE_TORCH_THREADS": str(threads),
             "SEGSERVE_CPU_PRECISION": precision,
+            "SEGSERVE_DEVICE": device,
             "SEGSERVE_LOG_LEVEL": "WARNING",
             # Production defaults, not the tests' fast lease and recovery beats (extra CPU while timing).
             "SEGSERVE_LEASE_S": "120",

@@ -220,23 +220,6 @@ class MeshNet(nn.Module):
         """Number of convolution steps (one progress tick each)."""
         return len(self.steps)
 
-    def with_bf16_inner_steps(self, *, blocks: bool) -> MeshNet:
-        """A copy whose steps run in bfloat16, except the first and the last, which stay float32.
-
-        Why those two: the first step reads the scan's intensities, which bf16's 8-bit mantissa would
-        round to about 0.4 % (measured: labels then differ from fp32 on 0.12 % of subject-a's network
-        voxels instead of 0.07 %); the last makes the logits that argmax compares, where near ties
-        decide labels. Both are cheap (one input channel; a 1x1x1 convolution); the dilated 3x3x3 convolutions
-        in between hold nearly all the work. Input and output stay float32 tensors. With ``blocks``, steps
-        dilated by ``BLOCK_DILATION`` or more run their convolution as :class:`SpaceToBatchConv3d` (same
-        sums; faster where the CPU's bf16 kernels slow down with the dilation, see
-        ``models.cpu.CpuPath.space_to_batch``). The copy is a :class:`models.meshnet.twin.Bf16Twin`, whose
-        forward reuses its activation buffers.
-        """
-        from models.meshnet.twin import Bf16Twin  # the twin's module builds on this one
-
-        return Bf16Twin.from_fp32(self, blocks=blocks)
-
     def step_dtypes(self) -> list[torch.dtype | None]:
         """Each step's compute dtype (that of its weights); None for a step without weights."""
         return [next((p.dtype for p in step.parameters()), None) for step in self.steps]
@@ -246,7 +229,8 @@ class MeshNet(nn.Module):
 
         The last yielded tensor is the logits. The generator holds only the current activation, so
         memory stays at about two activations; stop iterating to abandon the pass. Each step's input is
-        cast to the step's dtype first (see :meth:`with_bf16_inner_steps`); a float32 network casts nothing.
+        cast to the step's dtype first (see ``models.meshnet.twin.bf16_twin``); a float32 network casts
+        nothing.
         """
         for step, dtype in zip(self.steps, self.step_dtypes(), strict=True):
             if dtype is not None and x.dtype != dtype:

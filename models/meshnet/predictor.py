@@ -28,6 +28,7 @@ from models.meshnet.conform import ConformedImage, conform, labels_to_source
 from models.meshnet.network import MeshNet
 from models.meshnet.preprocess import foreground_box, intensity_range, normalise, parse_normalisation
 from models.meshnet.tfjs import TfjsFormatError, load_tfjs_model
+from models.meshnet.twin import bf16_twin
 from segserve.imaging.volume import Volume
 
 __all__ = ["MEMORY_FORMAT", "MeshNetPredictor"]
@@ -47,7 +48,7 @@ _PRE, _POST = 0.05, 0.05
 class MeshNetPredictor:
     """A loaded model and its pre/post-processing. Not thread-safe: one ``predict`` at a time.
 
-    ``precision``: "fp32", or "bf16" for a network made by :meth:`MeshNet.with_bf16_inner_steps` (what
+    ``precision``: "fp32", or "bf16" for a network made by :func:`models.meshnet.twin.bf16_twin` (what
     :meth:`load` picks where the CPU path allows it and the model's calibration passes).
     """
 
@@ -106,7 +107,7 @@ class MeshNetPredictor:
             )
         network = MeshNet.from_tfjs(spec).to(device)
         if precision_for(card, cpu_path) == "bf16":
-            return cls(card, network.with_bf16_inner_steps(blocks=cpu_path.space_to_batch), device, "bf16")
+            return cls(card, bf16_twin(network, blocks=cpu_path.space_to_batch), device, "bf16")
         return cls(card, network, device)
 
     def predict(
@@ -170,7 +171,9 @@ class MeshNetPredictor:
         del crop
         total = self.network.num_steps
         with torch.inference_mode():
-            x = x.to(self.device, memory_format=MEMORY_FORMAT)
+            if self.device.type == "cuda":  # page-locked: the copy to the GPU runs without a staging copy
+                x = x.pin_memory()
+            x = x.to(self.device, memory_format=MEMORY_FORMAT, non_blocking=True)
             steps = self.network.forward_steps(x)
             del x
             activation: torch.Tensor | None = None

@@ -15,6 +15,7 @@ from torch import nn
 
 from models.cpu import FP32, CpuPath
 from models.meshnet.network import BLOCK_DILATION, BlockGrid, MeshNet, SpaceToBatchConv3d
+from models.meshnet.twin import bf16_twin
 
 
 def _conv(channels: int, dilation: int, dtype: torch.dtype) -> nn.Conv3d:
@@ -88,7 +89,7 @@ def test_twin_blocks_only_the_most_dilated_inner_steps() -> None:
     steps = [nn.Sequential(nn.Conv3d(3, 3, 3, dilation=d, padding=d), nn.ELU()) for d in dilations]
     steps[5].append(nn.InstanceNorm3d(3))  # not elementwise: ends the run of shared blocks there
     net = MeshNet(steps, 3).eval()
-    twin = net.with_bf16_inner_steps(blocks=True)
+    twin = bf16_twin(net, blocks=True)
     convs = [step[0] for step in twin.steps]
     # the first and last steps stay float32 convolutions (dilation 16 at the end included)
     inner = [0 < i < len(dilations) - 1 and d >= BLOCK_DILATION for i, d in enumerate(dilations)]
@@ -100,7 +101,7 @@ def test_twin_blocks_only_the_most_dilated_inner_steps() -> None:
     assert twin.step_dtypes()[1:-1] == [torch.bfloat16] * (len(dilations) - 2)
     x = torch.randn(1, 3, 20, 23, 18)
     with torch.inference_mode():
-        reference = net.with_bf16_inner_steps(blocks=False)  # every convolution dilated directly
+        reference = bf16_twin(net, blocks=False)  # every convolution dilated directly
         assert not any(isinstance(step[0], SpaceToBatchConv3d) for step in reference.steps)
         torch.testing.assert_close(twin(x), reference(x), rtol=0.05, atol=0.05)
 

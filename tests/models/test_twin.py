@@ -14,7 +14,7 @@ from torch import nn
 
 from models.meshnet import twin as twin_module
 from models.meshnet.network import MeshNet
-from models.meshnet.twin import Bf16Twin
+from models.meshnet.twin import Bf16Twin, bf16_twin
 
 LAYOUT = torch.channels_last_3d
 
@@ -40,7 +40,7 @@ def _network() -> MeshNet:
 
 
 def test_plans_follow_the_shape_of_each_step() -> None:
-    twin = _network().with_bf16_inner_steps(blocks=False)
+    twin = bf16_twin(_network(), blocks=False)
     assert isinstance(twin, Bf16Twin)
     assert twin.plans == [
         "slabs",
@@ -61,7 +61,7 @@ def test_twin_forward_equals_its_steps_run_as_modules(
     blocks: bool, size: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(twin_module, "SLAB_PLANES", 8)  # 37 planes: slabs of 8, 8, 8, 8 and 5
-    twin = _network().with_bf16_inner_steps(blocks=blocks)
+    twin = bf16_twin(_network(), blocks=blocks)
     twin.to(memory_format=LAYOUT)  # type: ignore[call-overload]
     x = torch.rand(1, 1, *size).contiguous(memory_format=LAYOUT)
     with torch.inference_mode():
@@ -79,7 +79,7 @@ def test_twin_forward_equals_its_steps_run_as_modules(
 
 def test_inner_steps_reuse_two_buffers() -> None:
     """The step after next writes into the buffer of a step's output: no fresh activation per step."""
-    twin = _network().with_bf16_inner_steps(blocks=False)
+    twin = bf16_twin(_network(), blocks=False)
     twin.to(memory_format=LAYOUT)  # type: ignore[call-overload]
     x = torch.rand(1, 1, 20, 17, 19).contiguous(memory_format=LAYOUT)
     with torch.inference_mode():
