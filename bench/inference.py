@@ -18,11 +18,11 @@ Input: subject-a (``../shared/data/mri-brain/subject-a/norm.mgz``, 256³ 1 mm LI
       of voxels whose labels equal (a)'s (the agreement rule; the 3-scan check is ``python -m
       bench.calibrate``). Not run on a CPU without native bf16.
   (b) service: ``segserve api`` + ``segserve worker`` subprocesses (tests.support.stack, an embedded Redis
-      broker, SQLite), POST norm.mgz, poll the job every 50 ms until ``succeeded``; the time is POST to
-      result ready. The worker is warmed by one prior job on the same scan, so model loading is not counted
-      (a worker keeps its models loaded between jobs). The worker runs with its default CPU path
-      (SEGSERVE_CPU_PRECISION=auto: bf16 where the model's calibration passes on this CPU); (b32), with
-      ``--service-fp32``, is a second stack forced to fp32.
+      broker, SQLite), POST norm.mgz, poll the job every 0.25 s until ``succeeded``; the time is POST to
+      result ready (the job's ``finished_at``). The worker is warmed by one prior job on the same scan,
+      so model loading is not counted (a worker keeps its models loaded between jobs). The worker runs
+      with its default CPU path (SEGSERVE_CPU_PRECISION=auto: bf16 where the model's calibration passes
+      on this CPU); (b32), with ``--service-fp32``, is a second stack forced to fp32.
   (c) the ``brainchop`` PyPI package (tinygrad): not run by default: PROBES.md measured 24 min and 7.7 GB
       for this scan after several workarounds (model list fetched at import, needs clang, no .mgz input).
 All sides use the same number of torch threads (``--threads``, default 2: the worker gets
@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -66,6 +66,7 @@ from tests.support.stack import Stack
 
 MODEL = "brain-mri-structures"
 SCAN = DATA / "mri-brain" / "subject-a" / "norm.mgz"
+POLL_S = 0.25  # seconds between polls of a job (see _job_seconds)
 
 
 def bare_input(predictor: MeshNetPredictor, volume: Volume) -> torch.Tensor:
@@ -109,11 +110,15 @@ def bare_forward(
 
 
 def _job_seconds(client: httpx.Client, scan: Path = SCAN) -> tuple[float, dict[str, float]]:
-    """POST ``scan`` (subject-a), poll every 50 ms until succeeded.
+    """POST ``scan`` (subject-a), poll every POLL_S until succeeded.
 
     Returns seconds from POST to result ready, and a breakdown: the POST itself, queue (accepted ->
-    claimed by the worker, from the job's timestamps) and run (claimed -> finished).
+    claimed by the worker, from the job's timestamps) and run (claimed -> finished). Result ready is the
+    job's ``finished_at`` (the worker's commit after the labels are written; same machine, same clock), not
+    the poll that saw it: a poll's lag would count, and polling more often takes CPU from the worker (at
+    50 ms the predict stage took 6.15-6.26 s against 5.51-5.78 s at 250 ms, 2 cores, 2026-11-28).
     """
+    wall_start = time.time()
     start = time.perf_counter()
     with scan.open("rb") as fh:
         response = client.post("/v1/jobs", data={"model": MODEL}, files={"image": (scan.name, fh)})
@@ -124,10 +129,12 @@ def _job_seconds(client: httpx.Client, scan: Path = SCAN) -> tuple[float, dict[s
     while True:
         body = client.get(f"/v1/jobs/{job_id}").json()
         if body["status"] == "succeeded":
-            total = time.perf_counter() - start
             created, started, finished = (
                 datetime.fromisoformat(body[k]) for k in ("created_at", "started_at", "finished_at")
             )
+            if finished.tzinfo is None:
+                finished = finished.replace(tzinfo=UTC)
+            total = finished.timestamp() - wall_start
             return total, {
                 "post": posted,
                 "queue": (started - created).total_seconds(),
@@ -135,7 +142,7 @@ def _job_seconds(client: httpx.Client, scan: Path = SCAN) -> tuple[float, dict[s
             }
         if body["status"] in ("failed", "cancelled"):
             raise RuntimeError(f"job {job_id} ended {body['status']}: {body.get('error')}")
-        time.sleep(0.05)
+        time.sleep(POLL_S)
 
 
 @contextmanager
