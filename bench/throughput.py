@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.workers * args.threads)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    fast_allowed = select_cpu_path(args.precision, cpu_flags()).precision == "bf16"
+    cpu = select_cpu_path(args.precision, cpu_flags())
     bare = {"(a) fp32": bare_forward()[0]}
-    if fast_allowed:
-        bare["(f) bf16 twin"] = bare_forward(bf16=True)[0]
+    if cpu.precision == "bf16":
+        bare["(f) bf16 twin"] = bare_forward(bf16=cpu)[0]
     times: dict[str, list[float]] = {name: [] for name in bare}
     for name, run in bare.items():
         run()  # warm-up
