@@ -1,14 +1,14 @@
 """MeshNet's bf16 twin (the fast CPU path) and its forward, which spends its time in the convolutions.
 
-The twin runs its inner steps in bfloat16, its first and last in float32 (see
-:func:`bf16_twin` for why). On a CPU whose bf16 convolutions take
-about 0.5 s a step on a brain (30 channels, 137x143x186), what surrounds them costs a lot: every step's
-output is a fresh 220 MB tensor whose pages the kernel maps and zeroes on first touch (0.046 s for 220 MB
-against 0.009 s to write the same pages again), the first step's float32 output is 440 MB written, read
-back and cast, and the last step's float32 copy of the bf16 activations is 440 MB more. So this forward:
+The twin runs its inner steps in bfloat16, its first and last in float32 (see :func:`bf16_twin` for why).
+On a CPU whose bf16 convolutions take about 0.5 s a step on a brain (30 channels, 137x143x186), what
+surrounds them costs a lot: every step's output is a fresh 220 MB tensor whose pages the kernel maps and
+zeroes on first touch (0.046 s for 220 MB against 0.009 s to write the same pages again), the first step's
+float32 output is 440 MB written, read back and cast, and the last step's float32 copy of the bf16
+activations is 440 MB more. So this forward:
 
-- runs the first step (float32 convolution from the one input channel, then its activation) a few planes
-  at a time and casts each slab into a bf16 buffer: the float32 activation never exists whole;
+- runs the first step (float32 convolution from the one input channel, then its activation) 16 planes
+  at a time (``SLAB_PLANES``) and casts each slab into a bf16 buffer: no whole float32 activation;
 - runs each inner step that maps C channels to C with in-place activations into one of two buffers it
   reuses (oneDNN's in-place convolution, ``torch.ops.mkldnn._convolution_pointwise_``, the one inductor uses,
   adding the convolution to a zeroed buffer: the same output bit for bit), then its activation in place;
@@ -90,7 +90,18 @@ class Bf16Twin(MeshNet):
                 after = next((d for d in dtypes[index + 1 :] if d is not None), dtype)
                 x = _by_slabs(step, x, after or x.dtype)
             elif plan == "in_place" and x.dtype == dtype:
-                out = spare if spare is not None and spare.shape == x.shape else torch.empty_like(x)
+                # A step's input may be a view (the cropped output of space-to-batch blocks): only a
+                # dense channels-last buffer of the same shape is reused.
+                reuse = (
+                    spare is not None
+                    and spare.shape == x.shape
+                    and spare.is_contiguous(memory_format=CHANNELS_LAST)
+                )
+                out = (
+                    spare
+                    if reuse and spare is not None
+                    else _channels_last(tuple(x.shape[1:]), x.dtype, x.device)
+                )
                 conv = step[0]
                 assert isinstance(conv, nn.Conv3d)
                 _convolve_into(out, conv, x)

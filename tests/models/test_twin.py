@@ -24,16 +24,17 @@ def _network() -> MeshNet:
     convs = [
         nn.Conv3d(1, 6, 3, padding=1),
         nn.Conv3d(6, 6, 3, padding=2, dilation=2),
-        nn.Conv3d(6, 6, 3, padding=4, dilation=4),
+        nn.Conv3d(6, 6, 3, padding=4, dilation=4),  # with blocks: a run of two blocked steps
         nn.Conv3d(6, 6, 3, padding=8, dilation=8),
+        nn.Conv3d(6, 6, 3, padding=2, dilation=2),  # after the blocks' cropped view
+        nn.Conv3d(6, 6, 3, padding=1),  # + ReLU; reuses a buffer
         nn.Conv3d(6, 6, 3, padding=1),  # + instance normalisation: runs as modules
         nn.Conv3d(6, 5, 3, padding=1),  # 6 -> 5 channels: runs as modules
-        nn.Conv3d(5, 5, 3, padding=1),  # + ReLU
         nn.Conv3d(5, 3, 1),  # the classifier
     ]
     steps = [nn.Sequential(conv, nn.ELU(inplace=True)) for conv in convs[:-1]] + [nn.Sequential(convs[-1])]
-    steps[4].insert(1, nn.InstanceNorm3d(6))
-    steps[6][1] = nn.ReLU(inplace=True)
+    steps[5][1] = nn.ReLU(inplace=True)
+    steps[6].insert(1, nn.InstanceNorm3d(6))
     for conv in convs:
         nn.init.uniform_(conv.bias, -0.3, 0.6)  # type: ignore[arg-type]
     return MeshNet(steps, 3).eval()
@@ -42,14 +43,18 @@ def _network() -> MeshNet:
 def test_plans_follow_the_shape_of_each_step() -> None:
     twin = bf16_twin(_network(), blocks=False)
     assert isinstance(twin, Bf16Twin)
-    assert twin.plans == [
+    inner = ["in_place"] * 5 + ["module", "module"]
+    assert twin.plans == ["slabs", *inner, "slabs"]
+    blocked = bf16_twin(_network(), blocks=True)
+    assert blocked.plans == [
         "slabs",
         "in_place",
+        "module",
+        "module",
         "in_place",
         "in_place",
         "module",
         "module",
-        "in_place",
         "slabs",
     ]
     assert twin_module._in_place_convolution_works()  # the pinned torch has it: a change would show here
