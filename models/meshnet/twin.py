@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Literal
 
 import torch
@@ -84,7 +84,9 @@ class Bf16Twin(MeshNet):
         for index, step in enumerate(self.steps):
             assert isinstance(step, nn.Sequential)
             dtype = dtypes[index]
-            plan = self.plans[index] if x.dim() == 5 and x.shape[0] == 1 else "module"
+            # Slabs and oneDNN's in-place convolution: one (1, C, D, H, W) CPU tensor at a time.
+            fits = x.dim() == 5 and x.shape[0] == 1 and x.device.type == "cpu"
+            plan = self.plans[index] if fits else "module"
             if plan == "slabs":
                 spare = None
                 after = next((d for d in dtypes[index + 1 :] if d is not None), dtype)
@@ -92,16 +94,13 @@ class Bf16Twin(MeshNet):
             elif plan == "in_place" and x.dtype == dtype:
                 # A step's input may be a view (the cropped output of space-to-batch blocks): only a
                 # dense channels-last buffer of the same shape is reused.
-                reuse = (
-                    spare is not None
-                    and spare.shape == x.shape
-                    and spare.is_contiguous(memory_format=CHANNELS_LAST)
-                )
-                out = (
-                    spare
-                    if reuse and spare is not None
-                    else _channels_last(tuple(x.shape[1:]), x.dtype, x.device)
-                )
+                if (
+                    spare is None
+                    or spare.shape != x.shape
+                    or not spare.is_contiguous(memory_format=CHANNELS_LAST)
+                ):
+                    spare = _channels_last(tuple(x.shape[1:]), x.dtype, x.device)
+                out = spare
                 conv = step[0]
                 assert isinstance(conv, nn.Conv3d)
                 _convolve_into(out, conv, x)
@@ -145,26 +144,29 @@ def _same_conv(conv: nn.Module) -> bool:
     )
 
 
-def _slab_step(step: nn.Sequential) -> bool:
-    """A float32 "same" convolution followed only by elementwise activations (plane-wise computable)."""
+def _conv_step(step: nn.Sequential, dtype: torch.dtype, follower: Callable[[nn.Module], bool]) -> bool:
+    """A "same" convolution with ``dtype`` weights followed only by modules ``follower`` accepts."""
     modules = list(step)
     return (
         len(modules) > 0
         and _same_conv(modules[0])
-        and modules[0].weight.dtype == torch.float32
-        and all(isinstance(m, ELEMENTWISE) for m in modules[1:])
+        and modules[0].weight.dtype == dtype
+        and all(follower(m) for m in modules[1:])
     )
+
+
+def _slab_step(step: nn.Sequential) -> bool:
+    """A float32 "same" convolution followed only by elementwise activations (plane-wise computable)."""
+    return _conv_step(step, torch.float32, lambda m: isinstance(m, ELEMENTWISE))
 
 
 def _in_place_step(step: nn.Sequential) -> bool:
     """A bf16 C -> C "same" convolution followed only by in-place ELU or ReLU."""
-    modules = list(step)
+    conv = step[0] if len(step) else None
     return (
-        len(modules) > 0
-        and _same_conv(modules[0])
-        and modules[0].weight.dtype == torch.bfloat16
-        and modules[0].in_channels == modules[0].out_channels
-        and all(isinstance(m, nn.ELU | nn.ReLU) and m.inplace for m in modules[1:])
+        _conv_step(step, torch.bfloat16, lambda m: isinstance(m, nn.ELU | nn.ReLU) and bool(m.inplace))
+        and isinstance(conv, nn.Conv3d)
+        and conv.in_channels == conv.out_channels
     )
 
 
