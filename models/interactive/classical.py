@@ -41,12 +41,17 @@ even organ (the LiTS liver).
 An image over ``max_voxels`` is worked on every ``step``-th voxel (the finest axes coarsened first, after
 smoothing by at least half a step), and the mask is given back on the image's own grid by repeating each
 working voxel over its step (so its edges are as coarse as the step).
+A large scan, whose whole-image grid would put working voxels more than ``max_working_mm`` apart along a
+strided axis (a 512x512 CT, a 1 mm 256³ MRI: 3-4 mm, so a 10 mm lesion would be 3 voxels across), is
+instead worked per seed: ``prepare`` keeps only the scaled image (float16, :class:`ClassicalLargePrepared`),
+and each seed's ROI gets its own grid, the finest on which the ROI holds at most ``max_voxels``, smoothed
+and differentiated when the seed is first grown and kept for the next clicks (the few latest ROIs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,6 +87,44 @@ class ClassicalPrepared:
         return int(self.smoothed.nbytes + self.gradient.nbytes)
 
 
+@dataclass(frozen=True)
+class ClassicalLargePrepared:
+    """What a click reuses on a large scan: ``scaled`` (float16, (I, J, K), the image scaled as the module
+    says, not smoothed), ``spacing_mm`` (along I, J, K); ``regions`` keeps the latest ROIs' working grids
+    (at most ``REGION_CACHE`` of ``region_voxels`` voxels each), filled by ``segment``."""
+
+    scaled: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    region_voxels: int
+    regions: dict[tuple[Index3, Index3, Index3], _Region] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> Index3:
+        i, j, k = self.scaled.shape
+        return (i, j, k)
+
+    @property
+    def nbytes(self) -> int:
+        """The scaled image and the most the ROI cache holds (two float32 arrays per ROI, a margin of one
+        working voxel on each side)."""
+        return int(self.scaled.nbytes + REGION_CACHE * 2 * 4 * self.region_voxels * 1.1)
+
+
+@dataclass(frozen=True)
+class _Region:
+    """A seed's ROI on its own grid: ``prepared`` covers the ROI plus one working voxel on each side where
+    the image goes on (so the ROI's inner faces are known), ``roi`` is the ROI within it, working voxel
+    ``n`` is image voxel ``origin + n * step``."""
+
+    prepared: ClassicalPrepared
+    roi: tuple[slice, ...]
+    origin: Index3
+    step: Index3
+
+
+REGION_CACHE = 8
+
+
 @dataclass
 class ClassicalEngine:
     """Competitive region growing (see the module docstring); the parameters are in mm or in units of
@@ -103,12 +146,14 @@ class ClassicalEngine:
     edge_step: float = 0.02
     anisotropy_cap: float = 2.0
     click_tolerance: float = 1.25
+    max_working_mm: float = 2.0
 
     def prepare(
         self, image: np.ndarray, spacing_mm: tuple[float, float, float], affine: np.ndarray | None = None
-    ) -> ClassicalPrepared:
-        """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype); the affine
-        is not needed (the engine works in voxel space with ``spacing_mm``)."""
+    ) -> ClassicalPrepared | ClassicalLargePrepared:
+        """Scale, smooth and take the gradient of ``image`` (shape (I, J, K), any real dtype), or on a large
+        scan only scale it (see the module docstring); the affine is not needed (the engine works in voxel
+        space with ``spacing_mm``)."""
         if image.ndim != 3:
             raise ValueError(f"image must be 3D (I, J, K), got shape {image.shape}")
         spacing = (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))
@@ -121,6 +166,10 @@ class ClassicalEngine:
         scale = float(hi - lo) if hi > lo else 1.0
         volume = (volume - np.float32(lo)) / np.float32(scale)
         step = _working_step(volume.shape, spacing, self.max_voxels)
+        if self.per_seed and any(
+            f > 1 and s * f > self.max_working_mm for s, f in zip(spacing, step, strict=True)
+        ):
+            return ClassicalLargePrepared(volume.astype(np.float16), spacing, self.max_voxels)
         # Smoothing by at least half a step before striding keeps the coarse grid from aliasing.
         sigma = [
             max(min(self.smoothing_mm / s, 2.0), 0.5 * (f - 1)) for s, f in zip(spacing, step, strict=True)
@@ -129,6 +178,10 @@ class ClassicalEngine:
         smoothed = np.ascontiguousarray(smoothed[:: step[0], :: step[1], :: step[2]])
         image_shape = (volume.shape[0], volume.shape[1], volume.shape[2])
         spacing = (spacing[0] * step[0], spacing[1] * step[1], spacing[2] * step[2])
+        return ClassicalPrepared(smoothed, self._edges(smoothed, spacing), spacing, image_shape, step)
+
+    def _edges(self, smoothed: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+        """The gradient magnitude of ``smoothed`` per mm (float32, same shape), in whole ``edge_step``s."""
         gradient = np.zeros_like(smoothed)
         # Along a thick-slice axis the step between slices counts as at most ``anisotropy_cap`` times
         # the finest spacing: per mm, a 6.5 mm slice step made the jump from tumour on one slice to
@@ -143,9 +196,11 @@ class ClassicalEngine:
             # Gradient below one step (noise) becomes flat, where the watershed floods by distance from
             # the seeds instead of racing along noise; edges of several steps still stop it.
             gradient = np.floor(gradient / np.float32(self.edge_step)).astype(np.float32)
-        return ClassicalPrepared(smoothed, gradient, spacing, image_shape, step)
+        return gradient
 
-    def segment(self, prepared: ClassicalPrepared, prompts: Sequence[Prompt]) -> np.ndarray:
+    def segment(
+        self, prepared: ClassicalPrepared | ClassicalLargePrepared, prompts: Sequence[Prompt]
+    ) -> np.ndarray:
         """The mask (bool, (I, J, K)) for ``prompts``; a function of the prompts alone, so undo is
         segmenting again without the last one."""
         shape = prepared.image_shape
@@ -156,6 +211,12 @@ class ClassicalEngine:
             mask |= fill_between_slices(slices, shape)
         seeds = [p for p in prompts if isinstance(p, Box) or (isinstance(p, Click) and p.foreground)]
         if not seeds:
+            return mask
+        if isinstance(prepared, ClassicalLargePrepared):
+            background = [p for p in prompts if isinstance(p, Click) and not p.foreground]
+            for seed in seeds:
+                assert isinstance(seed, Click | Box)
+                self._grow_large(prepared, seed, background, mask)
             return mask
         step = prepared.step
         working = [_coarse(p, step) for p in prompts if not isinstance(p, SliceMask)]
@@ -197,6 +258,80 @@ class ClassicalEngine:
         mask = np.zeros(shape, dtype=bool)
         mask[roi] = grown
         return mask
+
+    def _grow_large(
+        self, prepared: ClassicalLargePrepared, seed: Click | Box, background: list[Click], mask: np.ndarray
+    ) -> None:
+        """Grow ``seed`` (with the background clicks competing) on its ROI's own grid and add it to
+        ``mask`` (bool, the image's shape), each working voxel repeated over its step."""
+        points = [seed.point] if isinstance(seed, Click) else [seed.lo, seed.hi]
+        lo, hi = np.min(points, axis=0), np.max(points, axis=0)
+        shape = prepared.image_shape
+        margin = self.margin_mm
+        for _ in range(self.max_grow + 1):
+            region, start, stop = self._region(prepared, lo, hi, margin)
+            local = [_coarse(p, region.step, region.origin) for p in (seed, *background)]
+            grown, touches = self._grow_in_roi(region.prepared, local, region.roi)
+            if not touches or (np.all(start == 0) and np.all(stop == np.asarray(shape))):
+                break
+            margin *= 2
+        for axis, f in enumerate(region.step):
+            grown = np.repeat(grown, f, axis=axis)
+        base = [o + r.start * f for o, r, f in zip(region.origin, region.roi, region.step, strict=True)]
+        end = [min(b + n, m) for b, n, m in zip(base, grown.shape, shape, strict=True)]
+        where = tuple(slice(b, e) for b, e in zip(base, end, strict=True))
+        mask[where] |= grown[tuple(slice(0, e - b) for b, e in zip(base, end, strict=True))]
+
+    def _region(
+        self, prepared: ClassicalLargePrepared, lo: np.ndarray, hi: np.ndarray, margin_mm: float
+    ) -> tuple[_Region, np.ndarray, np.ndarray]:
+        """The ROI of the points ``lo``..``hi`` (image voxels) grown by ``margin_mm`` and clipped to the
+        image, on the finest grid on which it holds at most ``max_voxels``: smoothed (by at least half a
+        step, from a halo around it) and its edges taken as ``prepare`` does on a whole image; cached on
+        ``prepared`` by ROI and step. Also the ROI's start and stop (image voxels)."""
+        shape = np.asarray(prepared.image_shape)
+        spacing = prepared.spacing_mm
+        pad = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
+        start, stop = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, shape)
+        s0, s1, s2 = (int(n) for n in stop - start)
+        step_t = _working_step((s0, s1, s2), spacing, self.max_voxels)
+        step = np.asarray(step_t)
+        start = start // step * step  # working voxels on multiples of the step, the same for every ROI
+        key = (_index3(start), _index3(stop), step_t)
+        cached = prepared.regions.pop(key, None)
+        if cached is None:
+            cached = self._make_region(prepared, start, stop, step)
+        prepared.regions[key] = cached  # the latest at the end; the oldest goes first
+        while len(prepared.regions) > REGION_CACHE:
+            prepared.regions.pop(next(iter(prepared.regions)))
+        return cached, start, stop
+
+    def _make_region(
+        self, prepared: ClassicalLargePrepared, start: np.ndarray, stop: np.ndarray, step: np.ndarray
+    ) -> _Region:
+        shape = np.asarray(prepared.image_shape)
+        spacing = prepared.spacing_mm
+        # One working voxel more where the image goes on: there the ROI's faces are inner faces.
+        below = np.where(start > 0, step, 0)
+        above = np.where(stop < shape, step, 0)
+        sigma = [
+            max(min(self.smoothing_mm / s, 2.0), 0.5 * (f - 1)) for s, f in zip(spacing, step, strict=True)
+        ]
+        halo = np.asarray([int(np.ceil(3.0 * g)) + 1 for g in sigma])
+        a, b = np.maximum(start - below - halo, 0), np.minimum(stop + above + halo, shape)
+        block = prepared.scaled[a[0] : b[0], a[1] : b[1], a[2] : b[2]].astype(np.float32)
+        smoothed = ndimage.gaussian_filter(block, sigma=sigma, truncate=3.0)
+        first, last = start - below - a, stop + above - a
+        keep = tuple(slice(int(f), int(t), int(n)) for f, t, n in zip(first, last, step, strict=True))
+        smoothed = np.ascontiguousarray(smoothed[keep])
+        working = (spacing[0] * step[0], spacing[1] * step[1], spacing[2] * step[2])
+        local = ClassicalPrepared(
+            smoothed, self._edges(smoothed, working), working, _index3(smoothed.shape), _index3(step)
+        )
+        n0 = below // step
+        n1 = np.minimum(n0 + -(-(stop - start) // step), smoothed.shape)
+        roi = tuple(slice(int(x), int(y)) for x, y in zip(n0, n1, strict=True))
+        return _Region(local, roi, _index3(start - below), _index3(step))
 
     def _grow_in_roi(
         self, prepared: ClassicalPrepared, prompts: Sequence[Click | Box], roi: tuple[slice, ...]
@@ -249,7 +384,9 @@ class ClassicalEngine:
                     grown |= self._click_component(smoothed, (i, j, k), markers, border, prepared.spacing_mm)
         grown = ndimage.binary_fill_holes(grown)
         if not grown.any():
-            raise PromptError("the prompts grow no structure (every seed lies outside the boxes)")
+            raise PromptError(
+                "the prompts grow no structure (each seed lies outside the boxes or under a background click)"
+            )
         reach = ndimage.binary_dilation(border) if self.border_background else border
         touches = bool((grown & reach).any())
         return grown & inside_boxes | (markers == 1), touches
@@ -328,14 +465,18 @@ def _working_step(shape: Sequence[int], spacing: Sequence[float], max_voxels: in
     return (step[0], step[1], step[2])
 
 
-def _coarse(prompt: Click | Box, step: Index3) -> Click | Box:
-    """The prompt on the working grid (voxel index // step)."""
+def _coarse(prompt: Click | Box, step: Index3, origin: Index3 = (0, 0, 0)) -> Click | Box:
+    """The prompt on a working grid whose voxel ``n`` is image voxel ``origin + n * step``."""
     if isinstance(prompt, Click):
-        i, j, k = (v // f for v, f in zip(prompt.point, step, strict=True))
+        i, j, k = ((v - o) // f for v, o, f in zip(prompt.point, origin, step, strict=True))
         return Click((i, j, k), prompt.foreground)
-    lo = tuple(v // f for v, f in zip(prompt.lo, step, strict=True))
-    hi = tuple(v // f for v, f in zip(prompt.hi, step, strict=True))
+    lo = tuple((v - o) // f for v, o, f in zip(prompt.lo, origin, step, strict=True))
+    hi = tuple((v - o) // f for v, o, f in zip(prompt.hi, origin, step, strict=True))
     return Box((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
+
+
+def _index3(values: Sequence[int] | np.ndarray) -> Index3:
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
