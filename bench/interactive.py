@@ -7,6 +7,8 @@ Run from the repository root:
     .venv/bin/python -m bench.interactive --no-256        # without the 256³ latency run
     .venv/bin/python -m bench.interactive --trace         # also each click: where, and what the mask did
     .venv/bin/python -m bench.interactive --thick         # plus other real scans made thick-sliced
+    .venv/bin/python -m bench.interactive --bound         # plus an intensity rule's best Dice (an oracle)
+    .venv/bin/python -m bench.interactive --large         # plus small structures on a 1 mm 256³ MRI
 
 Targets (../shared/data, real manual or challenge masks): the brain tumour (MR, 0.78x0.78x6.5 mm), the
 spleen (CT, 0.79x0.79x5 mm), the LiTS liver (liver and tumour labels together; CT at 128³, spacing not
@@ -22,6 +24,12 @@ slice 0 and along its third from slice 3; CT from slice 0 and 1): 30 targets, wh
 Their masks are automatic (FreeSurfer, TotalSegmentator), not manual.
 Latency at 256³: the spleen CT resampled (trilinear, so intensities stay real HU) and its mask (nearest)
 to 256x256x256 with the spacing scaled to keep its physical size, then the same protocol.
+With ``--large``, the same 9 FreeSurfer structures on ``mri-brain/subject-a`` at its own 1 mm 256³ grid,
+a scan the engine works per seed on a grid of the seed's own (its whole-image grid would be 3 mm apart),
+against the same engine on the whole-image grid (``max_working_mm`` infinite), the baseline, in the same run.
+With ``--bound``, per target after 1 and 3 clicks, an upper bound for any rule that corrects the engine's
+mask by intensity alone (:func:`band_bound`): the best Dice reached by keeping the mask's voxels in one
+intensity band and adding those within 8 mm of it in another, both bands chosen knowing the reference.
 Baseline, measured in the same run: a click's latency is reported against ``prepare`` on the same image,
 the whole-image work a click must not redo (ratio = p50 click / prepare).
 """
@@ -38,6 +46,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from models.interactive.classical import ClassicalEngine
+from models.interactive.engine import InteractiveEngine
 from models.interactive.engines import engine_names, get_engine
 from models.interactive.prompts import Click
 from models.interactive.simulated_user import Step, simulate
@@ -47,6 +57,8 @@ from segserve.imaging.nrrd import read_nrrd
 SHARED = Path(os.environ.get("SEGSERVE_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
 DICE_AT = (1, 3, 5, 10)
 GOALS = (0.85, 0.90)
+BOUND_AT = (1, 3)
+BOUND_REACH_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,18 @@ def thick_targets(data: Path) -> list[Target]:
     return out
 
 
+def large_targets(data: Path) -> list[Target]:
+    """The ``--large`` targets (see the module docstring), loaded from ``data``."""
+    import nibabel as nib
+
+    brain = data / "mri-brain/subject-a"
+    image = np.asarray(nib.load(brain / "norm.mgz").dataobj)
+    labels = np.asarray(nib.load(brain / "aparc.a2009s+aseg.mgz").dataobj)
+    return [
+        Target(f"MR 1 mm {name}", image, (1.0, 1.0, 1.0), labels == v) for v, name in MR_STRUCTURES.items()
+    ]
+
+
 def resampled_256(target: Target) -> Target:
     """``target`` resampled to 256³ (image trilinear, mask nearest), physical size kept."""
     zoom = [256 / n for n in target.image.shape]
@@ -134,6 +158,64 @@ def resampled_256(target: Target) -> Target:
     reference = ndimage.zoom(target.reference.astype(np.uint8), zoom, order=0, grid_mode=True, mode="nearest")
     spacing = tuple(s / z for s, z in zip(target.spacing_mm, zoom, strict=True))
     return Target(f"{target.name} at 256³", image, (spacing[0], spacing[1], spacing[2]), reference > 0)
+
+
+def band_bound(
+    mask: np.ndarray,
+    reference: np.ndarray,
+    image: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    reach_mm: float = BOUND_REACH_MM,
+    levels: int = 40,
+) -> tuple[float, tuple[float, float], tuple[float, float]]:
+    """The best Dice an intensity rule could reach from ``mask`` (bool, (I, J, K)), knowing ``reference``:
+    keep the mask's voxels whose intensity lies in one band [c, d) and add the voxels within ``reach_mm``
+    of the mask in another [a, b). Intensity is the image scaled so its 1st and 99th percentiles are 0 and
+    1 and smoothed by a Gaussian of 1 mm (at most 2 voxels), as the classical engine scales it; each band's
+    ends range over ``levels`` quantiles of the voxels it applies to, and "keep all, add none" is among
+    the choices, so the bound is at least the mask's Dice. Returns the Dice, (c, d) and (a, b); an
+    infinite end means unbounded on that side."""
+    volume = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(volume, [1.0, 99.0])
+    volume = (volume - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
+    sigma = [min(1.0 / s, 2.0) for s in spacing_mm]
+    smoothed = ndimage.gaussian_filter(volume, sigma=sigma, truncate=3.0)
+    half = [int(reach_mm // s) for s in spacing_mm]
+    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    ball = sum((g * s) ** 2 for g, s in zip(grid, spacing_mm, strict=True)) <= reach_mm**2
+    near = ndimage.binary_dilation(mask, np.asarray(ball)) & ~mask
+
+    def bands(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel and reference counts in [e_i, e_j) for every pair of edges e (levels + 1 quantiles, the
+        last one infinite), and the edges."""
+        values, inside = smoothed[region], reference[region]
+        order = np.argsort(values, kind="stable")
+        values, inside = values[order], inside[order]
+        edges = np.quantile(values, np.linspace(0.0, 1.0, levels + 1)) if values.size else np.zeros(1)
+        edges[-1] = np.inf
+        edges = np.concatenate([[-np.inf], edges[1:]])
+        at = np.searchsorted(values, edges, side="left")
+        hits = np.concatenate([[0], np.cumsum(inside)])[at]
+        count = at[None, :] - at[:, None]
+        found = hits[None, :] - hits[:, None]
+        empty = count < 0
+        return np.where(empty, 0, count), np.where(empty, 0, found), edges
+
+    keep_n, keep_tp, keep_edges = bands(mask)
+    add_n, add_tp, add_edges = bands(near)
+    total = int(np.count_nonzero(reference))
+    tp = keep_tp.reshape(-1, 1) + add_tp.reshape(1, -1)
+    size = keep_n.reshape(-1, 1) + add_n.reshape(1, -1) + total
+    dice_all = np.where(size > 0, 2.0 * tp / np.maximum(size, 1), 1.0)
+    best = np.unravel_index(int(np.argmax(dice_all)), dice_all.shape)
+    n_keep, n_add = len(keep_edges), len(add_edges)
+    c, d = divmod(int(best[0]), n_keep)
+    a, b = divmod(int(best[1]), n_add)
+    return (
+        float(dice_all[best]),
+        (float(keep_edges[c]), float(keep_edges[d])),
+        (float(add_edges[a]), float(add_edges[b])),
+    )
 
 
 def trace(steps: list[Step], reference: np.ndarray) -> list[str]:
@@ -160,8 +242,17 @@ def trace(steps: list[Step], reference: np.ndarray) -> list[str]:
     return lines
 
 
-def run(engine_name: str, target: Target, n_clicks: int) -> dict[str, object]:
-    engine = get_engine(engine_name)
+def run(
+    engine_name: str,
+    target: Target,
+    n_clicks: int,
+    bound: bool = False,
+    engine: InteractiveEngine | None = None,
+) -> dict[str, object]:
+    """The protocol on ``target`` with a new engine of that name (or ``engine``): Dice at ``DICE_AT``,
+    clicks to ``GOALS``, click latency p50/p95, ``prepare`` seconds, the clicks' kinds, the trace lines and,
+    with ``bound``, :func:`band_bound` after ``BOUND_AT`` clicks."""
+    engine = get_engine(engine_name) if engine is None else engine
     start = time.perf_counter()
     prepared = engine.prepare(target.image, target.spacing_mm)
     prepare_s = time.perf_counter() - start
@@ -184,6 +275,11 @@ def run(engine_name: str, target: Target, n_clicks: int) -> dict[str, object]:
         "prepare": prepare_s,
         "clicks": "".join("+" if getattr(s.prompt, "foreground", True) else "-" for s in steps),
         "trace": trace(steps, target.reference),
+        "bound": [
+            band_bound(s.mask, target.reference, target.image, target.spacing_mm)
+            for s in steps
+            if bound and s.clicks in BOUND_AT
+        ],
     }
 
 
@@ -195,12 +291,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--trace", action="store_true", help="print each click and what the mask did")
     parser.add_argument("--thick", action="store_true", help="also other real scans made thick-sliced")
+    parser.add_argument("--bound", action="store_true", help="also an intensity rule's best Dice (oracle)")
+    parser.add_argument("--large", action="store_true", help="also small structures on a 1 mm 256³ MRI")
     args = parser.parse_args()
     rows = targets(args.data)
     if args.big:
         rows.append(resampled_256(rows[1]))
     thick = thick_targets(args.data) if args.thick else []
-    rows += thick
+    large = large_targets(args.data) if args.large else []
+    rows += thick + large
     head = " | ".join(f"Dice@{n}" for n in DICE_AT)
     print(f"engine {args.engine}, {args.clicks} clicks per target, CPU")
     print(
@@ -210,12 +309,16 @@ def main() -> None:
     print(" | clicks |")
     print("| --- " * 11 + "|")
     thick_dice: list[list[float]] = []
+    large_dice: list[list[float]] = []
+    bounds: list[str] = []
     for target in rows:
-        r = run(args.engine, target, args.clicks)
+        r = run(args.engine, target, args.clicks, args.bound)
         at, reach = r["at"], r["reach"]
         assert isinstance(at, dict) and isinstance(reach, dict)
         if any(target is t for t in thick):
             thick_dice.append([float(at[n]) for n in DICE_AT])
+        if any(target is t for t in large):
+            large_dice.append([float(at[n]) for n in DICE_AT])
         cells = " | ".join(f"{at[n]:.3f}" for n in DICE_AT)
         p50, p95, prep = float(r["p50"]), float(r["p95"]), float(r["prepare"])  # type: ignore[arg-type]
         print(
@@ -226,9 +329,29 @@ def main() -> None:
         lines = r["trace"]
         if args.trace and isinstance(lines, list):
             print("\n".join(lines), flush=True)
+        found = r["bound"]
+        if isinstance(found, list) and found:
+            cells = ", ".join(
+                f"{dice:.3f} (keep [{c:.3f}, {d:.3f}), add [{a:.3f}, {b:.3f}))"
+                for dice, (c, d), (a, b) in found
+            )
+            bounds.append(f"- {target.name}: {cells}")
+    if bounds:
+        print(f"\nintensity rule's best Dice after {' and '.join(map(str, BOUND_AT))} clicks (oracle bound):")
+        print("\n".join(bounds))
     if thick_dice:
         mean = " / ".join(f"{d:.3f}" for d in np.mean(thick_dice, axis=0))
         print(f"mean Dice@{'/'.join(map(str, DICE_AT))} over the {len(thick_dice)} --thick targets: {mean}")
+    if large_dice:
+        print(f"mean Dice@{'/'.join(map(str, DICE_AT))} over the {len(large_dice)} --large targets: ", end="")
+        print(" / ".join(f"{d:.3f}" for d in np.mean(large_dice, axis=0)))
+        if args.engine == "classical":
+            whole = ClassicalEngine(max_working_mm=float("inf"))
+            baseline = [run(args.engine, t, args.clicks, engine=whole) for t in large]
+            dice_at = np.mean([[float(r["at"][n]) for n in DICE_AT] for r in baseline], axis=0)  # type: ignore[index]
+            p50 = statistics.median(float(r["p50"]) for r in baseline)  # type: ignore[arg-type]
+            cells = " / ".join(f"{d:.3f}" for d in dice_at)
+            print(f"  baseline, the whole-image grid: {cells}, click p50 {p50:.2f} s")
 
 
 if __name__ == "__main__":
