@@ -51,78 +51,30 @@ and differentiated when the seed is first grown and kept for the next clicks (th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from models.interactive.fill import fill_between_slices
+from models.interactive.grid import (
+    REGION_CACHE,
+    ClassicalLargePrepared,
+    ClassicalPrepared,
+    Index3,
+    Region,
+    ball_element,
+    ball_slices,
+    index3,
+    inner_faces,
+    on_grid,
+    smoothing_sigma,
+    working_step,
+)
 from models.interactive.prompts import Box, Click, Prompt, PromptError, SliceMask, check_prompts
 
-Index3 = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class ClassicalPrepared:
-    """What a click reuses, on the working grid (the image's grid, or every ``step``-th voxel of it for an
-    image over the engine's ``max_voxels``): ``smoothed`` (float32, scaled as the module says),
-    ``gradient`` (float32, its gradient magnitude per mm), ``spacing_mm`` (of the working grid, along
-    I, J, K); ``image_shape`` is the image's own shape (I, J, K)."""
-
-    smoothed: np.ndarray
-    gradient: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    image_shape: Index3
-    step: Index3
-
-    @property
-    def shape(self) -> Index3:
-        i, j, k = self.smoothed.shape
-        return (i, j, k)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.smoothed.nbytes + self.gradient.nbytes)
-
-
-@dataclass(frozen=True)
-class ClassicalLargePrepared:
-    """What a click reuses on a large scan: ``scaled`` (float16, (I, J, K), the image scaled as the module
-    says, not smoothed), ``spacing_mm`` (along I, J, K); ``regions`` keeps the latest ROIs' working grids
-    (at most ``REGION_CACHE`` of ``region_voxels`` voxels each), filled by ``segment``."""
-
-    scaled: np.ndarray
-    spacing_mm: tuple[float, float, float]
-    region_voxels: int
-    regions: dict[tuple[Index3, Index3, Index3], _Region] = field(default_factory=dict)
-
-    @property
-    def image_shape(self) -> Index3:
-        i, j, k = self.scaled.shape
-        return (i, j, k)
-
-    @property
-    def nbytes(self) -> int:
-        """The scaled image and the most the ROI cache holds (two float32 arrays per ROI, a margin of one
-        working voxel on each side)."""
-        return int(self.scaled.nbytes + REGION_CACHE * 2 * 4 * self.region_voxels * 1.1)
-
-
-@dataclass(frozen=True)
-class _Region:
-    """A seed's ROI on its own grid: ``prepared`` covers the ROI plus one working voxel on each side where
-    the image goes on (so the ROI's inner faces are known), ``roi`` is the ROI within it, working voxel
-    ``n`` is image voxel ``origin + n * step``."""
-
-    prepared: ClassicalPrepared
-    roi: tuple[slice, ...]
-    origin: Index3
-    step: Index3
-
-
-REGION_CACHE = 8
+__all__ = ["REGION_CACHE", "ClassicalEngine", "ClassicalLargePrepared", "ClassicalPrepared"]
 
 
 @dataclass
@@ -165,15 +117,13 @@ class ClassicalEngine:
         lo, hi = np.percentile(volume[::step, ::step, ::step], [1.0, 99.0])
         scale = float(hi - lo) if hi > lo else 1.0
         volume = (volume - np.float32(lo)) / np.float32(scale)
-        step = _working_step(volume.shape, spacing, self.max_voxels)
+        step = working_step(volume.shape, spacing, self.max_voxels)
         if self.per_seed and any(
             f > 1 and s * f > self.max_working_mm for s, f in zip(spacing, step, strict=True)
         ):
             return ClassicalLargePrepared(volume.astype(np.float16), spacing, self.max_voxels)
         # Smoothing by at least half a step before striding keeps the coarse grid from aliasing.
-        sigma = [
-            max(min(self.smoothing_mm / s, 2.0), 0.5 * (f - 1)) for s, f in zip(spacing, step, strict=True)
-        ]
+        sigma = smoothing_sigma(self.smoothing_mm, spacing, step)
         smoothed = ndimage.gaussian_filter(volume, sigma=sigma, truncate=3.0).astype(np.float32)
         smoothed = np.ascontiguousarray(smoothed[:: step[0], :: step[1], :: step[2]])
         image_shape = (volume.shape[0], volume.shape[1], volume.shape[2])
@@ -219,7 +169,7 @@ class ClassicalEngine:
                 self._grow_large(prepared, seed, background, mask)
             return mask
         step = prepared.step
-        working = [_coarse(p, step) for p in prompts if not isinstance(p, SliceMask)]
+        working = [on_grid(p, step) for p in prompts if not isinstance(p, SliceMask)]
         grown = np.zeros(prepared.shape, dtype=bool)
         if self.per_seed:
             background = [p for p in working if isinstance(p, Click) and not p.foreground]
@@ -270,7 +220,7 @@ class ClassicalEngine:
         margin = self.margin_mm
         for _ in range(self.max_grow + 1):
             region, start, stop = self._region(prepared, lo, hi, margin)
-            local = [_coarse(p, region.step, region.origin) for p in (seed, *background)]
+            local = [on_grid(p, region.step, region.origin) for p in (seed, *background)]
             grown, touches = self._grow_in_roi(region.prepared, local, region.roi)
             if not touches or (np.all(start == 0) and np.all(stop == np.asarray(shape))):
                 break
@@ -284,7 +234,7 @@ class ClassicalEngine:
 
     def _region(
         self, prepared: ClassicalLargePrepared, lo: np.ndarray, hi: np.ndarray, margin_mm: float
-    ) -> tuple[_Region, np.ndarray, np.ndarray]:
+    ) -> tuple[Region, np.ndarray, np.ndarray]:
         """The ROI of the points ``lo``..``hi`` (image voxels) grown by ``margin_mm`` and clipped to the
         image, on the finest grid on which it holds at most ``max_voxels``: smoothed (by at least half a
         step, from a halo around it) and its edges taken as ``prepare`` does on a whole image; cached on
@@ -294,10 +244,10 @@ class ClassicalEngine:
         pad = np.ceil(margin_mm / np.asarray(spacing)).astype(int)
         start, stop = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, shape)
         s0, s1, s2 = (int(n) for n in stop - start)
-        step_t = _working_step((s0, s1, s2), spacing, self.max_voxels)
+        step_t = working_step((s0, s1, s2), spacing, self.max_voxels)
         step = np.asarray(step_t)
         start = start // step * step  # working voxels on multiples of the step, the same for every ROI
-        key = (_index3(start), _index3(stop), step_t)
+        key = (index3(start), index3(stop), step_t)
         cached = prepared.regions.pop(key, None)
         if cached is None:
             cached = self._make_region(prepared, start, stop, step)
@@ -308,15 +258,13 @@ class ClassicalEngine:
 
     def _make_region(
         self, prepared: ClassicalLargePrepared, start: np.ndarray, stop: np.ndarray, step: np.ndarray
-    ) -> _Region:
+    ) -> Region:
         shape = np.asarray(prepared.image_shape)
         spacing = prepared.spacing_mm
         # One working voxel more where the image goes on: there the ROI's faces are inner faces.
         below = np.where(start > 0, step, 0)
         above = np.where(stop < shape, step, 0)
-        sigma = [
-            max(min(self.smoothing_mm / s, 2.0), 0.5 * (f - 1)) for s, f in zip(spacing, step, strict=True)
-        ]
+        sigma = smoothing_sigma(self.smoothing_mm, spacing, step)
         halo = np.asarray([int(np.ceil(3.0 * g)) + 1 for g in sigma])
         a, b = np.maximum(start - below - halo, 0), np.minimum(stop + above + halo, shape)
         block = prepared.scaled[a[0] : b[0], a[1] : b[1], a[2] : b[2]].astype(np.float32)
@@ -326,12 +274,12 @@ class ClassicalEngine:
         smoothed = np.ascontiguousarray(smoothed[keep])
         working = (spacing[0] * step[0], spacing[1] * step[1], spacing[2] * step[2])
         local = ClassicalPrepared(
-            smoothed, self._edges(smoothed, working), working, _index3(smoothed.shape), _index3(step)
+            smoothed, self._edges(smoothed, working), working, index3(smoothed.shape), index3(step)
         )
         n0 = below // step
         n1 = np.minimum(n0 + -(-(stop - start) // step), smoothed.shape)
         roi = tuple(slice(int(x), int(y)) for x, y in zip(n0, n1, strict=True))
-        return _Region(local, roi, _index3(start - below), _index3(step))
+        return Region(local, roi, index3(start - below), index3(step))
 
     def _grow_in_roi(
         self, prepared: ClassicalPrepared, prompts: Sequence[Click | Box], roi: tuple[slice, ...]
@@ -342,7 +290,7 @@ class ClassicalEngine:
         candidates = np.zeros(smoothed.shape, dtype=bool)
         inside_boxes = np.ones(smoothed.shape, dtype=bool)
         markers = np.zeros(smoothed.shape, dtype=np.int32)
-        border = _inner_faces(roi, prepared.shape)
+        border = inner_faces(roi, prepared.shape)
         if self.border_background:
             markers[border] = 2
         # Prompts in order, so a later click overrides an earlier one where their seeds overlap.
@@ -364,7 +312,7 @@ class ClassicalEngine:
                 self._mark(markers, centre, 1, prepared.spacing_mm)
             elif p.foreground:
                 local = tuple(int(v - o) for v, o in zip(p.point, offset, strict=True))
-                ball = _ball_slices(local, self.stats_radius_mm, prepared.spacing_mm, smoothed.shape)
+                ball = ball_slices(local, self.stats_radius_mm, prepared.spacing_mm, smoothed.shape)
                 candidates |= self._in_range(smoothed, smoothed[ball])
                 self._mark(markers, local, 1, prepared.spacing_mm)
             else:
@@ -373,7 +321,8 @@ class ClassicalEngine:
                     self._mark(markers, local, 2, prepared.spacing_mm)
         candidates &= inside_boxes
         if self.opening_mm > 0:
-            candidates = ndimage.binary_opening(candidates, _ball(self.opening_mm, prepared.spacing_mm))
+            opening = ball_element(self.opening_mm, prepared.spacing_mm)
+            candidates = ndimage.binary_opening(candidates, opening)
         candidates |= markers == 1
         labels = watershed(prepared.gradient[roi], markers, mask=candidates | (markers == 2))
         grown = labels == 1
@@ -415,7 +364,7 @@ class ClassicalEngine:
         Why: the watershed lets a click on a darker part of a structure claim little where that part has
         no edge against its surroundings (the border markers flood the flat region first); the click's
         own narrow range, on the slice the user sees, claims the part when it is enclosed."""
-        ball = _ball_slices(local, self.stats_radius_mm, spacing, smoothed.shape)
+        ball = ball_slices(local, self.stats_radius_mm, spacing, smoothed.shape)
         sample = smoothed[ball]
         # Only the click's slab is labelled (its slice along each thick axis): the rest is never kept.
         finest = min(spacing)
@@ -437,67 +386,8 @@ class ClassicalEngine:
         self, markers: np.ndarray, centre: Sequence[int], label: int, spacing: tuple[float, ...]
     ) -> None:
         """Set a ball of ``seed_radius_mm`` (at least the voxel itself) around ``centre`` to ``label``."""
-        ball = _ball_slices(centre, self.seed_radius_mm, spacing, markers.shape)
+        ball = ball_slices(centre, self.seed_radius_mm, spacing, markers.shape)
         grid = np.ogrid[ball]
         distance2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True))
         region = markers[ball]
         region[np.broadcast_to(distance2 <= self.seed_radius_mm**2, region.shape)] = label
-
-
-def _ball_slices(
-    centre: Sequence[int], radius_mm: float, spacing: Sequence[float], shape: Sequence[int]
-) -> tuple[slice, ...]:
-    """The box around a ball of ``radius_mm`` at ``centre`` (voxel indices), clipped to ``shape``."""
-    out = []
-    for c, s, n in zip(centre, spacing, shape, strict=True):
-        r = int(radius_mm // s)
-        out.append(slice(max(c - r, 0), min(c + r + 1, n)))
-    return tuple(out)
-
-
-def _working_step(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Index3:
-    """Integer strides per axis so the strided grid has at most ``max_voxels``: the finest axis (in mm
-    after striding) is coarsened first, so a thick-slice scan keeps its slices."""
-    step = [1, 1, 1]
-    while int(np.prod([-(-n // f) for n, f in zip(shape, step, strict=True)])) > max_voxels:
-        axis = min(range(3), key=lambda a: (spacing[a] * step[a], a))
-        step[axis] += 1
-    return (step[0], step[1], step[2])
-
-
-def _coarse(prompt: Click | Box, step: Index3, origin: Index3 = (0, 0, 0)) -> Click | Box:
-    """The prompt on a working grid whose voxel ``n`` is image voxel ``origin + n * step``."""
-    if isinstance(prompt, Click):
-        i, j, k = ((v - o) // f for v, o, f in zip(prompt.point, origin, step, strict=True))
-        return Click((i, j, k), prompt.foreground)
-    lo = tuple((v - o) // f for v, o, f in zip(prompt.lo, origin, step, strict=True))
-    hi = tuple((v - o) // f for v, o, f in zip(prompt.hi, origin, step, strict=True))
-    return Box((lo[0], lo[1], lo[2]), (hi[0], hi[1], hi[2]))
-
-
-def _index3(values: Sequence[int] | np.ndarray) -> Index3:
-    return (int(values[0]), int(values[1]), int(values[2]))
-
-
-def _ball(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
-    """A ball of ``radius_mm`` as a bool structuring element on the voxel grid of ``spacing``."""
-    half = [int(radius_mm // s) for s in spacing]
-    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    distance2 = sum((g * s) ** 2 for g, s in zip(grid, spacing, strict=True))
-    return np.asarray(distance2 <= radius_mm**2)
-
-
-def _inner_faces(roi: tuple[slice, ...], shape: Index3) -> np.ndarray:
-    """The ROI's faces that lie inside the image (bool, ROI shape): the image's own edge is no border
-    the structure should be kept from."""
-    size = [s.stop - s.start for s in roi]
-    faces = np.zeros(size, dtype=bool)
-    for axis, (s, n) in enumerate(zip(roi, shape, strict=True)):
-        where: list[Any] = [slice(None)] * 3
-        if s.start > 0:
-            where[axis] = 0
-            faces[tuple(where)] = True
-        if s.stop < n:
-            where[axis] = -1
-            faces[tuple(where)] = True
-    return faces
