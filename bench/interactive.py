@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from models.interactive.classical import ClassicalEngine
+from models.interactive.classical import ClassicalEngine, ClassicalPrepared
 from models.interactive.engine import InteractiveEngine
 from models.interactive.engines import engine_names, get_engine
 from models.interactive.prompts import Click
@@ -160,35 +160,36 @@ def resampled_256(target: Target) -> Target:
     return Target(f"{target.name} at 256³", image, (spacing[0], spacing[1], spacing[2]), reference > 0)
 
 
+def bound_intensity(image: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """The intensity :func:`band_bound` uses: the classical engine's own scaled and smoothed image
+    (float32, on the image's grid: the engine prepared with a voxel budget the whole image fits)."""
+    prepared = ClassicalEngine(max_voxels=int(image.size)).prepare(image, spacing_mm)
+    assert isinstance(prepared, ClassicalPrepared)
+    return prepared.smoothed
+
+
 def band_bound(
     mask: np.ndarray,
     reference: np.ndarray,
-    image: np.ndarray,
+    intensity: np.ndarray,
     spacing_mm: tuple[float, float, float],
     reach_mm: float = BOUND_REACH_MM,
     levels: int = 40,
 ) -> tuple[float, tuple[float, float], tuple[float, float]]:
     """The best Dice an intensity rule could reach from ``mask`` (bool, (I, J, K)), knowing ``reference``:
-    keep the mask's voxels whose intensity lies in one band [c, d) and add the voxels within ``reach_mm``
-    of the mask in another [a, b). Intensity is the image scaled so its 1st and 99th percentiles are 0 and
-    1 and smoothed by a Gaussian of 1 mm (at most 2 voxels), as the classical engine scales it; each band's
-    ends range over ``levels`` quantiles of the voxels it applies to, and "keep all, add none" is among
-    the choices, so the bound is at least the mask's Dice. Returns the Dice, (c, d) and (a, b); an
-    infinite end means unbounded on that side."""
-    volume = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(volume, [1.0, 99.0])
-    volume = (volume - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
-    sigma = [min(1.0 / s, 2.0) for s in spacing_mm]
-    smoothed = ndimage.gaussian_filter(volume, sigma=sigma, truncate=3.0)
-    half = [int(reach_mm // s) for s in spacing_mm]
-    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    ball = sum((g * s) ** 2 for g, s in zip(grid, spacing_mm, strict=True)) <= reach_mm**2
-    near = ndimage.binary_dilation(mask, np.asarray(ball)) & ~mask
+    keep the mask's voxels whose ``intensity`` (:func:`bound_intensity`, same shape) lies in one band
+    [c, d) and add the voxels within ``reach_mm`` of the mask in another [a, b). Each band's ends range
+    over ``levels`` quantiles of the voxels it applies to, and "keep all, add none" is among the choices,
+    so the bound is at least the mask's Dice. Returns the Dice, (c, d) and (a, b); an infinite end means
+    unbounded on that side."""
+    near = np.zeros_like(mask)
+    if mask.any():  # (without a mask voxel the transform has no distance to measure)
+        near = (ndimage.distance_transform_edt(~mask, sampling=spacing_mm) <= reach_mm) & ~mask
 
     def bands(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Voxel and reference counts in [e_i, e_j) for every pair of edges e (levels + 1 quantiles, the
         last one infinite), and the edges."""
-        values, inside = smoothed[region], reference[region]
+        values, inside = intensity[region], reference[region]
         order = np.argsort(values, kind="stable")
         values, inside = values[order], inside[order]
         edges = np.quantile(values, np.linspace(0.0, 1.0, levels + 1)) if values.size else np.zeros(1)
@@ -257,6 +258,7 @@ def run(
     prepared = engine.prepare(target.image, target.spacing_mm)
     prepare_s = time.perf_counter() - start
     steps = simulate(engine, prepared, target.reference, target.spacing_mm, n_clicks)
+    intensity = bound_intensity(target.image, target.spacing_mm) if bound else None
     dices = [s.dice for s in steps]
     # A run that matched the reference early keeps its last Dice for the later click counts.
     at = {n: dices[min(n, len(dices)) - 1] for n in DICE_AT}
@@ -276,9 +278,9 @@ def run(
         "clicks": "".join("+" if getattr(s.prompt, "foreground", True) else "-" for s in steps),
         "trace": trace(steps, target.reference),
         "bound": [
-            band_bound(s.mask, target.reference, target.image, target.spacing_mm)
+            band_bound(s.mask, target.reference, intensity, target.spacing_mm)
             for s in steps
-            if bound and s.clicks in BOUND_AT
+            if intensity is not None and s.clicks in BOUND_AT
         ],
     }
 

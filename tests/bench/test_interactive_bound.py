@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from bench.interactive import BOUND_REACH_MM, band_bound
+from bench.interactive import BOUND_REACH_MM, band_bound, bound_intensity
 from models.interactive.simulated_user import dice
 
 SPACING = (4.0, 4.0, 4.0)
@@ -35,7 +35,7 @@ def _within_reach(mask: np.ndarray) -> np.ndarray:
 
 def test_a_missed_part_of_its_own_intensity_is_added_by_a_band() -> None:
     image, reference, mask = _spheres(0.6)
-    found, _, (low, high) = band_bound(mask, reference, image, SPACING)
+    found, _, (low, high) = band_bound(mask, reference, bound_intensity(image, SPACING), SPACING)
     assert dice(_within_reach(mask), reference) < 0.9
     assert found > 0.99
     assert 0.2 < low < 0.5 < high  # scaled: background 0, core 1 (about the 1st and 99th percentiles)
@@ -43,7 +43,7 @@ def test_a_missed_part_of_its_own_intensity_is_added_by_a_band() -> None:
 
 def test_a_missed_part_that_looks_like_its_surroundings_is_not() -> None:
     image, reference, mask = _spheres(0.2)
-    found, _, _ = band_bound(mask, reference, image, SPACING)
+    found, _, _ = band_bound(mask, reference, bound_intensity(image, SPACING), SPACING)
     geometric = max(dice(mask, reference), dice(_within_reach(mask), reference))
     assert geometric <= found < geometric + 0.02
 
@@ -51,4 +51,4 @@ def test_a_missed_part_that_looks_like_its_surroundings_is_not() -> None:
 def test_the_bound_is_at_least_the_masks_dice() -> None:
     image, reference, _ = _spheres(0.6)
     mask = np.random.default_rng(1).random(reference.shape) < 0.1
-    assert band_bound(mask, reference, image, SPACING)[0] >= dice(mask, reference)
+    assert band_bound(mask, reference, bound_intensity(image, SPACING), SPACING)[0] >= dice(mask, reference)
